@@ -1,1 +1,23 @@
-"""SynerDetect."""
+"""SynerDetect: hierarchical synergistic learning for AI-generated image detection.
+
+CLIP perceptual encoder + frozen Stable Diffusion 2.1, joined by Cross-Model Interactive
+Distillation (CMID) and Optimal-Transport-guided discriminative contrastive learning (OT-DCL).
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+__all__ = ["SynerDetect", "__version__", "list_presets", "get_preset"]
+
+
+def __getattr__(name):  # lazy: `import synerdetect` stays cheap for the CLI and data tools
+    if name == "SynerDetect":
+        from .model import SynerDetect
+
+        return SynerDetect
+    if name in ("list_presets", "get_preset"):
+        from . import presets
+
+        return getattr(presets, name)
+    raise AttributeError(name)

@@ -1,0 +1,315 @@
+"""Typed configuration: dataclasses loadable from YAML, with ``key=value`` overrides.
+
+One experiment = ``ExperimentConfig`` (model + loss + optim + train + data + cache).
+Presets live in :mod:`synerdetect.presets`; a YAML file may name a preset and
+override any field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, get_args, get_origin, get_type_hints
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, mistyped or inconsistent."""
+
+
+@dataclass
+class ModelConfig:
+    # --- base models -------------------------------------------------------
+    # A transformers CLIP folder or hub id, or "tiny" (random weights from config).
+    clip: str = "laion/CLIP-ViT-L-14-laion2B-s32B-b82K"
+    # A diffusers Stable Diffusion pipeline folder or hub id, or "tiny".
+    sd: str = "stabilityai/stable-diffusion-2-1-base"
+    tiny_seed: int = 0  # seed for the random weights of "tiny" base models
+    clip_size: int = 224  # E_v / E_d input resolution
+    sd_size: int = 512  # VAE input resolution (latent = sd_size / 8)
+    # --- LoRA on the two vision encoders E_v and E_d ------------------------
+    lora_rank: int = 8
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.0
+    lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "out_proj"])
+    # --- discriminative prompt generation (Eq. 1) ---------------------------
+    n_ctx: int = 4  # learnable context tokens p_c
+    ctx_init_std: float = 0.02
+    class_names: list[str] = field(default_factory=lambda: ["real", "fake"])
+    tuner_heads: int = 8
+    tuner_global: bool = True  # z_v as key/value of the tuner (Table 5c "Global")
+    tuner_local: bool = True  # CConv tokens as key/value (Table 5c "Local")
+    cconv_filters: int = 3  # Bayar constrained filters
+    cconv_kernel: int = 5
+    cconv_channels: int = 32  # width of the conv stem after the Bayar layer
+    cconv_grid: int = 4  # CConv feature map pooled to grid x grid tokens
+    # --- CMID (Eq. 2) and inversion ----------------------------------------
+    cmid_label_prompt: bool = True  # CMID conditions on the sample's own label prompt (training only)
+    cmid_t_min: int = 0
+    cmid_t_max: int = 999
+    inversion_steps: int = 100
+    inversion_size: int | None = None  # optional lower SD resolution for the inversion (None = sd_size)
+    noise_encoder_input: str = "vae_decode"  # "vae_decode" | "adapter"
+    # --- inference (Eq. 10) -------------------------------------------------
+    tau: float = 0.07  # temperature of Eq. 7 and of the probability softmax
+    # --- runtime ------------------------------------------------------------
+    dtype: str = "float32"  # compute dtype of the frozen models: float32 | bfloat16 | float16
+    gradient_checkpointing: bool = False
+    attention: str = "sdpa"
+
+
+@dataclass
+class LossConfig:
+    alpha: float = 0.5  # Eq. 8 weight of L_POT
+    lam: float = 0.4  # Eq. 9 weight of L_CR
+    gmm_components: int = 2  # K
+    gmm_covariance: str = "diag"  # "diag" | "full"
+    gmm_iters: int = 10
+    sinkhorn_eps: float = 0.05  # eta of Eq. 5
+    sinkhorn_iters: int = 200
+    pot_sample_term: str = "routed"  # "routed" | "literal" (DESIGN.md 2.5)
+    use_cmid: bool = True  # Table 5b "w/o CMID"
+    use_ot_dcl: bool = True  # Table 5b "w/o OT-DCL": replaced by cross-entropy on Eq. 10 scores
+    use_pot: bool = True  # Table 5b "w/o POT"
+
+
+@dataclass
+class OptimConfig:
+    name: str = "sgd"  # sgd | adamw
+    lr: float = 1e-4
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    grad_clip: float | None = None
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 64  # global batch (split across processes)
+    epochs: int = 6
+    max_steps: int | None = None  # stop after this many optimiser steps (overrides epochs)
+    mixed_precision: str = "no"  # no | bf16 | fp16 (accelerate)
+    seed: int = 0
+    num_workers: int = 2
+    log_every: int = 10
+    val_every: int | None = None  # steps between validations (None: end of each epoch)
+    checkpoint_every: int = 200  # steps between resumable checkpoints
+    keep_checkpoints: int = 2
+    output_dir: str = "runs/synerdetect"
+
+
+@dataclass
+class DataConfig:
+    train: str | None = None  # dataset root or manifest
+    train_layout: str = "auto"
+    train_split: str | None = "train"
+    train_generators: list[str] | None = None  # restrict training to these generators/classes
+    val: str | None = None
+    val_layout: str = "auto"
+    val_split: str | None = None
+    test: str | None = None
+    test_layout: str = "auto"
+    test_split: str | None = None
+    image_size: int | None = None  # loader output size (None: max(clip_size, sd_size))
+    blur_prob: float = 0.1
+    blur_sigma: list[float] = field(default_factory=lambda: [0.0, 3.0])
+    jpeg_prob: float = 0.1
+    jpeg_quality: list[int] = field(default_factory=lambda: [30, 100])
+    flip: bool = True
+
+
+@dataclass
+class CacheConfig:
+    dir: str | None = None  # feature cache folder (None: no cache)
+    policy: str = "online"  # online | cached-fixed | cached-refresh
+    refresh_every: int = 1  # epochs between refreshes for cached-refresh
+
+
+@dataclass
+class ExperimentConfig:
+    preset: str = "paper"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+
+
+# ---------------------------------------------------------------------------
+# generic (de)serialisation
+# ---------------------------------------------------------------------------
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Convert a YAML/CLI value to the annotated type, or raise ConfigError naming the key."""
+    origin = get_origin(tp)
+    args = get_args(tp)
+    if value is None:
+        if tp is type(None) or (args and type(None) in args):
+            return None
+        raise ConfigError(f"{where}: null is not allowed (expected {tp})")
+    if origin is not None and type(None) in args:  # Optional[X] / X | None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], where)
+    if origin is list:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return [_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in {"true", "1", "yes", "on"}:
+            return True
+        if isinstance(value, str) and value.lower() in {"false", "0", "no", "off"}:
+            return False
+        raise ConfigError(f"{where}: expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}") from None
+    if tp is float:
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: expected a number, got {value!r}") from None
+    if tp is str:
+        if isinstance(value, (dict, list)):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def from_dict(cls: type, data: dict[str, Any] | None, where: str = "") -> Any:
+    """Build dataclass ``cls`` from a (nested) dict, rejecting unknown keys."""
+    data = dict(data or {})
+    hints = get_type_hints(cls)
+    kwargs = {}
+    known = {f.name for f in fields(cls)}
+    unknown = set(data) - known
+    if unknown:
+        raise ConfigError(f"unknown config key(s) {sorted(unknown)} in {where or cls.__name__}; known: {sorted(known)}")
+    for f in fields(cls):
+        if f.name not in data:
+            continue
+        key = f"{where}.{f.name}" if where else f.name
+        tp = hints[f.name]
+        if is_dataclass(tp):
+            kwargs[f.name] = from_dict(tp, data[f.name], key)
+        else:
+            kwargs[f.name] = _coerce(data[f.name], tp, key)
+    return cls(**kwargs)
+
+
+def merge(base: Any, patch: dict[str, Any], where: str = "") -> Any:
+    """Return a copy of dataclass ``base`` with the nested ``patch`` applied."""
+    current = asdict(base)
+
+    def deep(a: dict, b: dict) -> dict:
+        out = dict(a)
+        for k, v in b.items():
+            if isinstance(v, dict) and isinstance(out.get(k), dict):
+                out[k] = deep(out[k], v)
+            else:
+                out[k] = v
+        return out
+
+    return from_dict(type(base), deep(current, patch), where)
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``["train.epochs=2", "loss.alpha=0.3"]`` -> nested dict (values parsed as YAML scalars)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key=value (e.g. train.epochs=2)")
+        key, raw = item.split("=", 1)
+        value = yaml.safe_load(raw) if raw != "" else None
+        node = out
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = value
+    return out
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return asdict(cfg)
+
+
+def dump_yaml(cfg: Any, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def config_hash(obj: Any) -> str:
+    """Stable short hash of a config-like object (dataclass or dict)."""
+    import hashlib
+
+    payload = json.dumps(to_dict(obj) if is_dataclass(obj) else obj, sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def load_experiment(path: str | Path | None = None, overrides: list[str] | None = None,
+                    preset: str | None = None) -> ExperimentConfig:
+    """Load an experiment: preset defaults <- YAML file <- ``key=value`` overrides."""
+    from .presets import get_preset
+
+    doc: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        loaded = yaml.safe_load(p.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{p}: top level must be a mapping")
+        doc = loaded
+    patch = parse_overrides(overrides or [])
+    name = patch.pop("preset", None) or preset or doc.pop("preset", None) or "paper"
+    doc.pop("preset", None)
+    base = get_preset(name)
+    cfg = merge(base, doc, "")
+    cfg = merge(cfg, patch, "")
+    cfg = dataclasses.replace(cfg, preset=name)
+    validate_experiment(cfg)
+    return cfg
+
+
+def validate_experiment(cfg: ExperimentConfig) -> None:
+    m, loss, t = cfg.model, cfg.loss, cfg.train
+    checks = [
+        (m.clip_size > 0 and m.sd_size > 0, "model.clip_size and model.sd_size must be positive"),
+        (m.sd_size % 8 == 0, f"model.sd_size={m.sd_size} must be a multiple of 8 (VAE downsampling)"),
+        (m.inversion_size is None or m.inversion_size % 8 == 0, "model.inversion_size must be a multiple of 8"),
+        (m.n_ctx >= 1, "model.n_ctx must be >= 1"),
+        (len(m.class_names) == 2, "model.class_names must hold exactly two names: [real, fake]"),
+        (m.inversion_steps >= 1, "model.inversion_steps must be >= 1"),
+        (0 <= m.cmid_t_min <= m.cmid_t_max, "model.cmid_t_min <= model.cmid_t_max required"),
+        (m.noise_encoder_input in {"vae_decode", "adapter"}, "model.noise_encoder_input must be vae_decode or adapter"),
+        (m.dtype in {"float32", "bfloat16", "float16"}, "model.dtype must be float32, bfloat16 or float16"),
+        (m.tau > 0, "model.tau must be > 0"),
+        (m.lora_rank >= 1, "model.lora_rank must be >= 1"),
+        (0.0 <= loss.lam <= 1.0, "loss.lam must be in [0, 1]"),
+        (loss.alpha >= 0, "loss.alpha must be >= 0"),
+        (loss.gmm_components >= 1, "loss.gmm_components must be >= 1"),
+        (loss.gmm_covariance in {"diag", "full"}, "loss.gmm_covariance must be diag or full"),
+        (loss.pot_sample_term in {"routed", "literal"}, "loss.pot_sample_term must be routed or literal"),
+        (loss.sinkhorn_eps > 0, "loss.sinkhorn_eps must be > 0"),
+        (t.batch_size >= 2 and t.batch_size % 2 == 0, "train.batch_size must be even and >= 2 (class-balanced batches)"),
+        (t.mixed_precision in {"no", "bf16", "fp16"}, "train.mixed_precision must be no, bf16 or fp16"),
+        (cfg.optim.name in {"sgd", "adamw"}, "optim.name must be sgd or adamw"),
+        (cfg.cache.policy in {"online", "cached-fixed", "cached-refresh"},
+         "cache.policy must be online, cached-fixed or cached-refresh"),
+    ]
+    for ok, msg in checks:
+        if not ok:
+            raise ConfigError(msg)
+    if loss.use_ot_dcl and loss.use_pot and loss.gmm_components * 2 > t.batch_size:
+        raise ConfigError(f"loss.gmm_components={loss.gmm_components} needs a batch of at least "
+                          f"{2 * loss.gmm_components}; train.batch_size={t.batch_size}")

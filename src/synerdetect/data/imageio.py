@@ -1,0 +1,336 @@
+"""Robust image loading for detector datasets.
+
+:func:`load_image` turns *any* image a real dataset holds into an 8-bit RGB
+:class:`PIL.Image.Image`, or raises :class:`UnreadableImage`.  It never returns
+a blank/zero image for a failure.
+
+What is handled:
+
+* formats: JPEG, PNG, WebP, BMP, TIFF, GIF (first frame; also the first frame of
+  multi-page TIFF / animated PNG / WebP);
+* modes: ``1``, ``L``, ``P`` (with/without transparency), ``LA``/``La``/``PA``,
+  ``RGBA``/``RGBa`` (alpha composited on **white**), ``CMYK`` (Pillow's
+  conversion, no ICC colour management, like the reference CNNDetection/UniFD
+  pipelines), ``YCbCr``, ``I;16*`` (16-bit, scaled ``round(v / 257)``), ``I``
+  (32-bit int, see :func:`_int_to_uint8`), ``F`` (float, see
+  :func:`_float_to_uint8`).  16-bit *RGB(A)* PNG/TIFF are decoded by Pillow to
+  the high byte of every sample (``v >> 8``), which is a proper scaling too;
+* EXIF orientation (``ImageOps.exif_transpose``; a broken EXIF block is ignored
+  rather than failing the image);
+* decompression bombs: an explicit pixel cap (``max_pixels``) checked from the
+  header *before* decoding; Pillow's own ``DecompressionBombWarning`` is turned
+  into an error and ``DecompressionBombError`` is reported as unreadable.
+
+Failures (missing file, directory, empty file, non-image, truncated/corrupt
+data, bomb, unsupported mode) raise :class:`UnreadableImage` with ``.path`` and
+``.reason``.
+
+Note: Pillow's global ``ImageFile.LOAD_TRUNCATED_IMAGES`` must stay ``False``
+(the default) for truncated files to be detected; if some other code sets it,
+a warning is logged once and truncated files may be padded by Pillow.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import warnings
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "IMAGE_EXTENSIONS",
+    "UnreadableImage",
+    "image_format",
+    "is_image_file",
+    "load_image",
+]
+
+logger = logging.getLogger(__name__)
+
+PathLike = Union[str, os.PathLike]
+
+#: Default pixel cap (width * height), Pillow's own default warning threshold
+#: (~89.5 MPix, e.g. 9459 x 9459).  4K/8K photographs are far below it.
+DEFAULT_MAX_PIXELS: int = 89_478_485
+
+#: File extensions treated as images (lower case, with dot).
+IMAGE_EXTENSIONS: frozenset[str] = frozenset(
+    {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
+)
+
+_EXT_TO_FORMAT = {
+    ".jpg": "JPEG",
+    ".jpeg": "JPEG",
+    ".jpe": "JPEG",
+    ".jfif": "JPEG",
+    ".png": "PNG",
+    ".webp": "WEBP",
+    ".bmp": "BMP",
+    ".dib": "BMP",
+    ".tif": "TIFF",
+    ".tiff": "TIFF",
+    ".gif": "GIF",
+}
+
+# Serialises Image.open() while the bomb warning is escalated to an error.
+# ``warnings.catch_warnings`` mutates process-global state, so concurrent use
+# from several threads (check_dataset uses a thread pool) must not interleave.
+# Only the cheap header parse runs under the lock; decoding runs outside it.
+_OPEN_LOCK = threading.Lock()
+_truncated_flag_warned = False
+
+
+class UnreadableImage(Exception):
+    """An image file that cannot be decoded into a valid RGB image.
+
+    Attributes:
+        path: the file path (str).
+        reason: short human readable reason.
+    """
+
+    def __init__(self, path: PathLike, reason: str):
+        self.path = os.fspath(path)
+        self.reason = str(reason)
+        super().__init__(self.path, self.reason)
+
+    def __str__(self) -> str:
+        return f"unreadable image {self.path!r}: {self.reason}"
+
+    def __reduce__(self):  # picklable across DataLoader worker processes
+        return (type(self), (self.path, self.reason))
+
+
+def is_image_file(path: PathLike) -> bool:
+    """True if ``path`` has an image extension (case-insensitive)."""
+    return os.path.splitext(os.fspath(path))[1].lower() in IMAGE_EXTENSIONS
+
+
+def image_format(path: PathLike) -> str:
+    """Container format of ``path`` as Pillow names it (``"JPEG"``, ``"PNG"``...).
+
+    Only the header is read.  If Pillow cannot identify the file, falls back to
+    the extension (``".jpg"`` -> ``"JPEG"``; unknown -> upper-cased extension,
+    or ``"UNKNOWN"`` without one).
+    """
+    try:
+        with _OPEN_LOCK, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            im = Image.open(path)
+        with im:
+            if im.format:
+                return str(im.format)
+    except Exception:  # noqa: BLE001 - any failure -> extension fallback
+        pass
+    return _format_from_extension(path)
+
+
+def _format_from_extension(path: PathLike) -> str:
+    ext = os.path.splitext(os.fspath(path))[1].lower()
+    if ext in _EXT_TO_FORMAT:
+        return _EXT_TO_FORMAT[ext]
+    return ext[1:].upper() if ext else "UNKNOWN"
+
+
+def load_image(path: PathLike, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Load ``path`` as an 8-bit RGB image (fully decoded, file closed).
+
+    Args:
+        path: image file.
+        max_pixels: refuse images with more than this many pixels
+            (width * height, read from the header before decoding).  ``None``
+            disables this cap (Pillow's global ``Image.MAX_IMAGE_PIXELS`` still
+            applies and is escalated to an error).
+
+    Raises:
+        UnreadableImage: for anything that is not a fully decodable image.
+    """
+    img, _fmt = load_image_with_format(path, max_pixels=max_pixels)
+    return img
+
+
+def load_image_with_format(
+    path: PathLike, *, max_pixels: int | None = DEFAULT_MAX_PIXELS
+) -> tuple[Image.Image, str]:
+    """Like :func:`load_image` but also returns the detected container format."""
+    path_s = os.fspath(path)
+    _check_file(path_s)
+    _warn_if_truncated_flag()
+    try:
+        with _OPEN_LOCK, warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            im = Image.open(path_s)
+    except UnidentifiedImageError:
+        raise UnreadableImage(path_s, "not an image or unsupported format (cannot identify image file)") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise UnreadableImage(path_s, f"decompression bomb: {e}") from None
+    except Exception as e:  # noqa: BLE001
+        raise UnreadableImage(path_s, f"cannot open: {_describe(e)}") from None
+
+    with im:
+        fmt = str(im.format or _format_from_extension(path_s))
+        try:
+            w, h = im.size
+            if w <= 0 or h <= 0:
+                raise UnreadableImage(path_s, f"invalid image size {w}x{h}")
+            if max_pixels is not None and w * h > max_pixels:
+                raise UnreadableImage(
+                    path_s,
+                    f"decompression bomb: {w}x{h} = {w * h} pixels exceeds max_pixels={max_pixels}",
+                )
+            if getattr(im, "n_frames", 1) > 1:
+                im.seek(0)
+            im.load()
+            out = _to_rgb8(_exif_transpose(im, path_s), path_s)
+            out.load()
+        except UnreadableImage:
+            raise
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+            raise UnreadableImage(path_s, f"decompression bomb: {e}") from None
+        except MemoryError:
+            raise UnreadableImage(path_s, "out of memory while decoding") from None
+        except Exception as e:  # noqa: BLE001 - OSError, SyntaxError, ValueError, struct.error...
+            raise UnreadableImage(path_s, f"truncated or corrupt image data: {_describe(e)}") from None
+    if out.mode != "RGB" or out.size[0] <= 0 or out.size[1] <= 0:  # pragma: no cover - defensive
+        raise UnreadableImage(path_s, f"internal conversion error (mode {out.mode}, size {out.size})")
+    return out, fmt
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _describe(e: BaseException) -> str:
+    msg = str(e).strip()
+    return f"{type(e).__name__}: {msg}" if msg else type(e).__name__
+
+
+def _check_file(path: str) -> None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise UnreadableImage(path, "file not found") from None
+    except OSError as e:
+        raise UnreadableImage(path, f"cannot stat file: {_describe(e)}") from None
+    if not Path(path).is_file():
+        raise UnreadableImage(path, "not a regular file")
+    if st.st_size == 0:
+        raise UnreadableImage(path, "empty file (0 bytes)")
+
+
+def _warn_if_truncated_flag() -> None:
+    global _truncated_flag_warned
+    if ImageFile.LOAD_TRUNCATED_IMAGES and not _truncated_flag_warned:
+        _truncated_flag_warned = True
+        logger.warning(
+            "PIL.ImageFile.LOAD_TRUNCATED_IMAGES is True (set by some other code): "
+            "truncated image files cannot be detected and may be padded by Pillow"
+        )
+
+
+def _exif_transpose(im: Image.Image, path: str) -> Image.Image:
+    try:
+        out = ImageOps.exif_transpose(im)
+        return im if out is None else out
+    except Exception as e:  # noqa: BLE001 - broken EXIF must not kill a decodable image
+        logger.debug("ignoring unreadable EXIF orientation of %s: %s", path, e)
+        return im
+
+
+def _composite_on_white(rgba: Image.Image) -> Image.Image:
+    rgba = rgba.convert("RGBA")
+    bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return Image.alpha_composite(bg, rgba).convert("RGB")
+
+
+def _to_rgb8(im: Image.Image, path: str) -> Image.Image:
+    mode = im.mode
+    has_trns = "transparency" in im.info
+    if mode == "RGB" and not has_trns:
+        return im.copy()
+    if mode in ("RGBA", "LA", "PA", "La", "RGBa"):
+        return _composite_on_white(im)
+    if mode in ("P", "L", "1", "RGB") and has_trns:
+        try:
+            return _composite_on_white(im.convert("RGBA"))
+        except Exception:  # noqa: BLE001 - bad tRNS -> ignore transparency
+            return im.convert("RGB")
+    if mode in ("P", "L", "1", "CMYK", "YCbCr"):
+        return im.convert("RGB")
+    if mode.startswith("I;16"):
+        arr = np.asarray(im).astype(np.uint32)
+        return _gray_to_rgb(((arr * 255 + 32767) // 65535).astype(np.uint8))
+    if mode == "I":
+        return _gray_to_rgb(_int_to_uint8(np.asarray(im), _bits_hint(im)))
+    if mode == "F":
+        return _gray_to_rgb(_float_to_uint8(np.asarray(im)))
+    try:
+        return im.convert("RGB")
+    except Exception as e:  # noqa: BLE001
+        raise UnreadableImage(path, f"unsupported image mode {mode!r}: {_describe(e)}") from None
+
+
+def _gray_to_rgb(a: np.ndarray) -> Image.Image:
+    a = np.ascontiguousarray(a, dtype=np.uint8)
+    return Image.fromarray(np.repeat(a[:, :, None], 3, axis=2), "RGB")
+
+
+def _bits_hint(im: Image.Image) -> int | None:
+    """Bits per sample declared by the file, if known (TIFF tag 258)."""
+    tag = getattr(im, "tag_v2", None)
+    if tag is not None:
+        try:
+            bps = tag.get(258)
+            if isinstance(bps, (tuple, list)):
+                bps = bps[0]
+            return int(bps) if bps else None
+        except Exception:  # noqa: BLE001
+            return None
+    return None
+
+
+def _int_to_uint8(a: np.ndarray, bits: int | None) -> np.ndarray:
+    """32-bit integer grey -> uint8.
+
+    * declared 8/16-bit depth -> scale that range to 0..255;
+    * otherwise by value range: within 0..255 kept as is, within 0..65535
+      treated as 16-bit, anything else min-max normalised.
+    """
+    a = a.astype(np.int64)
+    lo, hi = (int(a.min()), int(a.max())) if a.size else (0, 0)
+    if bits is not None and 1 <= bits <= 16 and lo >= 0 and hi < (1 << bits):
+        maxv = (1 << bits) - 1
+        return ((a * 255 + maxv // 2) // maxv).astype(np.uint8)
+    if lo >= 0 and hi <= 255:
+        return a.astype(np.uint8)
+    if lo >= 0 and hi <= 65535:
+        return ((a * 255 + 32767) // 65535).astype(np.uint8)
+    return _minmax(a.astype(np.float64))
+
+
+def _float_to_uint8(a: np.ndarray) -> np.ndarray:
+    """Float grey -> uint8: values in [0, 1] scaled by 255, values in [0, 255]
+    kept, anything else min-max normalised.  NaN -> 0, +-inf clipped."""
+    a = np.asarray(a, dtype=np.float64)
+    finite = np.isfinite(a)
+    if not finite.all():
+        fin = a[finite]
+        lo_f, hi_f = (fin.min(), fin.max()) if fin.size else (0.0, 0.0)
+        a = np.nan_to_num(a, nan=lo_f, posinf=hi_f, neginf=lo_f)
+    lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
+    if lo >= 0.0 and hi <= 1.0:
+        return np.clip(np.rint(a * 255.0), 0, 255).astype(np.uint8)
+    if lo >= 0.0 and hi <= 255.0:
+        return np.clip(np.rint(a), 0, 255).astype(np.uint8)
+    return _minmax(a)
+
+
+def _minmax(a: np.ndarray) -> np.ndarray:
+    lo, hi = float(a.min()), float(a.max())
+    if hi <= lo:
+        return np.zeros(a.shape, np.uint8)
+    return np.clip(np.rint((a - lo) * (255.0 / (hi - lo))), 0, 255).astype(np.uint8)

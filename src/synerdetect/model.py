@@ -1,0 +1,457 @@
+"""The SynerDetect detector: E_v, E_d (CLIP + LoRA), prompt generation, CMID, conditional inversion,
+OT-DCL and the Eq. 10 decision. One module, one contract:
+
+- ``compute_losses(images, labels)`` -> dict of 0-dim tensors (cr, dcl, pot, ot_dcl, total, ...)
+- ``predict(images)`` -> dict of per-image tensors (s_real, s_fake, logit, prob_fake, label)
+
+``images`` are float tensors B x 3 x H x W in [0, 1]; the model does its own CLIP and SD preprocessing.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .backbones import BaseModels, load_base_models
+from .backbones.loaders import TINY, write_tiny_clip, write_tiny_sd
+from .config import ConfigError, ExperimentConfig, LossConfig, ModelConfig, from_dict
+from .contrastive import dcl_loss_two_views
+from .inversion import ddim_invert
+from .ot import pot_loss
+from .prompt import PromptTextEncoder, VisualAwareTuner
+
+log = logging.getLogger(__name__)
+
+# CLIP's published normalisation (the OpenAI and LAION ViT-L/14 processors use the same values).
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+CONFIG_NAME = "synerdetect_config.json"
+WEIGHTS_NAME = "trainable.safetensors"
+
+
+class InputError(ValueError):
+    """Images or labels are not what the model accepts."""
+
+
+class VisionEncoder(nn.Module):
+    """CLIP vision tower + projection into the joint space (E_v or E_d)."""
+
+    def __init__(self, clip_model):
+        super().__init__()
+        self.vision_model = clip_model.vision_model
+        self.visual_projection = clip_model.visual_projection
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        pooled = self.vision_model(pixel_values=pixel_values).pooler_output
+        return F.normalize(self.visual_projection(pooled).float(), dim=-1)
+
+
+def _add_lora(module: nn.Module, cfg: ModelConfig, name: str) -> nn.Module:
+    from peft import LoraConfig, inject_adapter_in_model
+
+    lcfg = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                      target_modules=list(cfg.lora_targets))
+    try:
+        return inject_adapter_in_model(lcfg, module, adapter_name="default")
+    except ValueError as e:
+        raise ConfigError(f"LoRA on {name}: {e} (model.lora_targets={cfg.lora_targets})") from e
+
+
+def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
+    if x.shape[-2:] == (size, size):
+        return x
+    # Shorter side to `size`, then centre crop: the CLIP processor's geometry, on tensors.
+    h, w = x.shape[-2:]
+    s = size / min(h, w)
+    nh, nw = max(size, round(h * s)), max(size, round(w * s))
+    x = F.interpolate(x, size=(nh, nw), mode="bicubic", align_corners=False, antialias=True)
+    top, left = (nh - size) // 2, (nw - size) // 2
+    return x[..., top:top + size, left:left + size].clamp(0, 1)
+
+
+class SynerDetect(nn.Module):
+    def __init__(self, cfg: ExperimentConfig, base: BaseModels):
+        super().__init__()
+        self.cfg = cfg
+        m = cfg.model
+        self.mcfg, self.lcfg = m, cfg.loss
+        self.clip_source, self.sd_source = base.clip_source, base.sd_source
+        self.compute_dtype = _DTYPES[m.dtype]
+        clip = base.clip
+        self._check_dims(base)
+
+        # E_v and E_d: two copies of the CLIP vision tower, each with its own LoRA.
+        self.E_v = _add_lora(VisionEncoder(clip), m, "E_v")
+        self.E_d = _add_lora(VisionEncoder(copy.deepcopy(clip)), m, "E_d")
+        self.text = PromptTextEncoder(clip, base.tokenizer, m.n_ctx, m.class_names)
+        joint = clip.config.projection_dim
+        width = clip.config.text_config.hidden_size
+        self.tuner = VisualAwareTuner(width, joint, m.n_ctx, m.tuner_heads, use_global=m.tuner_global,
+                                      use_local=m.tuner_local, cconv_filters=m.cconv_filters,
+                                      cconv_kernel=m.cconv_kernel, cconv_channels=m.cconv_channels,
+                                      cconv_grid=m.cconv_grid, init_std=m.ctx_init_std)
+        self.unet, self.vae = base.unet, base.vae
+        sd_width = base.empty_context.shape[-1]
+        self.cond_proj = nn.Linear(joint, sd_width)  # DESIGN.md 2.2: 768 -> 1024, trained by L_CR only
+        self.register_buffer("empty_context", base.empty_context.float(), persistent=False)
+        self.adapter = nn.Conv2d(base.vae.config.latent_channels, 3, 1) if m.noise_encoder_input == "adapter" else None
+        self.scheduler_config = dict(base.scheduler_config)
+        from diffusers import DDIMScheduler
+
+        self.noise_scheduler = DDIMScheduler.from_config(
+            {k: v for k, v in self.scheduler_config.items() if not k.startswith("_")})
+        self.prediction_type = self.noise_scheduler.config.prediction_type
+        if self.prediction_type not in {"epsilon", "v_prediction"}:
+            raise ConfigError(f"unsupported SD prediction_type {self.prediction_type!r}")
+        self.vae_scale = float(getattr(base.vae.config, "scaling_factor", 0.18215))
+        self.register_buffer("clip_mean", torch.tensor(CLIP_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("clip_std", torch.tensor(CLIP_STD).view(1, 3, 1, 1), persistent=False)
+        self._freeze()
+        if m.gradient_checkpointing:
+            self.unet.enable_gradient_checkpointing()
+            for enc in (self.E_v, self.E_d):
+                enc.vision_model.gradient_checkpointing_enable() if hasattr(enc.vision_model, "gradient_checkpointing_enable") else None
+
+    # ------------------------------------------------------------------ set-up
+    def _check_dims(self, base: BaseModels) -> None:
+        m = self.mcfg
+        cc = base.clip.config
+        problems = []
+        if cc.vision_config.image_size != m.clip_size:
+            problems.append(f"model.clip_size={m.clip_size} but the CLIP vision tower expects "
+                            f"{cc.vision_config.image_size} px")
+        if base.unet.config.in_channels != base.vae.config.latent_channels:
+            problems.append(f"UNet in_channels={base.unet.config.in_channels} != VAE latent_channels="
+                            f"{base.vae.config.latent_channels}")
+        cad = base.unet.config.cross_attention_dim
+        if base.empty_context.shape[-1] != cad:
+            problems.append(f"SD text context width {base.empty_context.shape[-1]} != UNet cross_attention_dim {cad}")
+        levels = len(base.vae.config.block_out_channels) - 1
+        factor = 2 ** levels
+        unet_div = 2 ** (len(base.unet.config.block_out_channels) - 1)
+        for name, size in (("model.sd_size", m.sd_size), ("model.inversion_size", m.inversion_size)):
+            if size is None:
+                continue
+            if size % factor or (size // factor) % unet_div:
+                problems.append(f"{name}={size} gives a latent the UNet cannot process "
+                                f"(VAE factor {factor}, UNet needs multiples of {unet_div})")
+        width = cc.text_config.hidden_size
+        if width % m.tuner_heads:
+            problems.append(f"text width {width} is not divisible by model.tuner_heads={m.tuner_heads}")
+        if problems:
+            raise ConfigError("model dimensions do not fit together: " + "; ".join(problems))
+
+    def _freeze(self) -> None:
+        for p in self.parameters():
+            p.requires_grad_(False)
+        for enc in (self.E_v, self.E_d):
+            for n, p in enc.named_parameters():
+                if "lora_" in n:
+                    p.requires_grad_(True)
+        for mod in (self.tuner, self.cond_proj, self.adapter):
+            if mod is not None:
+                for p in mod.parameters():
+                    p.requires_grad_(True)
+        cd = self.compute_dtype
+        for frozen in (self.unet, self.vae, self.text):
+            frozen.to(cd).eval()
+        # Frozen weights of the vision towers follow the compute dtype; LoRA stays fp32.
+        for enc in (self.E_v, self.E_d):
+            for n, p in enc.named_parameters():
+                if not p.requires_grad:
+                    p.data = p.data.to(cd)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        # Frozen parts always run in eval mode (no dropout, fixed norms).
+        self.unet.eval()
+        self.vae.eval()
+        self.text.eval()
+        return self
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        return {n: p.detach().clone() for n, p in self.named_parameters() if p.requires_grad}
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    # ------------------------------------------------------------------ checks
+    def check_inputs(self, images: Any, labels: Any = None) -> None:
+        if not isinstance(images, torch.Tensor):
+            raise InputError(f"images must be a torch.Tensor B x 3 x H x W in [0, 1], got {type(images).__name__}")
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise InputError(f"images must have shape B x 3 x H x W, got {tuple(images.shape)}")
+        if images.shape[0] == 0:
+            raise InputError("images is an empty batch")
+        if not images.is_floating_point():
+            raise InputError(f"images must be a float tensor in [0, 1], got dtype {images.dtype} "
+                             "(divide uint8 images by 255)")
+        if min(images.shape[-2:]) < 8:
+            raise InputError(f"images of {tuple(images.shape[-2:])} px are too small")
+        if not torch.isfinite(images).all():
+            raise InputError("images contain NaN or Inf")
+        lo, hi = float(images.min()), float(images.max())
+        if lo < -1e-3 or hi > 1 + 1e-3:
+            raise InputError(f"image values must lie in [0, 1], got [{lo:.3g}, {hi:.3g}] "
+                             "(pass float images scaled to [0, 1], not [0, 255] or [-1, 1])")
+        if labels is not None:
+            if not isinstance(labels, torch.Tensor):
+                labels = torch.as_tensor(labels)
+            if labels.ndim != 1 or labels.shape[0] != images.shape[0]:
+                raise InputError(f"labels must be a 1-D tensor of length {images.shape[0]}, got {tuple(labels.shape)}")
+            bad = set(labels.tolist()) - {0, 1}
+            if bad:
+                raise InputError(f"labels must be 0 (real) or 1 (fake), got {sorted(bad)}")
+
+    # ------------------------------------------------------------------ stages
+    def clip_pixels(self, images: torch.Tensor) -> torch.Tensor:
+        x = _resize(images.float(), self.mcfg.clip_size)
+        return x
+
+    def encode_visual(self, x01_clip: torch.Tensor) -> torch.Tensor:
+        """z_v = E_v(x), normalised, B x D."""
+        px = ((x01_clip - self.clip_mean) / self.clip_std).to(self.compute_dtype)
+        return self.E_v(px)
+
+    def prompts(self, z_v: torch.Tensor, x01_clip: torch.Tensor) -> torch.Tensor:
+        """z_t for both classes, B x 2 x D (per image through the tuner, Eq. 1)."""
+        ctx = self.tuner(z_v, x01_clip)
+        return self.text(ctx)
+
+    @staticmethod
+    def agnostic_prompt(z_t: torch.Tensor) -> torch.Tensor:
+        """Label-agnostic prompt (DESIGN.md 2.1): normalised mean of z_t^real and z_t^fake."""
+        return F.normalize(z_t.mean(dim=1), dim=-1)
+
+    def sd_context(self, c: torch.Tensor) -> torch.Tensor:
+        """Map c (B x D joint) to SD's cross-attention context: empty-prompt context + projected c."""
+        proj = self.cond_proj(c.float())
+        return self.empty_context.to(proj.device) + proj.unsqueeze(1)
+
+    @torch.no_grad()
+    def encode_latents(self, images: torch.Tensor, size: int | None = None) -> torch.Tensor:
+        """VAE latent z0 of the image at ``size`` px (the posterior mean, scaled), B x 4 x h x w."""
+        size = size or self.mcfg.sd_size
+        x = _resize(images.float(), size) * 2 - 1
+        post = self.vae.encode(x.to(self.compute_dtype)).latent_dist
+        return (post.mean * self.vae_scale).float()
+
+    @torch.no_grad()
+    def invert(self, latents: torch.Tensor, cond: torch.Tensor, steps: int | None = None) -> torch.Tensor:
+        """Discriminative conditional inversion: DDIM-invert z0 conditioned on ``cond`` (B x D)."""
+        ctx = self.sd_context(cond.detach()).to(self.compute_dtype)
+        return ddim_invert(self.unet, self.scheduler_config, latents.float(), ctx, steps or self.mcfg.inversion_steps)
+
+    def noise_pixels(self, inverted: torch.Tensor) -> torch.Tensor:
+        """Noise map -> E_d input (normalised pixels at clip_size)."""
+        size = self.mcfg.clip_size
+        if self.adapter is not None:
+            x = self.adapter(inverted.float())
+            return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False).to(self.compute_dtype)
+        with torch.no_grad():
+            rgb = self.vae.decode((inverted / self.vae_scale).to(self.compute_dtype)).sample.float()
+            rgb = ((rgb.clamp(-1, 1) + 1) / 2)
+            rgb = F.interpolate(rgb, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+            return ((rgb - self.clip_mean) / self.clip_std).to(self.compute_dtype)
+
+    def encode_noise(self, inverted: torch.Tensor) -> torch.Tensor:
+        """z_n = E_d(noise map), normalised, B x D."""
+        return self.E_d(self.noise_pixels(inverted))
+
+    def cmid_loss(self, latents: torch.Tensor, c: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Eq. 2: noise the latent at a random t, predict with the frozen UNet conditioned on c, MSE."""
+        b = latents.shape[0]
+        dev = latents.device
+        t = torch.randint(self.mcfg.cmid_t_min, self.mcfg.cmid_t_max + 1, (b,), device="cpu", generator=generator).to(dev)
+        noise = torch.randn(latents.shape, generator=generator, device="cpu").to(dev)
+        noisy = self.noise_scheduler.add_noise(latents, noise, t)
+        ctx = self.sd_context(c)
+        pred = self.unet(noisy.to(self.compute_dtype), t, encoder_hidden_states=ctx.to(self.compute_dtype),
+                         return_dict=False)[0].float()
+        if self.prediction_type == "v_prediction":
+            target = self.noise_scheduler.get_velocity(latents, noise, t)
+        else:
+            target = noise
+        return F.mse_loss(pred, target)
+
+    # ------------------------------------------------------------------ contract
+    def features(self, images: torch.Tensor, *, latents: torch.Tensor | None = None,
+                 inverted: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """All embeddings of a batch. ``latents``/``inverted`` may come from the feature cache."""
+        x_clip = self.clip_pixels(images)
+        z_v = self.encode_visual(x_clip)
+        z_t = self.prompts(z_v, x_clip)
+        if inverted is None:
+            inv_size = self.mcfg.inversion_size or self.mcfg.sd_size
+            inv_latents = latents if (latents is not None and inv_size == self.mcfg.sd_size) else None
+            if inv_latents is None:
+                inv_latents = self.encode_latents(images, inv_size)
+            inverted = self.invert(inv_latents, self.agnostic_prompt(z_t))
+        z_n = self.encode_noise(inverted)
+        return {"x_clip": x_clip, "z_v": z_v, "z_t": z_t, "z_n": z_n, "inverted": inverted}
+
+    def compute_losses(self, images: torch.Tensor, labels: torch.Tensor, *, latents: torch.Tensor | None = None,
+                       inverted: torch.Tensor | None = None, generator: torch.Generator | None = None
+                       ) -> dict[str, torch.Tensor]:
+        """Eq. 2, 6, 7, 8, 9 on one batch. Returns 0-dim tensors: cr, dcl, pot, ot_dcl, total."""
+        self.check_inputs(images, labels)
+        labels = torch.as_tensor(labels, device=images.device).long()
+        lc = self.lcfg
+        if lc.use_ot_dcl and len(set(labels.tolist())) < 2:
+            raise InputError("a training batch must hold both real and fake images (Eq. 7 needs negatives); "
+                             "use the class-balanced sampler")
+        need_latents = lc.use_cmid
+        if need_latents and latents is None:
+            latents = self.encode_latents(images)
+        f = self.features(images, latents=latents, inverted=inverted)
+        z_v, z_t, z_n = f["z_v"], f["z_t"], f["z_n"]
+        idx = torch.arange(len(labels), device=labels.device)
+        z_t_label = z_t[idx, labels]  # the prompt of each sample's own label (anchor of Eq. 7)
+        zero = z_v.new_zeros(())
+        out: dict[str, torch.Tensor] = {}
+        if lc.use_cmid:
+            prompt = z_t_label if self.mcfg.cmid_label_prompt else self.agnostic_prompt(z_t)
+            out["cr"] = self.cmid_loss(latents, z_v + prompt, generator)
+        else:
+            out["cr"] = zero
+        if lc.use_ot_dcl:
+            out["dcl"] = dcl_loss_two_views(z_t_label, z_v, z_n, labels, self.mcfg.tau)
+            if lc.use_pot:
+                out["pot"], info = pot_loss(z_n, z_v, k=lc.gmm_components, eps=lc.sinkhorn_eps,
+                                            covariance=lc.gmm_covariance, sample_term=lc.pot_sample_term,
+                                            em_iters=lc.gmm_iters, sinkhorn_iters=lc.sinkhorn_iters)
+            else:
+                out["pot"] = zero
+            out["ot_dcl"] = out["dcl"] + lc.alpha * out["pot"]
+        else:
+            # Table 5b "w/o OT-DCL": plain cross-entropy on the Eq. 10 scores replaces L_OT-DCL.
+            s = self.scores(z_v, z_n, z_t)
+            out["dcl"], out["pot"] = zero, zero
+            out["ot_dcl"] = F.cross_entropy(s / self.mcfg.tau, labels)
+        out["total"] = lc.lam * out["cr"] + (1 - lc.lam) * out["ot_dcl"]
+        return out
+
+    @staticmethod
+    def scores(z_v: torch.Tensor, z_n: torch.Tensor, z_t: torch.Tensor) -> torch.Tensor:
+        """Eq. 10: s_c = sim(z_v, z_t^c) + sim(z_n, z_t^c), B x 2 (all inputs normalised)."""
+        return torch.einsum("bd,bcd->bc", z_v, z_t) + torch.einsum("bd,bcd->bc", z_n, z_t)
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor, *, inverted: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Eq. 10 per image: s_real, s_fake, logit = s_fake - s_real, prob_fake, label (1 = fake). No label is used."""
+        self.check_inputs(images)
+        was_training = self.training
+        self.eval()
+        try:
+            f = self.features(images, inverted=inverted)
+        finally:
+            self.train(was_training)
+        s = self.scores(f["z_v"], f["z_n"], f["z_t"])
+        logit = s[:, 1] - s[:, 0]
+        return {"s_real": s[:, 0], "s_fake": s[:, 1], "logit": logit,
+                "prob_fake": torch.sigmoid(logit / self.mcfg.tau),  # = softmax((s_real, s_fake)/tau)[fake]
+                "label": (logit > 0).long()}
+
+    # ------------------------------------------------------------------ I/O
+    @classmethod
+    def from_config(cls, cfg: ExperimentConfig) -> "SynerDetect":
+        from .config import validate_experiment
+
+        validate_experiment(cfg)
+        base = load_base_models(cfg.model.clip, cfg.model.sd, tiny_seed=cfg.model.tiny_seed)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.train.seed)  # trainable init is reproducible
+            return cls(cfg, base)
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> "SynerDetect":
+        """``SynerDetect.from_preset("tiny", model={"inversion_steps": 5})`` or dotted keys
+        ``**{"model.inversion_steps": 5}``."""
+        from .config import merge, parse_overrides
+        from .presets import get_preset
+
+        cfg = get_preset(name)
+        nested: dict[str, Any] = {}
+        for k, v in overrides.items():
+            if "." in k:
+                node = nested
+                parts = k.split(".")
+                for p in parts[:-1]:
+                    node = node.setdefault(p, {})
+                node[parts[-1]] = v
+            else:
+                nested.setdefault(k, {}).update(v) if isinstance(v, dict) else nested.__setitem__(k, v)
+        cfg = merge(cfg, nested)
+        return cls.from_config(cfg)
+
+    def save_pretrained(self, folder: str | Path, *, extra: dict | None = None) -> Path:
+        """Trainable part in safetensors + the config naming the base models. ``tiny`` base models
+        are written beside it (a few MB) so the folder reloads on any machine through the real loaders."""
+        from safetensors.torch import save_file
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        cfg = copy.deepcopy(self.cfg)
+        doc = {"format": "synerdetect/1", "config": asdict(cfg), "extra": extra or {}}
+        if cfg.model.clip == TINY:
+            if not (folder / "base" / "clip" / "config.json").is_file():
+                write_tiny_clip(folder / "base" / "clip", cfg.model.tiny_seed)
+            doc["config"]["model"]["clip"] = "base/clip"
+        if cfg.model.sd == TINY:
+            if not (folder / "base" / "sd" / "model_index.json").is_file():
+                write_tiny_sd(folder / "base" / "sd", cfg.model.tiny_seed)
+            doc["config"]["model"]["sd"] = "base/sd"
+        state = {k: v.float().contiguous() for k, v in self.trainable_state_dict().items()}
+        tmp = folder / (WEIGHTS_NAME + ".tmp")
+        save_file(state, str(tmp), metadata={"format": "pt"})
+        tmp.replace(folder / WEIGHTS_NAME)
+        (folder / CONFIG_NAME).write_text(json.dumps(doc, indent=2))
+        return folder
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, **overrides: Any) -> "SynerDetect":
+        """Load a detector saved by :meth:`save_pretrained`. Base-model paths relative to the folder are
+        resolved against it; ``overrides`` (dotted keys) may point them elsewhere."""
+        from safetensors.torch import load_file
+
+        from .config import merge
+
+        folder = Path(folder)
+        cfg_path = folder / CONFIG_NAME
+        if not cfg_path.is_file():
+            raise FileNotFoundError(f"{folder} is not a SynerDetect checkpoint (no {CONFIG_NAME})")
+        doc = json.loads(cfg_path.read_text())
+        cfg = from_dict(ExperimentConfig, doc["config"])
+        for key in ("clip", "sd"):
+            val = getattr(cfg.model, key)
+            if val and not Path(val).is_absolute() and (folder / val).exists():
+                setattr(cfg.model, key, str(folder / val))
+        nested: dict[str, Any] = {}
+        for k, v in overrides.items():
+            node = nested
+            parts = k.split(".")
+            for p in parts[:-1]:
+                node = node.setdefault(p, {})
+            node[parts[-1]] = v
+        cfg = merge(cfg, nested)
+        model = cls.from_config(cfg)
+        state = load_file(str(folder / WEIGHTS_NAME))
+        own = dict(model.named_parameters())
+        missing = [k for k, p in own.items() if p.requires_grad and k not in state]
+        unexpected = [k for k in state if k not in own]
+        if missing or unexpected:
+            raise ConfigError(f"checkpoint {folder} does not match the model: missing {missing[:5]}, "
+                              f"unexpected {unexpected[:5]}")
+        with torch.no_grad():
+            for k, v in state.items():
+                own[k].copy_(v.to(own[k].dtype))
+        return model

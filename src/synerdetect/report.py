@@ -1,0 +1,405 @@
+"""Result files, markdown tables and plots for SynerDetect evaluations.
+
+All files are written atomically (temporary file in the same directory, then
+``os.replace``), so an interrupted run never leaves a half-written result.
+Metric values in JSON/CSV are fractions in ``[0, 1]``; markdown shows percentages
+with two decimals.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .metrics import DECISION_RULE, ScoreRecord, _as_records, generator_metrics
+
+__all__ = [
+    "SCORE_FIELDS",
+    "CSV_COLUMNS",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "atomic_write_json",
+    "write_results",
+    "read_scores_jsonl",
+    "markdown_table",
+    "plot_logit_distributions",
+    "robustness_markdown",
+]
+
+SCORE_FIELDS = ("path", "generator", "label", "s_real", "s_fake", "logit", "prob_fake", "format")
+CSV_COLUMNS = (
+    "generator", "acc", "real_acc", "fake_acc", "ap", "n_real", "n_fake", "n_images",
+    "ap_note", "acc_note", "formats_real", "formats_fake", "format_shortcut_warning",
+)
+
+
+# --------------------------------------------------------------------------- io helpers
+
+
+def _jsonable(x: Any) -> Any:
+    """Plain-JSON copy: numpy scalars/arrays -> python, Path -> str, non-finite floats -> None."""
+    if isinstance(x, Mapping):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple, set, frozenset)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return _jsonable(x.tolist())
+    if isinstance(x, np.generic):
+        return _jsonable(x.item())
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, Path):
+        return str(x)
+    if isinstance(x, ScoreRecord):
+        return _jsonable(x.to_dict())
+    return x
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
+    return atomic_write_text(path, json.dumps(_jsonable(obj), indent=2, allow_nan=False) + "\n")
+
+
+def _csv_num(v: Any) -> str:
+    return "" if v is None else repr(float(v)) if isinstance(v, float) else str(v)
+
+
+def _fmt_counts(counts: Mapping[str, int]) -> str:
+    return ";".join(f"{k}:{v}" for k, v in counts.items())
+
+
+def _acc_note(m: Mapping[str, Any]) -> str:
+    notes = []
+    if m.get("real_acc_undefined"):
+        notes.append(f"real_acc: {m['real_acc_undefined']}")
+    if m.get("fake_acc_undefined"):
+        notes.append(f"fake_acc: {m['fake_acc_undefined']}")
+    return "; ".join(notes)
+
+
+def _mean_ap_note(summary: Mapping[str, Any]) -> str:
+    mean, gens = summary["mean"], summary["generators"]
+    if mean.get("ap") is None:
+        return mean.get("ap_undefined") or "AP undefined for every generator"
+    excl = mean.get("ap_excluded") or [g for g, m in gens.items() if m.get("ap") is None]
+    if not excl:
+        return ""
+    why = ", ".join(f"{g} ({gens[g].get('ap_undefined')})" for g in excl)
+    return f"mean over {mean.get('ap_n_generators')}/{len(gens)} generators with defined AP; excluded: {why}"
+
+
+def _csv_text(summary: Mapping[str, Any]) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(CSV_COLUMNS), lineterminator="\n")
+    w.writeheader()
+    gens = summary["generators"]
+    for g, m in gens.items():
+        w.writerow({
+            "generator": g,
+            "acc": _csv_num(m["acc"]), "real_acc": _csv_num(m["real_acc"]),
+            "fake_acc": _csv_num(m["fake_acc"]), "ap": _csv_num(m["ap"]),
+            "n_real": m["n_real"], "n_fake": m["n_fake"],
+            "n_images": m.get("n_images", m["n_real"] + m["n_fake"]),
+            "ap_note": m.get("ap_undefined") or "",
+            "acc_note": _acc_note(m),
+            "formats_real": _fmt_counts(m["formats"]["real"]),
+            "formats_fake": _fmt_counts(m["formats"]["fake"]),
+            "format_shortcut_warning": m.get("format_shortcut_warning") or "",
+        })
+    mean = summary["mean"]
+    n_real = sum(m["n_real"] for m in gens.values())
+    n_fake = sum(m["n_fake"] for m in gens.values())
+    w.writerow({
+        "generator": "mean",
+        "acc": _csv_num(mean.get("acc")), "real_acc": _csv_num(mean.get("real_acc")),
+        "fake_acc": _csv_num(mean.get("fake_acc")), "ap": _csv_num(mean.get("ap")),
+        "n_real": n_real, "n_fake": n_fake, "n_images": n_real + n_fake,
+        "ap_note": _mean_ap_note(summary), "acc_note": "unweighted mean over generators",
+        "formats_real": "", "formats_fake": "", "format_shortcut_warning": "",
+    })
+    return buf.getvalue()
+
+
+def write_results(
+    out_dir: str | os.PathLike,
+    summary: Mapping[str, Any],
+    records: Iterable[ScoreRecord | Mapping[str, Any]],
+    *,
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Path]:
+    """Write ``results.json``, ``scores.jsonl`` and ``results.csv`` into ``out_dir``.
+
+    * ``results.json`` -- the :func:`~synerdetect.metrics.summarize` dict with the
+      keys of ``extra`` (e.g. ``{"model": ..., "config": ...}``) merged at top level
+      (a key clashing with a summary key raises ``ValueError``).
+    * ``scores.jsonl`` -- one JSON object per image with :data:`SCORE_FIELDS`.
+    * ``results.csv`` -- :data:`CSV_COLUMNS`, one row per generator then a ``mean``
+      row; undefined metrics are empty cells explained in ``ap_note``/``acc_note``.
+
+    Returns ``{"json": path, "jsonl": path, "csv": path}``.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    recs = _as_records(records)
+    payload = dict(summary)
+    if extra:
+        clash = sorted(set(extra) & set(payload))
+        if clash:
+            raise ValueError(f"extra keys clash with summary keys: {clash}")
+        payload.update(extra)
+
+    lines = []
+    for r in recs:
+        d = r.to_dict()
+        lines.append(json.dumps(_jsonable({k: d[k] for k in SCORE_FIELDS}), allow_nan=False))
+    paths = {
+        "jsonl": atomic_write_text(out / "scores.jsonl", "".join(line + "\n" for line in lines)),
+        "csv": atomic_write_text(out / "results.csv", _csv_text(summary)),
+        # results.json last: its presence marks a complete run
+        "json": atomic_write_json(out / "results.json", payload),
+    }
+    return paths
+
+
+def read_scores_jsonl(path: str | os.PathLike) -> list[ScoreRecord]:
+    """Load ``scores.jsonl`` back into :class:`ScoreRecord` objects."""
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for i, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    out.append(ScoreRecord.from_dict(json.loads(line)))
+                except (ValueError, TypeError) as e:
+                    raise ValueError(f"{path}:{i}: bad score record: {e}") from e
+    return out
+
+
+# --------------------------------------------------------------------------- markdown
+
+
+def _pct(v: float | None) -> str:
+    return "n/a" if v is None else f"{100.0 * v:.2f}"
+
+
+def _md_escape(s: str) -> str:
+    return str(s).replace("|", "\\|").replace("\n", " ")
+
+
+class _Notes:
+    def __init__(self) -> None:
+        self.items: list[str] = []
+
+    def add(self, text: str) -> str:
+        if text not in self.items:
+            self.items.append(text)
+        return f"[{self.items.index(text) + 1}]"
+
+
+def markdown_table(summary: Mapping[str, Any]) -> str:
+    """Per-generator markdown table plus a final mean row and numbered footnotes.
+
+    Columns: generator, acc, real acc, fake acc, AP, #real, #fake, formats
+    (percentages with two decimals; undefined metrics are ``n/a[k]`` with footnote
+    ``[k]`` giving the reason; format-shortcut warnings are footnoted too).
+    """
+    gens = summary["generators"]
+    notes = _Notes()
+
+    def cell(v: float | None, reason: str | None, gen: str, metric: str) -> str:
+        if v is not None:
+            return _pct(v)
+        return "n/a" + notes.add(f"{gen} {metric}: {reason or 'undefined'}")
+
+    rows = [
+        "| generator | acc | real acc | fake acc | AP | #real | #fake | formats |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for g, m in gens.items():
+        fr, ff = m["formats"]["real"], m["formats"]["fake"]
+        fmt = "; ".join(
+            part for part in (
+                ("real " + ", ".join(f"{k} {v}" for k, v in fr.items())) if fr else "",
+                ("fake " + ", ".join(f"{k} {v}" for k, v in ff.items())) if ff else "",
+            ) if part
+        )
+        if m.get("format_shortcut_warning"):
+            fmt += " (!)" + notes.add(f"{g} format shortcut: {m['format_shortcut_warning']}")
+        rows.append("| " + " | ".join([
+            _md_escape(g),
+            _pct(m["acc"]),
+            cell(m["real_acc"], m.get("real_acc_undefined"), g, "real acc"),
+            cell(m["fake_acc"], m.get("fake_acc_undefined"), g, "fake acc"),
+            cell(m["ap"], m.get("ap_undefined"), g, "AP"),
+            str(m["n_real"]), str(m["n_fake"]), _md_escape(fmt),
+        ]) + " |")
+
+    mean = summary["mean"]
+    ap_cell = _pct(mean.get("ap"))
+    ap_note = _mean_ap_note(summary)
+    if ap_note:
+        ap_cell += notes.add(f"mean AP: {ap_note}")
+    rows.append("| " + " | ".join([
+        "**mean**", _pct(mean.get("acc")),
+        _pct(mean.get("real_acc")), _pct(mean.get("fake_acc")), ap_cell,
+        str(sum(m["n_real"] for m in gens.values())),
+        str(sum(m["n_fake"] for m in gens.values())), "",
+    ]) + " |")
+
+    text = "\n".join(rows) + "\n"
+    text += f"\nDecision rule: {summary.get('decision_rule', DECISION_RULE)}. " \
+            "Means are unweighted over generators (real/fake acc and AP over generators where defined).\n"
+    if notes.items:
+        text += "\n" + "\n".join(f"[{i}] {_md_escape(t)}" for i, t in enumerate(notes.items, 1)) + "\n"
+    return text
+
+
+def robustness_markdown(table: Mapping[str, Any]) -> str:
+    """Markdown for :func:`~synerdetect.metrics.robustness_table`.
+
+    A summary table (perturbation, levels, mAcc, mAP; plus a ``clean`` row when
+    available) followed by a per-level table (perturbation, level, acc, AP).
+    """
+    perts = table.get("perturbations", {})
+    clean = table.get("clean")
+    out = ["| perturbation | levels | mAcc | mAP |", "|---|---|---:|---:|"]
+    if clean:
+        out.append(f"| clean | - | {_pct(clean.get('acc'))} | {_pct(clean.get('ap'))} |")
+    for kind, t in perts.items():
+        levels = ", ".join(_md_escape(lvl) for lvl in t["levels"])
+        out.append(f"| {_md_escape(kind)} | {levels} | {_pct(t.get('mAcc'))} | {_pct(t.get('mAP'))} |")
+    out += ["", "| perturbation | level | acc | AP |", "|---|---|---:|---:|"]
+    for kind, t in perts.items():
+        for lvl, e in t["levels"].items():
+            out.append(f"| {_md_escape(kind)} | {_md_escape(lvl)} | {_pct(e.get('acc'))} | {_pct(e.get('ap'))} |")
+    out.append("")
+    out.append("acc/AP per level are unweighted means over generators; mAcc/mAP are means over "
+               "levels (levels with undefined AP excluded from mAP).")
+    return "\n".join(out) + "\n"
+
+
+# --------------------------------------------------------------------------- plots
+
+_REAL_COLOR = "tab:blue"
+_FAKE_COLOR = "tab:red"
+
+
+def _kde_curve(values: np.ndarray, xs: np.ndarray) -> np.ndarray | None:
+    if values.size < 2 or float(np.ptp(values)) == 0.0:
+        return None
+    try:
+        from scipy.stats import gaussian_kde
+
+        return gaussian_kde(values)(xs)
+    except Exception:  # singular covariance etc. -> histogram only
+        return None
+
+
+def plot_logit_distributions(
+    records: Iterable[ScoreRecord | Mapping[str, Any]],
+    path: str | os.PathLike,
+    *,
+    title: str | None = None,
+    ncols: int = 4,
+    dpi: int = 100,
+) -> Path:
+    """Grid of per-generator logit distributions (real vs fake), decision boundary at 0.
+
+    Uses ``matplotlib.figure.Figure`` with an Agg canvas (no pyplot, no global
+    backend change).  Generators with a single class or a single image are drawn
+    with whatever is present; an empty record list yields a placeholder image.
+    Written atomically as PNG; returns the path.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    recs = _as_records(records)
+    groups: dict[str, list[ScoreRecord]] = {}
+    for r in recs:
+        groups.setdefault(r.generator, []).append(r)
+    metrics = generator_metrics(recs) if recs else {}
+
+    n = max(1, len(groups))
+    ncols = max(1, min(ncols, n))
+    nrows = math.ceil(n / ncols)
+    fig = Figure(figsize=(4.0 * ncols, 3.2 * nrows + (0.5 if title else 0.0)), dpi=dpi)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+
+    if not groups:
+        ax = axes[0][0]
+        ax.text(0.5, 0.5, "no scores", ha="center", va="center", transform=ax.transAxes)
+        ax.set_axis_off()
+
+    for idx, (gen, grecs) in enumerate(groups.items()):
+        ax = axes[idx // ncols][idx % ncols]
+        logits = np.array([r.logit for r in grecs], dtype=float)
+        labels = np.array([r.label for r in grecs], dtype=int)
+        lo, hi = min(float(logits.min()), 0.0), max(float(logits.max()), 0.0)
+        if hi - lo == 0.0:
+            lo, hi = -1.0, 1.0
+        pad = 0.05 * (hi - lo)
+        lo, hi = lo - pad, hi + pad
+        nbins = int(np.clip(np.sqrt(len(logits)) * 2, 10, 60))
+        bins = np.linspace(lo, hi, nbins + 1)
+        xs = np.linspace(lo, hi, 256)
+        for lab, name, color in ((0, "real", _REAL_COLOR), (1, "fake", _FAKE_COLOR)):
+            v = logits[labels == lab]
+            if v.size == 0:
+                continue
+            ax.hist(v, bins=bins, density=True, alpha=0.35, color=color, label=f"{name} (n={v.size})")
+            kde = _kde_curve(v, xs)
+            if kde is not None:
+                ax.plot(xs, kde, color=color, lw=1.5)
+        ax.axvline(0.0, color="black", ls="--", lw=1.0, label="boundary (logit=0)")
+        m = metrics[gen]
+        sub = f"acc {_pct(m['acc'])}%, AP " + (f"{_pct(m['ap'])}%" if m["ap"] is not None
+                                               else f"n/a ({m['ap_undefined']})")
+        ax.set_title(f"{gen}\n{sub}", fontsize=9)
+        ax.set_xlabel("logit = s_fake - s_real", fontsize=8)
+        ax.set_ylabel("density", fontsize=8)
+        ax.set_xlim(lo, hi)
+        ax.tick_params(labelsize=7)
+        ax.legend(fontsize=7, loc="upper left")
+
+    for idx in range(len(groups), nrows * ncols):
+        if idx == 0 and not groups:
+            continue
+        axes[idx // ncols][idx % ncols].set_axis_off()
+
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    return atomic_write_bytes(path, buf.getvalue())
