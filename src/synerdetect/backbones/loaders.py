@@ -13,6 +13,22 @@ from .tokenizer import load_tokenizer, write_tiny_clip_tokenizer_files
 
 log = logging.getLogger(__name__)
 
+
+def quiet_libraries() -> None:
+    """Silence the libraries' per-load chatter (progress bars per shard, dtype notes); our own
+    progress bars and errors say what matters."""
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    try:
+        import diffusers.utils.logging as dlog
+        import transformers.utils.logging as tlog
+
+        tlog.set_verbosity_error()
+        tlog.disable_progress_bar()
+        dlog.set_verbosity_error()
+        dlog.disable_progress_bar()
+    except ImportError:  # pragma: no cover
+        pass
+
 TINY = "tiny"
 RANDOM_CLIP = "random:vit-l-14"
 RANDOM_SD = "random:sd-2.1-base"
@@ -133,6 +149,7 @@ def _tiny_root(seed: int) -> Path:
 
 
 def ensure_tiny_folders(seed: int = 0) -> tuple[Path, Path]:
+    quiet_libraries()
     root = _tiny_root(seed)
     clip_dir, sd_dir = root / "clip", root / "sd"
     if not (clip_dir / "config.json").is_file():
@@ -239,6 +256,7 @@ def _empty_prompt_context(spec: str) -> torch.Tensor:
 
 
 def load_base_models(clip_spec: str, sd_spec: str, *, tiny_seed: int = 0) -> BaseModels:
+    quiet_libraries()
     clip, tok = load_clip(clip_spec, tiny_seed=tiny_seed)
     unet, vae, sched_cfg, empty = load_sd(sd_spec, tiny_seed=tiny_seed)
     return BaseModels(clip=clip, tokenizer=tok, unet=unet, vae=vae, scheduler_config=sched_cfg,

@@ -291,7 +291,9 @@ def _gan_spectral_grid(size: int):
             colour = 0.6 + 0.4 * r.random(3)
             wave = np.cos(2 * np.pi * (ky * yy + kx * xx) / period + phase)
             grid += wave[..., None] * colour
-    return grid / np.abs(grid).max()
+    grid /= 6.0  # each wave has amplitude <= 1/6
+    grid.setflags(write=False)
+    return grid
 
 
 def gan_spectral(rng: np.random.Generator, size: int, *, split: str = "train") -> np.ndarray:
@@ -309,8 +311,9 @@ def gan_spectral(rng: np.random.Generator, size: int, *, split: str = "train") -
     img = m1 * (m2 * cols[0] + (1 - m2) * cols[1]) + (1 - m1) * cols[2]
     opp = tex * np.array([0.10, 0.03, 0.03]) * rng.uniform(0.5, 1.5)
     img = img + opp @ _OPP_TO_RGB.T
-    amp = rng.uniform(0.025, 0.05)
-    img = img * (1.0 + amp * _gan_spectral_grid(s)) + 0.3 * amp * _gan_spectral_grid(s)
+    amp = rng.uniform(0.2, 0.32)
+    grid = _gan_spectral_grid(s)
+    img = img * (1.0 + amp * grid) + 0.25 * amp * grid
     return _to_uint8(img)
 
 
@@ -500,7 +503,7 @@ def _check_families(names: Iterable[str], what: str) -> list[str]:
 
 
 def _write_png(arr: np.ndarray, path: Path) -> None:
-    Image.fromarray(arr, mode="RGB").save(path, format="PNG")
+    Image.fromarray(np.ascontiguousarray(arr)).save(path, format="PNG")
 
 
 def build_demo_benchmark(

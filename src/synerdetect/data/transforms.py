@@ -1,0 +1,237 @@
+"""Image transforms (pure PIL / numpy / torch, no torchvision).
+
+Both transforms are callables ``(pil_img, rng) -> torch.FloatTensor`` of shape
+``3 x size x size`` with values in ``[0, 1]`` (no mean/std normalisation: the
+backbone-specific normalisation belongs to the model).
+
+``rng`` may be a :class:`random.Random`, a :class:`numpy.random.Generator`, a
+:class:`torch.Generator` or ``None`` (fresh, non-reproducible randomness).  The
+output is a deterministic function of the image and the rng state.  Every call
+of :class:`TrainTransform` consumes exactly seven uniform draws, whatever the
+probabilities and image size, so changing e.g. ``blur_prob`` does not shift
+the crop positions of later samples sharing a generator.
+
+Training pipeline (CNNDetection / UniFD convention):
+
+1. Gaussian blur with probability ``blur_prob``, sigma ~ U(blur_sigma)
+   (Pillow ``GaussianBlur(radius=sigma)``; Pillow's radius is the standard
+   deviation);
+2. JPEG re-encoding with probability ``jpeg_prob``, quality ~ U{jpeg_quality}
+   (integers, inclusive), via Pillow in memory;
+3. images whose shorter side is below ``size`` are upscaled (shorter side to
+   ``size``, bicubic, aspect ratio kept); larger images are **not** resized;
+4. crop ``size x size``: ``"random"`` (default), ``"center"``, or ``"resize"``
+   (resize the whole image to ``size x size`` instead of cropping);
+5. horizontal flip with probability 0.5 if ``flip``.
+
+Blur/JPEG are applied to the full (native resolution) image *before* cropping,
+so the 8x8 JPEG grid has a random phase w.r.t. the crop, exactly as for images
+compressed "in the wild".
+
+Evaluation: resize the shorter side to ``size`` (bicubic, antialiased) then
+centre crop (``EvalTransform(size, resize=False)`` only centre-crops, upscaling
+images smaller than ``size``).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import random
+from typing import Any, Union
+
+import numpy as np
+import torch
+from PIL import Image, ImageFilter
+
+__all__ = ["EvalTransform", "RngLike", "TrainTransform", "pil_to_tensor"]
+
+RngLike = Union[random.Random, np.random.Generator, torch.Generator, None]
+
+_BICUBIC = Image.Resampling.BICUBIC
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _rand(rng: RngLike) -> float:
+    """One uniform float in [0, 1) from any supported rng."""
+    if rng is None:
+        return random.random()
+    if isinstance(rng, random.Random):
+        return rng.random()
+    if isinstance(rng, np.random.Generator):
+        return float(rng.random())
+    if isinstance(rng, torch.Generator):
+        return float(torch.rand((), generator=rng, dtype=torch.float64))
+    raise TypeError(f"unsupported rng type {type(rng).__name__}; use random.Random or numpy Generator")
+
+
+def _pick_int(u: float, lo: int, hi: int) -> int:
+    """Map u in [0,1) to an integer uniform in [lo, hi] (inclusive)."""
+    return lo + min(int(u * (hi - lo + 1)), hi - lo)
+
+
+def pil_to_tensor(img: Image.Image) -> torch.Tensor:
+    """RGB PIL image -> float32 tensor 3xHxW in [0, 1]."""
+    if img.mode != "RGB":
+        img = img.convert("RGB")
+    arr = np.array(img, dtype=np.uint8, copy=True)  # HxWx3, writable
+    return torch.from_numpy(arr).permute(2, 0, 1).contiguous().to(torch.float32).div_(255.0)
+
+
+def _upscale_if_small(img: Image.Image, size: int) -> Image.Image:
+    w, h = img.size
+    short = min(w, h)
+    if short >= size:
+        return img
+    return _resize_short(img, size)
+
+
+def _resize_short(img: Image.Image, size: int) -> Image.Image:
+    w, h = img.size
+    if min(w, h) == size:
+        return img
+    if w <= h:
+        nw, nh = size, max(size, int(round(h * size / w)))
+    else:
+        nw, nh = max(size, int(round(w * size / h))), size
+    return img.resize((nw, nh), _BICUBIC)
+
+
+def _center_crop(img: Image.Image, size: int) -> Image.Image:
+    w, h = img.size
+    left = int(round((w - size) / 2.0))
+    top = int(round((h - size) / 2.0))
+    return img.crop((left, top, left + size, top + size))
+
+
+def _jpeg(img: Image.Image, quality: int) -> Image.Image:
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=int(quality))
+    buf.seek(0)
+    with Image.open(buf) as out:
+        out.load()
+        return out.convert("RGB")
+
+
+def _check_range(name: str, rng: Any, lo_bound: float, hi_bound: float) -> tuple[float, float]:
+    try:
+        lo, hi = rng
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a (low, high) pair, got {rng!r}") from None
+    if not (lo_bound <= lo <= hi <= hi_bound):
+        raise ValueError(f"{name} must satisfy {lo_bound} <= low <= high <= {hi_bound}, got {rng!r}")
+    return lo, hi
+
+
+def _check_prob(name: str, p: float) -> float:
+    p = float(p)
+    if not 0.0 <= p <= 1.0 or math.isnan(p):
+        raise ValueError(f"{name} must be in [0, 1], got {p}")
+    return p
+
+
+def _check_size(size: int) -> int:
+    if isinstance(size, bool) or int(size) != size or int(size) <= 0:
+        raise ValueError(f"size must be a positive integer, got {size!r}")
+    return int(size)
+
+
+# ----------------------------------------------------------------------------- transforms
+
+
+class TrainTransform:
+    """Training augmentation; see module docstring.
+
+    Args:
+        size: output side length.
+        crop: ``"random"`` | ``"center"`` | ``"resize"``.
+        flip: random horizontal flip (p = 0.5).
+        blur_prob, blur_sigma: Gaussian blur probability and sigma range.
+        jpeg_prob, jpeg_quality: JPEG re-encoding probability and quality range
+            (inclusive integers, 1..100).
+    """
+
+    CROPS = ("random", "center", "resize")
+
+    def __init__(
+        self,
+        size: int,
+        *,
+        crop: str = "random",
+        flip: bool = True,
+        blur_prob: float = 0.1,
+        blur_sigma: tuple[float, float] = (0.0, 3.0),
+        jpeg_prob: float = 0.1,
+        jpeg_quality: tuple[int, int] = (30, 100),
+    ):
+        self.size = _check_size(size)
+        if crop not in self.CROPS:
+            raise ValueError(f"crop must be one of {self.CROPS}, got {crop!r}")
+        self.crop = crop
+        self.flip = bool(flip)
+        self.blur_prob = _check_prob("blur_prob", blur_prob)
+        self.blur_sigma = tuple(float(x) for x in _check_range("blur_sigma", blur_sigma, 0.0, math.inf))
+        self.jpeg_prob = _check_prob("jpeg_prob", jpeg_prob)
+        q = _check_range("jpeg_quality", jpeg_quality, 1, 100)
+        if int(q[0]) != q[0] or int(q[1]) != q[1]:
+            raise ValueError(f"jpeg_quality must be integers, got {jpeg_quality!r}")
+        self.jpeg_quality = (int(q[0]), int(q[1]))
+
+    def __call__(self, img: Image.Image, rng: RngLike = None) -> torch.Tensor:
+        # fixed number of draws, in a fixed order
+        u_blur, u_sigma, u_jpeg, u_quality, u_crop_x, u_crop_y, u_flip = (_rand(rng) for _ in range(7))
+        if img.mode != "RGB":
+            img = img.convert("RGB")
+
+        if u_blur < self.blur_prob:
+            lo, hi = self.blur_sigma
+            sigma = lo + (hi - lo) * u_sigma
+            if sigma > 0:
+                img = img.filter(ImageFilter.GaussianBlur(radius=sigma))
+        if u_jpeg < self.jpeg_prob:
+            img = _jpeg(img, _pick_int(u_quality, *self.jpeg_quality))
+
+        s = self.size
+        if self.crop == "resize":
+            img = img.resize((s, s), _BICUBIC) if img.size != (s, s) else img
+        else:
+            img = _upscale_if_small(img, s)
+            if self.crop == "center":
+                img = _center_crop(img, s)
+            else:
+                w, h = img.size
+                x = _pick_int(u_crop_x, 0, w - s)
+                y = _pick_int(u_crop_y, 0, h - s)
+                img = img.crop((x, y, x + s, y + s))
+
+        if self.flip and u_flip < 0.5:
+            img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        return pil_to_tensor(img)
+
+    def __repr__(self) -> str:
+        return (
+            f"TrainTransform(size={self.size}, crop={self.crop!r}, flip={self.flip}, "
+            f"blur_prob={self.blur_prob}, blur_sigma={self.blur_sigma}, "
+            f"jpeg_prob={self.jpeg_prob}, jpeg_quality={self.jpeg_quality})"
+        )
+
+
+class EvalTransform:
+    """Deterministic evaluation transform: resize shorter side to ``size``
+    (bicubic) then centre crop.  With ``resize=False`` only centre-crops
+    (images smaller than ``size`` are still upscaled).  ``rng`` is ignored."""
+
+    def __init__(self, size: int, *, resize: bool = True):
+        self.size = _check_size(size)
+        self.resize = bool(resize)
+
+    def __call__(self, img: Image.Image, rng: RngLike = None) -> torch.Tensor:
+        if img.mode != "RGB":
+            img = img.convert("RGB")
+        img = _resize_short(img, self.size) if self.resize else _upscale_if_small(img, self.size)
+        return pil_to_tensor(_center_crop(img, self.size))
+
+    def __repr__(self) -> str:
+        return f"EvalTransform(size={self.size}, resize={self.resize})"

@@ -1,0 +1,18 @@
+import os
+import tempfile
+
+import pytest
+
+# Tiny base models are built into a fresh folder per test session, so every run exercises the
+# real save_pretrained / from_pretrained path instead of a warm user cache.
+os.environ.setdefault("SYNERDETECT_CACHE", tempfile.mkdtemp(prefix="synerdetect-test-cache-"))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    """A shared tiny detector for read-only tests (do not train it in place)."""
+    from synerdetect import SynerDetect
+
+    return SynerDetect.from_preset("tiny")
