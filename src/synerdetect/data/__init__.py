@@ -1,0 +1,68 @@
+"""Data loading for SynerDetect: robust image I/O, dataset layouts, transforms,
+datasets, samplers and a dataset checker.
+
+Typical use::
+
+    from synerdetect.data import (discover, ImageDataset, TrainTransform, collate,
+                                  BalancedBatchSampler)
+    samples = discover("/data/CNNDetection", split="train")
+    ds = ImageDataset(samples, TrainTransform(224), seed=0)
+    sampler = BalancedBatchSampler([s.label for s in samples], 64, seed=0)
+    loader = torch.utils.data.DataLoader(ds, batch_sampler=sampler, collate_fn=collate, num_workers=8)
+    for epoch in range(n_epochs):
+        ds.set_epoch(epoch); sampler.set_epoch(epoch)
+        for batch in loader: ...
+"""
+
+from .check import check_dataset, format_check_report
+from .datasets import ImageDataset, collate
+from .imageio import (
+    DEFAULT_MAX_PIXELS,
+    IMAGE_EXTENSIONS,
+    UnreadableImage,
+    image_format,
+    is_image_file,
+    load_image,
+    load_image_with_format,
+)
+from .layouts import (
+    LAYOUTS,
+    LayoutError,
+    ManifestError,
+    Sample,
+    count_by_generator,
+    detect_layout,
+    discover,
+    generators,
+    parse_label,
+)
+from .sampling import BalancedBatchSampler, ShardedEvalSampler
+from .transforms import EvalTransform, TrainTransform, pil_to_tensor
+
+__all__ = [
+    "BalancedBatchSampler",
+    "DEFAULT_MAX_PIXELS",
+    "EvalTransform",
+    "IMAGE_EXTENSIONS",
+    "ImageDataset",
+    "LAYOUTS",
+    "LayoutError",
+    "ManifestError",
+    "Sample",
+    "ShardedEvalSampler",
+    "TrainTransform",
+    "UnreadableImage",
+    "check_dataset",
+    "collate",
+    "count_by_generator",
+    "detect_layout",
+    "discover",
+    "format_check_report",
+    "generators",
+    "image_format",
+    "is_image_file",
+    "load_image",
+    "load_image_with_format",
+    "parse_label",
+    "pil_to_tensor",
+]

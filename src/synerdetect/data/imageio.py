@@ -49,6 +49,7 @@ __all__ = [
     "image_format",
     "is_image_file",
     "load_image",
+    "load_image_with_format",
 ]
 
 logger = logging.getLogger(__name__)
@@ -183,8 +184,7 @@ def load_image_with_format(
                     path_s,
                     f"decompression bomb: {w}x{h} = {w * h} pixels exceeds max_pixels={max_pixels}",
                 )
-            if getattr(im, "n_frames", 1) > 1:
-                im.seek(0)
+            # Image.open leaves multi-frame files (GIF, APNG, TIFF, WebP) on frame 0
             im.load()
             out = _to_rgb8(_exif_transpose(im, path_s), path_s)
             out.load()
@@ -234,6 +234,8 @@ def _warn_if_truncated_flag() -> None:
 
 def _exif_transpose(im: Image.Image, path: str) -> Image.Image:
     try:
+        if im.getexif().get(0x0112, 1) in (None, 1):  # no rotation: avoid a full copy
+            return im
         out = ImageOps.exif_transpose(im)
         return im if out is None else out
     except Exception as e:  # noqa: BLE001 - broken EXIF must not kill a decodable image

@@ -81,7 +81,7 @@ import os
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator
 
 from .imageio import IMAGE_EXTENSIONS
 
@@ -273,34 +273,39 @@ def _is_image(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
-def _list_dir(d: Path) -> tuple[list[Path], list[Path]]:
-    """(subdirs, files), sorted by name, hidden entries skipped, symlinks followed."""
+def _list_dir(d: Path, *, want_files: bool = True) -> tuple[list[Path], list[str]]:
+    """(subdirs, image file paths), sorted by name, hidden entries skipped, symlinks followed."""
     try:
-        entries = list(os.scandir(d))
+        with os.scandir(d) as it:
+            entries = list(it)
     except OSError as e:
         logger.warning("cannot list %s: %s", d, e)
         return [], []
-    dirs, files = [], []
+    dirs: list[Path] = []
+    files: list[tuple[str, str]] = []
     for e in entries:
-        if _skip_name(e.name):
+        name = e.name
+        if _skip_name(name):
             continue
         try:
+            if want_files and _is_image(name):
+                if e.is_file(follow_symlinks=True):
+                    files.append((name, e.path))
+                    continue
             if e.is_dir(follow_symlinks=True):
                 dirs.append(Path(e.path))
-            elif e.is_file(follow_symlinks=True):
-                files.append(Path(e.path))
         except OSError:
             continue
     dirs.sort(key=lambda p: p.name)
-    files.sort(key=lambda p: p.name)
-    return dirs, files
+    files.sort()
+    return dirs, [path for _, path in files]
 
 
 def _subdirs(d: Path) -> list[Path]:
-    return _list_dir(d)[0]
+    return _list_dir(d, want_files=False)[0]
 
 
-def _walk_images(d: Path) -> Iterator[Path]:
+def _walk_images(d: Path) -> Iterator[str]:
     """All image files below ``d`` (recursively, deterministic order)."""
     seen: set[str] = set()
     stack = [d]
@@ -315,9 +320,7 @@ def _walk_images(d: Path) -> Iterator[Path]:
             continue
         seen.add(real)
         dirs, files = _list_dir(cur)
-        for f in files:
-            if _is_image(f.name):
-                yield f
+        yield from files
         stack.extend(reversed(dirs))
 
 
@@ -365,7 +368,7 @@ def _dataset_name(root: Path) -> str:
 def _samples_from_label_dir(
     label_dir: Path, label: int, generator: str, split: str | None
 ) -> list[Sample]:
-    return [Sample(str(p), label, generator, split) for p in _walk_images(label_dir)]
+    return [Sample(p, label, generator, split) for p in _walk_images(label_dir)]
 
 
 def _split_matches(found: str | None, wanted: str | None) -> bool:
@@ -509,9 +512,9 @@ def _discover_folder(root: Path, split: str | None) -> list[Sample]:
         return [Sample(str(root), -1, root.parent.name, split)]
     samples = []
     for p in _walk_images(root):
-        parts = p.relative_to(root).parts
+        parts = Path(p).relative_to(root).parts
         gen = parts[0] if len(parts) > 1 else root.name
-        samples.append(Sample(str(p), -1, gen, split))
+        samples.append(Sample(p, -1, gen, split))
     return samples
 
 

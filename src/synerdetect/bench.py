@@ -1,0 +1,434 @@
+"""Benchmark: component costs, end-to-end throughput and the ratios the design is judged by.
+
+``run_bench("tiny", "cpu")`` (or ``synerdetect bench``) prints one JSON line per measurement and returns them as a
+list of dicts. Every line holds ``name, value, unit, device, preset, steps, resolution, dtype, batch_size, torch,
+date`` (plus ``note`` where useful). Timings are the median of ``repeats`` runs after ``warmup`` runs, with
+``torch.cuda.synchronize`` around each on GPU.
+
+Measurements (``s/img`` = seconds per image at the bench batch size):
+
+- bare components: ``component_clip_vision`` (E_v forward incl. CLIP normalisation), ``component_clip_vision_noise``
+  (E_d forward), ``component_text_tower`` (tuner + text tower on the 2·B prompts), ``component_unet_step`` (one UNet
+  forward at the inversion resolution), ``component_vae_encode`` (at ``sd_size``), ``component_vae_decode``
+  (noise map -> E_d pixels);
+- ``roofline_predict`` = 2 CLIP vision forwards + text tower + VAE encode + ``steps`` UNet steps + VAE decode;
+  ``predict_s_per_img`` / ``predict_throughput`` (end to end, ``SynerDetect.predict``);
+  ``predict_vs_roofline`` = roofline / measured (1.0 = no overhead beyond the components; target >= 0.9);
+- ``inversion_throughput`` (``steps`` DDIM inversion steps);
+- ``train_step_throughput`` (``compute_losses`` + backward + optimiser step; batch 64 on GPU for ``paper``) and on
+  GPU ``train_step_peak_memory``;
+- ``cache_build_s_per_img``; ``cached_epoch_speedup`` = time of one training epoch over a small dataset computing
+  the inversion online / the same epoch reading latents and inverted latents from a :class:`FeatureCache` built in
+  this run (data loading included in both); ``cached_eval_epoch_speedup`` the same for an evaluation epoch
+  (``predict``). For the tiny preset both are also measured with ``long_steps`` (100, the paper's) inversion steps
+  on the tiny architecture (``..._100steps``): at 10 steps the inversion is a smaller share of the cost;
+- ``sharded_build_speedup``: wall time of ``build_cache`` over ``shard_images`` images with 1 process x 1 thread
+  divided by 2 processes x 1 thread (``RANK``/``WORLD_SIZE`` subprocesses, CPU, tiny preset; the processes start
+  the build together after loading, so model loading is not counted; rank 0's time includes waiting for the other
+  rank and merging the index). Target >= 1.7 on 2 idle cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+DEFAULTS = {
+    # preset: (bench batch, train batch, epoch images, shard images, repeats)
+    "tiny": dict(batch_size=8, train_batch_size=8, epoch_images=32, shard_images=96, repeats=3),
+    "paper": dict(batch_size=16, train_batch_size=64, epoch_images=64, shard_images=96, repeats=3),
+}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timeit(fn: Callable[[], Any], device: torch.device, repeats: int, warmup: int) -> float:
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(max(1, repeats)):
+        _sync(device)
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return float(statistics.median(times))
+
+
+def _write_images(folder: Path, n: int, size: int, seed: int) -> list[str]:
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(n):
+        # Smooth random fields plus noise: cheap, distinct content per image.
+        base = rng.integers(0, 256, (max(2, size // 8), max(2, size // 8), 3), dtype=np.uint8)
+        img = Image.fromarray(base).resize((size, size), Image.Resampling.BICUBIC)
+        arr = np.asarray(img, dtype=np.int16) + rng.integers(-8, 9, (size, size, 3))
+        p = folder / f"{i:05d}.png"
+        Image.fromarray(arr.clip(0, 255).astype(np.uint8)).save(p)
+        paths.append(str(p))
+    return paths
+
+
+def _optimizer(model):
+    params = model.trainable_parameters()
+    o = model.cfg.optim
+    if o.name == "adamw":
+        return torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
+    return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+
+
+def _balanced_labels(n: int, device) -> torch.Tensor:
+    return torch.tensor([i % 2 for i in range(n)], device=device)
+
+
+# ----------------------------------------------------------------------------- sharded build (subprocesses)
+def _shard_worker(argv: list[str]) -> int:
+    """``python -m synerdetect.bench --shard-worker SPEC_JSON``: one rank of the sharded-build measurement."""
+    spec = json.loads(argv[0])
+    torch.set_num_threads(1)
+    from .cache import build_cache
+    from .model import SynerDetect
+
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    model = SynerDetect.from_preset(spec["preset"], **spec["overrides"]).eval()
+    # Start together: a barrier on the shared folder, so that model loading is not timed.
+    sync = Path(spec["sync_dir"])
+    (sync / f"ready-{rank}").write_text("1")
+    t0 = time.monotonic()
+    while len(list(sync.glob("ready-*"))) < world:
+        if time.monotonic() - t0 > 600:
+            raise RuntimeError("sharded bench: the other ranks never became ready")
+        time.sleep(0.005)
+    stats = build_cache(model, spec["paths"], spec["cache_root"], image_size=spec["image_size"],
+                        batch_size=spec["batch_size"], rank=rank, world_size=world, progress=False,
+                        num_threads=1, poll_interval=0.005)
+    Path(spec["out"]).with_suffix(f".rank{rank}.json").write_text(json.dumps(stats, default=str))
+    return 0
+
+
+def _sharded_build_seconds(paths: list[str], work: Path, nprocs: int, *, preset: str, overrides: dict,
+                           image_size: int, batch_size: int, timeout: float = 900.0) -> float:
+    work.mkdir(parents=True, exist_ok=True)
+    sync = work / f"sync-{nprocs}"
+    sync.mkdir()
+    spec = {"preset": preset, "overrides": overrides, "paths": paths, "cache_root": str(work / f"cache-{nprocs}"),
+            "image_size": image_size, "batch_size": batch_size, "sync_dir": str(sync),
+            "out": str(work / f"stats-{nprocs}.json")}
+    procs = []
+    for r in range(nprocs):
+        env = dict(os.environ, RANK=str(r), WORLD_SIZE=str(nprocs), LOCAL_RANK=str(r),
+                   LOCAL_WORLD_SIZE=str(nprocs), OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
+                   TOKENIZERS_PARALLELISM="false")
+        procs.append(subprocess.Popen([sys.executable, "-m", "synerdetect.bench", "--shard-worker", json.dumps(spec)],
+                                      env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    outputs = []
+    for p in procs:
+        try:
+            out, _ = p.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                q.kill()
+            raise RuntimeError(f"sharded build bench ({nprocs} processes) timed out after {timeout} s")
+        outputs.append(out)
+    for p, out in zip(procs, outputs):
+        if p.returncode != 0:
+            raise RuntimeError(f"sharded build bench worker failed (rc {p.returncode}):\n{out[-3000:]}")
+    st = json.loads(Path(spec["out"]).with_suffix(".rank0.json").read_text())
+    if st["n_indexed"] != len(paths):
+        raise RuntimeError(f"sharded build indexed {st['n_indexed']} of {len(paths)} images")
+    return float(st["wall_seconds"])
+
+
+# ----------------------------------------------------------------------------- epochs
+def _epoch_loader(paths: list[str], image_size: int, batch_size: int):
+    from torch.utils.data import DataLoader
+
+    from .data.datasets import ImageDataset, collate
+    from .data.layouts import Sample
+    from .data.transforms import EvalTransform
+
+    samples = [Sample(p, i % 2, "bench", None) for i, p in enumerate(paths)]
+    ds = ImageDataset(samples, EvalTransform(image_size))
+    return DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=0, collate_fn=collate)
+
+
+def _epoch_times(model, paths: list[str], cache_root: Path, *, image_size: int, batch_size: int,
+                 device: torch.device) -> dict[str, float]:
+    """Build the cache (timed), then one training epoch and one evaluation epoch, online and from the cache."""
+    from .cache import CachedFeatures, build_cache
+
+    t0 = time.perf_counter()
+    st = build_cache(model, paths, cache_root, image_size=image_size, batch_size=batch_size, progress=False,
+                     rank=0, world_size=1)
+    build_s = time.perf_counter() - t0
+    if st["n_computed"] != len(paths):
+        raise RuntimeError(f"bench cache build computed {st['n_computed']} of {len(paths)}")
+    cached = CachedFeatures(cache_root, model, image_size)  # key of the model now (cached-fixed semantics)
+    loader = _epoch_loader(paths, image_size, batch_size)
+    opt = _optimizer(model)
+
+    def train_epoch(use_cache: bool) -> None:
+        model.train()
+        for b in loader:
+            x, y = b["image"].to(device), b["label"].to(device)
+            kw = {}
+            if use_cache:
+                hit = cached.lookup(b["path"])
+                if hit is None:
+                    raise RuntimeError("bench: cache miss in the cached epoch")
+                kw = {"latents": hit[0], "inverted": hit[1]}
+            loss = model.compute_losses(x, y, **kw)["total"]
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+    def eval_epoch(use_cache: bool) -> None:
+        for b in loader:
+            x = b["image"].to(device)
+            inv = None
+            if use_cache:
+                hit = cached.lookup(b["path"])
+                if hit is None:
+                    raise RuntimeError("bench: cache miss in the cached epoch")
+                inv = hit[1]
+            model.predict(x, inverted=inv)
+
+    out = {"build": build_s}
+    for name, fn in (("train", train_epoch), ("eval", eval_epoch)):
+        for use in (False, True):
+            _sync(device)
+            t = time.perf_counter()
+            fn(use)
+            _sync(device)
+            out[f"{name}_{'cached' if use else 'online'}"] = time.perf_counter() - t
+    model.eval()
+    return out
+
+
+# ----------------------------------------------------------------------------- main entry
+def run_bench(preset: str = "tiny", device: str = "cpu", *, batch_size: int | None = None, steps: int | None = None,
+              compile: bool = False, out: str | os.PathLike | None = None, repeats: int | None = None,
+              warmup: int = 1, train_batch_size: int | None = None, epoch_images: int | None = None,
+              long_steps: int | None = 100, shard_images: int | None = None, sharded: bool = True,
+              overrides: dict | None = None, print_lines: bool = True, threads: int | None = None) -> list[dict]:
+    """Run every measurement once (see the module docstring); print and return the JSON lines.
+
+    ``steps`` overrides ``model.inversion_steps``; ``overrides`` are further dotted config keys. ``preset="paper"``
+    uses random weights of the real architectures (``random:vit-l-14``, ``random:sd-2.1-base``); on CUDA the
+    frozen models run in bf16 and ``compile=True`` wraps the UNet in ``torch.compile``. ``long_steps`` (tiny
+    preset only; None to skip) adds the cached-epoch speedups at that many steps; ``sharded`` adds the 2-process
+    CPU build measurement (always on the tiny preset). ``threads`` sets ``torch.set_num_threads`` for the
+    in-process measurements (restored afterwards; default: torch's own setting)."""
+    from .config import ConfigError
+    from .model import SynerDetect
+
+    if preset not in DEFAULTS:
+        raise ConfigError(f"bench preset must be one of {sorted(DEFAULTS)}, got {preset!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("bench --device cuda: no CUDA device is available")
+    dev = torch.device(device)
+    d = DEFAULTS[preset]
+    bs = int(batch_size or d["batch_size"])
+    tbs = int(train_batch_size or (batch_size if batch_size and preset == "tiny" else d["train_batch_size"]))
+    tbs += tbs % 2  # balanced training batches
+    reps = int(repeats or d["repeats"])
+    n_epoch = int(epoch_images or d["epoch_images"])
+    n_shard = int(shard_images or d["shard_images"])
+
+    ov: dict[str, Any] = {}
+    if preset == "paper":
+        ov.update({"model.clip": "random:vit-l-14", "model.sd": "random:sd-2.1-base"})
+    if dev.type == "cuda":
+        ov["model.dtype"] = "bfloat16"
+    if steps is not None:
+        ov["model.inversion_steps"] = int(steps)
+    ov.update(overrides or {})
+    model = SynerDetect.from_preset(preset, **ov).to(dev).eval()
+    if compile:
+        model.unet = torch.compile(model.unet)
+    mc = model.mcfg
+    n_steps = mc.inversion_steps
+    inv_size = mc.inversion_size or mc.sd_size
+    image_size = max(mc.clip_size, mc.sd_size)
+    date = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    lines: list[dict] = []
+    out_f = open(out, "w") if out else None
+    old_threads = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(int(threads))
+
+    def emit(name: str, value: float, unit: str, **extra) -> None:
+        line = {"name": name, "value": float(value), "unit": unit, "device": extra.pop("device", device),
+                "preset": extra.pop("preset", preset), "steps": extra.pop("steps", n_steps),
+                "resolution": extra.pop("resolution", f"clip{mc.clip_size}/sd{mc.sd_size}/inv{inv_size}"),
+                "dtype": extra.pop("dtype", mc.dtype), "batch_size": extra.pop("batch_size", bs),
+                "compile": bool(compile), "threads": torch.get_num_threads(), "torch": torch.__version__,
+                "date": date, **extra}
+        lines.append(line)
+        s = json.dumps(line)
+        if print_lines:
+            print(s, flush=True)
+        if out_f is not None:
+            out_f.write(s + "\n")
+            out_f.flush()
+
+    try:
+        g = torch.Generator().manual_seed(0)
+        x = torch.rand(bs, 3, image_size, image_size, generator=g).to(dev)
+        T = lambda fn: _timeit(fn, dev, reps, warmup)  # noqa: E731
+
+        # ---------------------------------------------------------------- bare components
+        with torch.no_grad():
+            x_clip = model.clip_pixels(x)
+            px = ((x_clip - model.clip_mean) / model.clip_std).to(model.compute_dtype)
+            z_v = model.encode_visual(x_clip)
+            z_t = model.prompts(z_v, x_clip)
+            cond = model.agnostic_prompt(z_t)
+            lat = model.encode_latents(x)
+            inv_lat = lat if inv_size == mc.sd_size else model.encode_latents(x, inv_size)
+            ctx = model.sd_context(cond).to(model.compute_dtype)
+            inverted = model.invert(inv_lat, cond)
+            noise_px = model.noise_pixels(inverted)
+            t_mid = torch.tensor(500, device=dev)
+            comp = {
+                "component_clip_vision": T(lambda: model.E_v(px)),
+                "component_clip_vision_noise": T(lambda: model.E_d(noise_px)),
+                "component_text_tower": T(lambda: model.prompts(z_v, x_clip)),
+                "component_unet_step": T(lambda: model.unet(inv_lat.to(model.compute_dtype), t_mid,
+                                                            encoder_hidden_states=ctx, return_dict=False)),
+                "component_vae_encode": T(lambda: model.encode_latents(x)),
+                "component_vae_decode": T(lambda: model.noise_pixels(inverted)),
+            }
+        notes = {"component_text_tower": "tuner + text tower on 2B prompts",
+                 "component_unet_step": f"one UNet forward at {inv_size} px",
+                 "component_vae_decode": "VAE decode of the noise map + resize to the E_d input"}
+        for k, v in comp.items():
+            emit(k, v / bs, "s/img", **({"note": notes[k]} if k in notes else {}))
+        roof = (comp["component_clip_vision"] + comp["component_clip_vision_noise"] + comp["component_text_tower"]
+                + comp["component_vae_encode"] + n_steps * comp["component_unet_step"]
+                + comp["component_vae_decode"]) / bs
+        emit("roofline_predict_s_per_img", roof, "s/img",
+             note="2 CLIP vision + text tower + VAE encode + steps x UNet + VAE decode")
+
+        # ---------------------------------------------------------------- end to end
+        t_pred = T(lambda: model.predict(x)) / bs
+        emit("predict_s_per_img", t_pred, "s/img")
+        emit("predict_throughput", 1.0 / t_pred, "img/s")
+        emit("predict_vs_roofline", roof / t_pred, "ratio", note="target >= 0.9")
+        t_inv = T(lambda: model.invert(inv_lat, cond)) / bs
+        emit("inversion_throughput", 1.0 / t_inv, "img/s", note=f"{n_steps}-step DDIM inversion")
+
+        # ---------------------------------------------------------------- training step
+        xt = torch.rand(tbs, 3, image_size, image_size, generator=g).to(dev)
+        yt = _balanced_labels(tbs, dev)
+        train_model = model
+        state = {k: v.clone() for k, v in model.trainable_state_dict().items()}
+        opt = _optimizer(train_model)
+        train_model.train()
+
+        def step() -> None:
+            loss = train_model.compute_losses(xt, yt)["total"]
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+        if dev.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(dev)
+        t_step = _timeit(step, dev, reps, warmup)
+        emit("train_step_throughput", tbs / t_step, "img/s", batch_size=tbs,
+             note="compute_losses + backward + optimiser step")
+        if dev.type == "cuda":
+            emit("train_step_peak_memory", torch.cuda.max_memory_allocated(dev) / 2**30, "GiB", batch_size=tbs)
+        # Restore the weights so that the cache key below is the model's starting one.
+        with torch.no_grad():
+            own = dict(model.named_parameters())
+            for k, v in state.items():
+                own[k].copy_(v)
+        model.eval()
+        del opt
+
+        # ---------------------------------------------------------------- cached epochs
+        with tempfile.TemporaryDirectory(prefix="synerdetect-bench-") as tmp:
+            tmp = Path(tmp)
+            paths = _write_images(tmp / "epoch", n_epoch, image_size, seed=1)
+            variants = [(model, n_steps, "")]
+            if preset == "tiny" and long_steps and long_steps != n_steps:
+                long_model = SynerDetect.from_preset(preset, **{**ov, "model.inversion_steps": int(long_steps)})
+                variants.append((long_model.to(dev).eval(), int(long_steps), f"_{int(long_steps)}steps"))
+            for mdl, s, suffix in variants:
+                ep = _epoch_times(mdl, paths, tmp / f"cache{suffix}", image_size=image_size, batch_size=bs,
+                                  device=dev)
+                kw = {"steps": s, "batch_size": bs}
+                emit(f"cache_build_s_per_img{suffix}", ep["build"] / n_epoch, "s/img", **kw)
+                emit(f"epoch_train_online_s{suffix}", ep["train_online"], "s", images=n_epoch, **kw)
+                emit(f"epoch_train_cached_s{suffix}", ep["train_cached"], "s", images=n_epoch, **kw)
+                emit(f"cached_epoch_speedup{suffix}", ep["train_online"] / ep["train_cached"], "x", images=n_epoch,
+                     note="training epoch: online inversion / latents+inverted from the cache; target >= 20", **kw)
+                emit(f"cached_eval_epoch_speedup{suffix}", ep["eval_online"] / ep["eval_cached"], "x",
+                     images=n_epoch, note="evaluation epoch (predict)", **kw)
+            del variants
+
+            # ---------------------------------------------------------------- sharded build (CPU, tiny)
+            if sharded:
+                tiny_ov = {"model.inversion_steps": int(steps)} if (steps is not None and preset == "tiny") else {}
+                from .presets import get_preset
+
+                tcfg = get_preset("tiny").model
+                t_size = max(tcfg.clip_size, tcfg.sd_size)
+                t_steps = tiny_ov.get("model.inversion_steps", tcfg.inversion_steps)
+                spaths = _write_images(tmp / "shard", n_shard, t_size, seed=2)
+                sbs = min(8, max(1, n_shard // 8))
+                t1 = _sharded_build_seconds(spaths, tmp / "sharded", 1, preset="tiny", overrides=tiny_ov,
+                                            image_size=t_size, batch_size=sbs)
+                t2 = _sharded_build_seconds(spaths, tmp / "sharded", 2, preset="tiny", overrides=tiny_ov,
+                                            image_size=t_size, batch_size=sbs)
+                kw = dict(device="cpu", preset="tiny", steps=t_steps, dtype="float32", batch_size=sbs,
+                          resolution=f"clip{tcfg.clip_size}/sd{tcfg.sd_size}/inv{tcfg.inversion_size or tcfg.sd_size}",
+                          images=n_shard, threads=1)
+                emit("sharded_build_seconds_1proc", t1, "s", **kw, note="1 process x 1 thread")
+                emit("sharded_build_seconds_2proc", t2, "s", **kw, note="2 processes x 1 thread")
+                emit("sharded_build_speedup", t1 / t2, "x", **kw, note="target >= 1.7")
+    finally:
+        torch.set_num_threads(old_threads)
+        if out_f is not None:
+            out_f.close()
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "--shard-worker":
+        return _shard_worker(argv[1:])
+    p = argparse.ArgumentParser(prog="python -m synerdetect.bench")
+    p.add_argument("--preset", default="tiny", choices=sorted(DEFAULTS))
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--steps", type=int)
+    p.add_argument("--compile", action="store_true")
+    p.add_argument("--out")
+    a = p.parse_args(argv)
+    run_bench(a.preset, a.device, batch_size=a.batch_size, steps=a.steps, compile=a.compile, out=a.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,85 @@
+"""Resumable training checkpoints without pickle.
+
+A checkpoint folder holds the detector (``save_pretrained``: trainable weights in safetensors + config),
+the optimiser state (tensors in safetensors, scalars and param groups in JSON) and ``trainer_state.json``
+(epoch, batches done in the epoch, global step). Data order, augmentation and CMID noise are pure
+functions of (seed, epoch, index/step), so no RNG state needs saving for an exact resume.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+OPTIM_TENSORS = "optimizer.safetensors"
+OPTIM_META = "optimizer.json"
+STATE = "trainer_state.json"
+
+
+def save_optimizer(optimizer: torch.optim.Optimizer, folder: Path) -> None:
+    from safetensors.torch import save_file
+
+    sd = optimizer.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for idx, st in sd["state"].items():
+        for name, val in st.items():
+            if isinstance(val, torch.Tensor):
+                tensors[f"{idx}.{name}"] = val.detach().cpu().contiguous()
+            else:
+                scalars.setdefault(str(idx), {})[name] = val
+    save_file(tensors, str(folder / OPTIM_TENSORS))
+    (folder / OPTIM_META).write_text(json.dumps({"param_groups": sd["param_groups"], "scalars": scalars}))
+
+
+def load_optimizer(optimizer: torch.optim.Optimizer, folder: Path) -> None:
+    from safetensors.torch import load_file
+
+    meta = json.loads((folder / OPTIM_META).read_text())
+    tensors = load_file(str(folder / OPTIM_TENSORS))
+    state: dict[int, dict[str, Any]] = {}
+    for key, val in tensors.items():
+        idx, name = key.split(".", 1)
+        state.setdefault(int(idx), {})[name] = val
+    for idx, st in meta["scalars"].items():
+        state.setdefault(int(idx), {}).update(st)
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def save_checkpoint(model, optimizer, state: dict[str, Any], root: Path, keep: int = 2) -> Path:
+    """Write ``root/step-XXXXXXXX`` atomically (tmp folder + rename) and prune old ones."""
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step-{state['global_step']:08d}"
+    tmp = root / f".tmp-{final.name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    save_optimizer(optimizer, tmp)
+    (tmp / STATE).write_text(json.dumps(state, indent=2))
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    for old in list_checkpoints(root)[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def list_checkpoints(root: Path) -> list[Path]:
+    """Complete checkpoints (the state file is written last, inside the renamed folder), oldest first."""
+    if not root.is_dir():
+        return []
+    found = [p for p in root.glob("step-*") if p.is_dir() and (p / STATE).is_file() and (p / OPTIM_META).is_file()]
+    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+
+
+def latest_checkpoint(root: Path) -> Path | None:
+    cps = list_checkpoints(root)
+    return cps[-1] if cps else None
+
+
+def read_state(folder: Path) -> dict[str, Any]:
+    return json.loads((folder / STATE).read_text())

@@ -1,0 +1,278 @@
+"""Command line: ``synerdetect {demo,train,evaluate,predict,data,cache,bench,presets}``.
+
+The command line only parses arguments and prints; the work is done by the library modules.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+
+def _quiet() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from .backbones.loaders import quiet_libraries
+
+    quiet_libraries()
+
+
+def _load_model(checkpoint: str, device: str | None):
+    import torch
+
+    from .model import SynerDetect
+
+    model = SynerDetect.from_pretrained(checkpoint)
+    dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return model.to(dev).eval()
+
+
+def _image_size(model, override: int | None) -> int:
+    return override or max(model.mcfg.clip_size, model.mcfg.sd_size)
+
+
+def _init_dist_if_launched() -> None:
+    """Under torchrun / accelerate launch, join the process group (gloo on CPU, nccl on GPU)."""
+    import torch
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.distributed.is_initialized():
+        from accelerate import PartialState
+
+        PartialState()  # initialises torch.distributed from the launcher's environment
+
+
+# ----------------------------------------------------------------------------- commands
+def cmd_presets(args) -> int:
+    from .presets import ABLATIONS, get_preset, list_presets
+
+    for name in list_presets():
+        cfg = get_preset(name)
+        print(f"{name}: clip={cfg.model.clip} sd={cfg.model.sd} clip_size={cfg.model.clip_size} "
+              f"sd_size={cfg.model.sd_size} inversion_steps={cfg.model.inversion_steps} "
+              f"optim={cfg.optim.name}@{cfg.optim.lr} batch={cfg.train.batch_size} epochs={cfg.train.epochs}")
+    print("ablations (Table 5):", ", ".join(sorted(ABLATIONS)))
+    return 0
+
+
+def cmd_train(args) -> int:
+    from .config import load_experiment
+    from .presets import with_ablation
+    from .train import train
+
+    cfg = load_experiment(args.config, args.overrides, preset=args.preset)
+    if args.ablation:
+        cfg = with_ablation(cfg, args.ablation)
+    summary = train(cfg, resume=args.resume, progress=not args.no_progress)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from .evaluate import dist_info, evaluate, load_labelled
+
+    _init_dist_if_launched()
+    model = _load_model(args.checkpoint, args.device)
+    samples = load_labelled(args.data, args.layout, args.split, args.generators)
+    res = evaluate(model, samples, args.out, image_size=_image_size(model, args.image_size),
+                   batch_size=args.batch_size, num_workers=args.workers, perturb=args.perturb or (),
+                   progress=not args.no_progress, title=Path(args.data).name,
+                   extra={"checkpoint": str(args.checkpoint), "data": str(args.data), "layout": args.layout,
+                          "inversion_steps": model.mcfg.inversion_steps, "sd_size": model.mcfg.sd_size,
+                          "dtype": model.mcfg.dtype})
+    if dist_info()[0] == 0:
+        print(res.get("markdown", ""))
+        if res["errors"]:
+            print(f"\n{len(res['errors'])} unreadable file(s) skipped:")
+            for p, r in res["errors"]:
+                print(f"  {p}: {r}")
+        print(f"\nwrote {args.out}/results.json, results.csv, scores.jsonl, logit_distributions.png")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from .evaluate import expand_inputs, predict_paths
+
+    paths, missing = expand_inputs(args.inputs)
+    for item, why in missing:
+        print(f"warning: {item}: {why}", file=sys.stderr)
+    if not paths:
+        print("error: no input files", file=sys.stderr)
+        return 2
+    model = _load_model(args.checkpoint, args.device)
+    rows, errors = predict_paths(model, paths, image_size=_image_size(model, args.image_size),
+                                 batch_size=args.batch_size, num_workers=args.workers,
+                                 progress=not args.no_progress)
+    width = max([len(r["path"]) for r in rows] + [4])
+    print(f"{'path':<{width}}  label  prob_fake    logit")
+    for r in rows:
+        print(f"{r['path']:<{width}}  {r['label']:<5}  {r['prob_fake']:9.4f}  {r['logit']:+.4f}")
+    if errors:
+        print(f"\n{len(errors)} file(s) could not be scored:", file=sys.stderr)
+        for p, reason in errors:
+            print(f"  {p}: {reason}", file=sys.stderr)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"predictions": rows, "errors": [
+            {"path": p, "reason": r} for p, r in errors]}, indent=2))
+    if args.csv:
+        with open(args.csv, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=["path", "label", "prob_fake", "logit", "s_real", "s_fake"])
+            w.writeheader()
+            w.writerows(rows)
+    print(f"\nscored {len(rows)} of {len(paths)} file(s)", file=sys.stderr)
+    return 0 if rows else 1
+
+
+def cmd_data_check(args) -> int:
+    from .data import check_dataset, format_check_report
+
+    report = check_dataset(args.path, layout=args.layout, split=args.split)
+    print(format_check_report(report))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2, default=str))
+    return 0
+
+
+def cmd_cache_build(args) -> int:
+    from .cache import build_cache
+    from .config import load_experiment
+    from .evaluate import load_labelled
+    from .model import SynerDetect
+    from .train import loader_image_size
+
+    _init_dist_if_launched()
+    cfg = load_experiment(args.config, args.overrides, preset=args.preset)
+    root = args.cache_dir or cfg.cache.dir
+    if not root:
+        print("error: give --cache-dir or set cache.dir in the config", file=sys.stderr)
+        return 2
+    import torch
+
+    model = SynerDetect.from_pretrained(args.checkpoint) if args.checkpoint else SynerDetect.from_config(cfg)
+    model = model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
+    samples = load_labelled(args.data, args.layout, args.split)
+    stats = build_cache(model, samples, root, image_size=loader_image_size(cfg), batch_size=args.batch_size)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps(stats, indent=2, default=str))
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from .bench import run_bench
+
+    run_bench(args.preset, args.device, batch_size=args.batch_size, compile=args.compile, out=args.out)
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .demo.run import run_demo
+
+    return run_demo(args.out, quick=args.quick, progress=not args.no_progress)
+
+
+# ----------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="synerdetect", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("demo", help="offline end-to-end demo: build a small benchmark, train tiny, evaluate")
+    d.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")
+    d.add_argument("--quick", action="store_true", help="fewer images and steps (smoke test)")
+    d.add_argument("--no-progress", action="store_true")
+    d.set_defaults(func=cmd_demo)
+
+    sub.add_parser("presets", help="list presets and ablations").set_defaults(func=cmd_presets)
+
+    t = sub.add_parser("train", help="train a detector (run under torchrun/accelerate launch for DDP)")
+    t.add_argument("--config", help="experiment YAML (see configs/)")
+    t.add_argument("--preset", help="preset if the YAML names none (default: paper)")
+    t.add_argument("--ablation", help="a Table 5 ablation: no_cmid, no_ot_dcl, no_pot, fixed_prompts, ...")
+    t.add_argument("--resume", default="auto", help="auto | never | CHECKPOINT_DIR (default: auto)")
+    t.add_argument("--no-progress", action="store_true")
+    t.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.epochs=2 data.train=/data")
+    t.set_defaults(func=cmd_train)
+
+    def add_data_args(q, required=True):
+        q.add_argument("--data", required=required, help="dataset root or manifest (CSV / JSON lines)")
+        q.add_argument("--layout", default="auto", help="auto | cnndetection | genimage | chameleon | manifest")
+        q.add_argument("--split", default=None, help="train | val | test (layout-dependent)")
+
+    e = sub.add_parser("evaluate", help="per-generator accuracy / AP, figure, optional robustness sweep")
+    e.add_argument("--checkpoint", required=True)
+    add_data_args(e)
+    e.add_argument("--out", required=True, help="output folder for results.json/csv, scores.jsonl, figure")
+    e.add_argument("--generators", nargs="*", help="only these generators")
+    e.add_argument("--perturb", action="append", help="blur | jpeg | crop | noise, or e.g. jpeg:30,60,90 "
+                   "(repeatable): the paper's Table 4")
+    e.add_argument("--batch-size", type=int, default=32)
+    e.add_argument("--workers", type=int, default=2)
+    e.add_argument("--image-size", type=int, default=None)
+    e.add_argument("--device", default=None)
+    e.add_argument("--no-progress", action="store_true")
+    e.set_defaults(func=cmd_evaluate)
+
+    pr = sub.add_parser("predict", help="score files, folders (recursive) and globs")
+    pr.add_argument("inputs", nargs="+")
+    pr.add_argument("--checkpoint", required=True)
+    pr.add_argument("--json", help="write predictions to this JSON file")
+    pr.add_argument("--csv", help="write predictions to this CSV file")
+    pr.add_argument("--batch-size", type=int, default=16)
+    pr.add_argument("--workers", type=int, default=0)
+    pr.add_argument("--image-size", type=int, default=None)
+    pr.add_argument("--device", default=None)
+    pr.add_argument("--no-progress", action="store_true")
+    pr.set_defaults(func=cmd_predict)
+
+    da = sub.add_parser("data", help="dataset tools")
+    dsub = da.add_subparsers(dest="data_command", required=True)
+    dc = dsub.add_parser("check", help="counts per generator x class x format; unreadable files with reasons")
+    dc.add_argument("path")
+    dc.add_argument("--layout", default="auto")
+    dc.add_argument("--split", default=None)
+    dc.add_argument("--json", help="also write the report as JSON")
+    dc.set_defaults(func=cmd_data_check)
+
+    ca = sub.add_parser("cache", help="feature cache (VAE + inverted latents)")
+    csub = ca.add_subparsers(dest="cache_command", required=True)
+    cb = csub.add_parser("build", help="precompute features (shard with torchrun / accelerate launch)")
+    cb.add_argument("--config")
+    cb.add_argument("--preset")
+    cb.add_argument("--checkpoint", help="condition the inversion on this trained detector's prompt")
+    add_data_args(cb)
+    cb.add_argument("--cache-dir")
+    cb.add_argument("--batch-size", type=int, default=16)
+    cb.add_argument("overrides", nargs="*")
+    cb.set_defaults(func=cmd_cache_build)
+
+    b = sub.add_parser("bench", help="component costs, throughput and ratios as JSON lines")
+    b.add_argument("--preset", default="tiny", choices=["tiny", "paper"])
+    b.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    b.add_argument("--batch-size", type=int, default=None)
+    b.add_argument("--compile", action="store_true", help="torch.compile the UNet")
+    b.add_argument("--out", help="also write the JSON lines to this file")
+    b.set_defaults(func=cmd_bench)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _quiet()
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        if os.environ.get("SYNERDETECT_DEBUG"):
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
