@@ -110,3 +110,28 @@ def test_dcl_validation():
     np.testing.assert_allclose(
         dcl_loss(a, z, y.bool(), 0.1).item(), dcl_loss(a, z, y.float(), 0.1).item()
     )
+
+
+def test_dcl_with_other_class_prompt_by_hand():
+    """The class-negative variant adds exp(cos(other_prompt_i, z_i)/tau) to sample i's denominator."""
+    rng = np.random.default_rng(7)
+    t = rng.normal(size=(4, 5))
+    tb = rng.normal(size=(4, 5))
+    z = rng.normal(size=(4, 5))
+    y = np.array([0, 1, 1, 0])
+    tau = 0.3
+
+    def cos(a, b):
+        return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+
+    total = 0.0
+    for i in range(4):
+        pos = cos(t[i], z[i]) / tau
+        den = np.exp(pos) + sum(np.exp(cos(t[i], z[j]) / tau) for j in range(4) if y[j] != y[i])
+        den += np.exp(cos(tb[i], z[i]) / tau)
+        total += -pos + np.log(den)
+    expected = total / 4
+    got = dcl_loss(torch.tensor(t), torch.tensor(z), torch.tensor(y), tau, torch.tensor(tb))
+    assert abs(float(got) - expected) < 1e-9
+    # and it is the literal Eq. 7 when no other-class prompts are given
+    assert float(dcl_loss(torch.tensor(t), torch.tensor(z), torch.tensor(y), tau)) < expected

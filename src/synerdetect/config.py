@@ -71,6 +71,8 @@ class LossConfig:
     sinkhorn_eps: float = 0.05  # eta of Eq. 5
     sinkhorn_iters: int = 200
     pot_sample_term: str = "routed"  # "routed" | "literal" (DESIGN.md 2.5)
+    # Eq. 7 negatives also include the image's own other-class prompt (docs/method.md); false = literal Eq. 7.
+    dcl_class_negative: bool = True
     use_cmid: bool = True  # Table 5b "w/o CMID"
     use_ot_dcl: bool = True  # Table 5b "w/o OT-DCL": replaced by cross-entropy on Eq. 10 scores
     use_pot: bool = True  # Table 5b "w/o POT"
@@ -84,6 +86,8 @@ class OptimConfig:
     weight_decay: float = 0.0
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     grad_clip: float | None = None
+    schedule: str = "constant"  # constant (paper) | cosine (decays to 0 over the run)
+    warmup_steps: int = 0
 
 
 @dataclass
@@ -304,6 +308,7 @@ def validate_experiment(cfg: ExperimentConfig) -> None:
         (t.batch_size >= 2 and t.batch_size % 2 == 0, "train.batch_size must be even and >= 2 (class-balanced batches)"),
         (t.mixed_precision in {"no", "bf16", "fp16"}, "train.mixed_precision must be no, bf16 or fp16"),
         (cfg.optim.name in {"sgd", "adamw"}, "optim.name must be sgd or adamw"),
+        (cfg.optim.schedule in {"constant", "cosine"}, "optim.schedule must be constant or cosine"),
         (cfg.cache.policy in {"online", "cached-fixed", "cached-refresh"},
          "cache.policy must be online, cached-fixed or cached-refresh"),
     ]

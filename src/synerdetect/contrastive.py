@@ -1,4 +1,4 @@
-"""Decoupled contrastive loss (DCL) against label-prompt anchors (paper Eq. 7)."""
+"""Discriminative contrastive loss (DCL) against label-prompt anchors (paper Eq. 7)."""
 
 from __future__ import annotations
 
@@ -37,7 +37,8 @@ def _check_inputs(anchors: Tensor, z: Tensor, labels: Tensor, tau: float) -> Ten
     return labels.long()
 
 
-def dcl_loss(anchors: Tensor, z: Tensor, labels: Tensor, tau: float) -> Tensor:
+def dcl_loss(anchors: Tensor, z: Tensor, labels: Tensor, tau: float,
+             other_anchors: Tensor | None = None) -> Tensor:
     """InfoNCE-style decoupled contrastive loss of Eq. 7 (cosine similarity).
 
     ``L = (1/N) sum_i [ -s_ii/tau + log( exp(s_ii/tau) + sum_{j: y_j != y_i} exp(s_ij/tau) ) ]``
@@ -48,6 +49,11 @@ def dcl_loss(anchors: Tensor, z: Tensor, labels: Tensor, tau: float) -> Tensor:
 
     A sample without negatives (all labels equal) contributes exactly 0:
     its term is ``-s_ii/tau + log exp(s_ii/tau)``. Returns a scalar.
+
+    ``other_anchors`` (optional, N x D): the prompt of the *other* label for the same image. With
+    per-image prompts (Eq. 1) the literal Eq. 7 never compares an image's two class prompts, which is
+    exactly what the Eq. 10 decision does; passing them adds ``exp(cos(t̄_i, z_i)/tau)`` to sample i's
+    denominator, so the embedding must sit closer to its own label's prompt than to the other one.
     """
     labels = _check_inputs(anchors, z, labels, tau)
     t = F.normalize(anchors, dim=1)
@@ -57,11 +63,17 @@ def dcl_loss(anchors: Tensor, z: Tensor, labels: Tensor, tau: float) -> Tensor:
     keep = keep | torch.eye(len(labels), dtype=torch.bool, device=z.device)  # plus the positive
     masked = logits.masked_fill(~keep, float("-inf"))
     pos = torch.diagonal(logits)
+    if other_anchors is not None:
+        if other_anchors.shape != anchors.shape:
+            raise ValueError(f"other_anchors must have shape {tuple(anchors.shape)}, got {tuple(other_anchors.shape)}")
+        cross = (F.normalize(other_anchors, dim=1) * zz).sum(1, keepdim=True) / float(tau)
+        masked = torch.cat([masked, cross], dim=1)
     return (torch.logsumexp(masked, dim=1) - pos).mean()
 
 
 def dcl_loss_two_views(
-    anchors: Tensor, z_v: Tensor, z_n: Tensor, labels: Tensor, tau: float
+    anchors: Tensor, z_v: Tensor, z_n: Tensor, labels: Tensor, tau: float, other_anchors: Tensor | None = None
 ) -> Tensor:
     """Eq. 7 applied to both modalities (visual ``z_v`` and noise ``z_n``), averaged."""
-    return 0.5 * (dcl_loss(anchors, z_v, labels, tau) + dcl_loss(anchors, z_n, labels, tau))
+    return 0.5 * (dcl_loss(anchors, z_v, labels, tau, other_anchors)
+                  + dcl_loss(anchors, z_n, labels, tau, other_anchors))

@@ -324,7 +324,8 @@ class SynerDetect(nn.Module):
         else:
             out["cr"] = zero
         if lc.use_ot_dcl:
-            out["dcl"] = dcl_loss_two_views(z_t_label, z_v, z_n, labels, self.mcfg.tau)
+            other = z_t[idx, 1 - labels] if lc.dcl_class_negative else None
+            out["dcl"] = dcl_loss_two_views(z_t_label, z_v, z_n, labels, self.mcfg.tau, other)
             if lc.use_pot:
                 out["pot"], info = pot_loss(z_n, z_v, k=lc.gmm_components, eps=lc.sinkhorn_eps,
                                             covariance=lc.gmm_covariance, sample_term=lc.pot_sample_term,

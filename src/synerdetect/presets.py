@@ -46,7 +46,7 @@ def tiny() -> ExperimentConfig:
             tau=0.07,
         ),
         loss=LossConfig(gmm_components=2),
-        optim=OptimConfig(name="adamw", lr=1e-2, weight_decay=0.0),
+        optim=OptimConfig(name="adamw", lr=1e-2, weight_decay=0.0, schedule="cosine", warmup_steps=5, grad_clip=1.0),
         train=TrainConfig(batch_size=16, epochs=4, num_workers=0, log_every=5, checkpoint_every=25,
                           output_dir="runs/tiny"),
     )

@@ -74,6 +74,11 @@ class VisualAwareTuner(nn.Module):
         if use_global or use_local:
             self.ln_q = nn.LayerNorm(width)
             self.attn = nn.MultiheadAttention(width, heads, batch_first=True)
+            # Zero-initialised output: the tuner starts as plain CoOp context (p̂_c = p_c) and learns how much
+            # image evidence to add. A default init would make the per-image term ~25x larger than p_c at
+            # step 0, leaving each image's other-class prompt, which Eq. 7 never trains, arbitrary.
+            nn.init.zeros_(self.attn.out_proj.weight)
+            nn.init.zeros_(self.attn.out_proj.bias)
         if use_global:
             self.zv_proj = nn.Linear(joint_dim, width)  # z_v lives in the joint space, keys in the text width
             self.ln_zv = nn.LayerNorm(width)

@@ -38,6 +38,18 @@ def build_optimizer(params, cfg: ExperimentConfig) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
 
 
+def lr_at(cfg: ExperimentConfig, step: int, total: int) -> float:
+    """Learning rate of optimiser step ``step`` (0-based): a pure function of the step, so a resumed run
+    needs no scheduler state."""
+    o = cfg.optim
+    if o.warmup_steps and step < o.warmup_steps:
+        return o.lr * (step + 1) / o.warmup_steps
+    if o.schedule == "cosine":
+        span = max(1, total - o.warmup_steps)
+        return o.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - o.warmup_steps) / span)))
+    return o.lr
+
+
 def _setup_logging(out: Path, is_main: bool) -> None:
     if not is_main:
         return
@@ -156,6 +168,8 @@ def train(cfg: ExperimentConfig, *, resume: str = "auto", progress: bool = True,
                     log.warning("batch %d of epoch %d lost a class to unreadable files; skipped", b_idx, epoch)
                     losses = {}
                     loss = sum(p.sum() for p in model.trainable_parameters()) * 0.0
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(cfg, global_step, total_steps)
             optimizer.zero_grad(set_to_none=True)
             acc.backward(loss)
             if cfg.optim.grad_clip:

@@ -22,7 +22,7 @@ def demo_config(out: Path, quick: bool = False):
     return merge(cfg, {
         "data": {"train": str(out / "data" / "train"), "train_layout": "cnndetection", "train_split": "train",
                  "image_size": 64, "blur_prob": 0.0, "jpeg_prob": 0.0},
-        "train": {"output_dir": str(out / "run"), "epochs": 1 if quick else 8, "batch_size": 16,
+        "train": {"output_dir": str(out / "run"), "epochs": 1 if quick else 4, "batch_size": 16,
                   "checkpoint_every": 20, "log_every": 5, "num_workers": 0},
     })
 
@@ -42,7 +42,7 @@ def run_demo(out_dir: str | Path = "demo_out", *, quick: bool = False, progress:
     seen = ("gan_upsample",)
     print("SynerDetect demo: no weights or data are downloaded.\n")
     print(describe())
-    n_train, n_test = (32, 16) if quick else (96, 48)
+    n_train, n_test = (32, 16) if quick else (256, 64)
     info = build_demo_benchmark(out / "data", size=64, n_train=n_train, n_test=n_test, train_families=seen, seed=0)
     print(f"\nbenchmark in {out / 'data'}: train on {', '.join(seen)} ({n_train} real + {n_train} fake), "
           f"test on {len(FAMILY_KIND)} families ({n_test} real + {n_test} fake each)")
