@@ -611,7 +611,7 @@ def build_cache(model, samples: Sequence, cache_root: str | os.PathLike, *, imag
     from .data.imageio import UnreadableImage, load_image
     from .data.transforms import EvalTransform
 
-    t_start, t0 = time.time(), time.perf_counter()
+    t_start, t0, cpu0 = time.time(), time.perf_counter(), time.process_time()
     rank, world = dist_rank_world(rank, world_size)
     device = _model_device(model)
     threads = _set_threads(num_threads, world, device)
@@ -722,6 +722,7 @@ def build_cache(model, samples: Sequence, cache_root: str | os.PathLike, *, imag
     stats["n_unreadable"] = len(stats["unreadable"])
     stats["seconds"] = time.perf_counter() - t0
     stats["compute_seconds"] = compute_s
+    stats["cpu_seconds"] = time.process_time() - cpu0  # this process's CPU time (all its threads)
     stats["per_image_seconds"] = compute_s / stats["n_computed"] if stats["n_computed"] else 0.0
     stats["t_start"], stats["t_end"] = t_start, time.time()
     _atomic_write_json(marker, {"job": job, "rank": rank, "stats": stats})

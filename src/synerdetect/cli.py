@@ -43,7 +43,7 @@ def _init_dist_if_launched() -> None:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.distributed.is_initialized():
         from accelerate import PartialState
 
-        PartialState()  # initialises torch.distributed from the launcher's environment
+        PartialState(cpu=not torch.cuda.is_available())  # joins torch.distributed from the launcher's env
 
 
 # ----------------------------------------------------------------------------- commands

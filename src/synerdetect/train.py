@@ -93,7 +93,9 @@ def train(cfg: ExperimentConfig, *, resume: str = "auto", progress: bool = True,
     if not cfg.data.train:
         raise ValueError("data.train is not set: point it at a training set (folder or manifest)")
     ddp_kwargs = DistributedDataParallelKwargs(find_unused_parameters=True)
-    acc = Accelerator(mixed_precision=cfg.train.mixed_precision, kwargs_handlers=[ddp_kwargs])
+    # cpu=True when there is no GPU: accelerate only sets up gloo DDP for torchrun's processes when told so.
+    acc = Accelerator(mixed_precision=cfg.train.mixed_precision, kwargs_handlers=[ddp_kwargs],
+                      cpu=not torch.cuda.is_available())
     rank, world = acc.process_index, acc.num_processes
     out = Path(cfg.train.output_dir)
     if acc.is_main_process:
@@ -200,18 +202,37 @@ def train(cfg: ExperimentConfig, *, resume: str = "auto", progress: bool = True,
             _validate(cfg, model, out, global_step, progress)
     bar.close()
     acc.wait_for_everyone()
+    checksums = _replica_checksums(model, world)
+    if len(set(checksums)) > 1:
+        log.error("DDP replicas diverged: trainable-weight checksums %s", checksums)
     final = out / "final"
     if acc.is_main_process:
         model.save_pretrained(final, extra={"global_step": global_step, "train_data": cfg.data.train})
     acc.wait_for_everyone()
     summary = {"global_step": global_step, "seconds": round(time.time() - t0, 2), "final": str(final),
                "world_size": world, "steps_per_epoch": steps_per_epoch, "skipped_files": skipped_files,
-               "last_losses": running}
+               "last_losses": running, "replica_checksums": checksums}
     if cfg.data.val:
         summary["val"] = _validate(cfg, model, out, global_step, progress)
     if acc.is_main_process:
         (out / "train_summary.json").write_text(json.dumps(summary, indent=2, default=str))
     return summary
+
+
+def _replica_checksums(model, world: int) -> list[str]:
+    """sha256 of each rank's trainable weights (all ranks must hold the same model after DDP steps)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, p in sorted(model.trainable_state_dict().items()):
+        h.update(name.encode())
+        h.update(p.detach().float().cpu().numpy().tobytes())
+    mine = h.hexdigest()[:16]
+    if world == 1:
+        return [mine]
+    parts: list = [None] * world
+    torch.distributed.all_gather_object(parts, mine)
+    return parts
 
 
 def _load_trainables(model, folder: Path) -> None:
