@@ -139,3 +139,14 @@ def test_cli_end_to_end(bench, tmp_path):
 
     r = _run(cli + ["predict", str(data / "1_fake" / "broken.jpg"), "--checkpoint", str(ckpt), "--no-progress"])
     assert r.returncode == 1 and "broken.jpg" in r.stderr
+
+
+def test_training_reads_from_the_feature_cache(bench, tmp_path):
+    cfg = _cfg(bench, tmp_path / "c", **{"cache.policy": "cached-fixed", "train.max_steps": 4,
+                                          "cache.dir": str(tmp_path / "cache")})
+    summary = train(cfg, resume="never", progress=False)
+    assert summary["cache_hits"] == 4 and summary["cache_misses"] == 0
+    assert any((tmp_path / "cache").rglob("*.safetensors"))
+    # online: no cache is touched
+    online = train(_cfg(bench, tmp_path / "o", **{"train.max_steps": 1}), resume="never", progress=False)
+    assert "cache_hits" not in online and online["cache_policy"] == "online"

@@ -79,7 +79,16 @@ def cmd_evaluate(args) -> int:
     _init_dist_if_launched()
     model = _load_model(args.checkpoint, args.device)
     samples = load_labelled(args.data, args.layout, args.split, args.generators)
-    res = evaluate(model, samples, args.out, image_size=_image_size(model, args.image_size),
+    lookup = None
+    if args.cache_dir:
+        from .cache import CachedFeatures
+
+        cf = CachedFeatures(args.cache_dir, model, _image_size(model, args.image_size))
+
+        def lookup(paths):  # exact: the cache holds the same deterministic eval view
+            hit = cf.lookup(paths)
+            return None if hit is None else hit[1]
+    res = evaluate(model, samples, args.out, image_size=_image_size(model, args.image_size), feature_lookup=lookup,
                    batch_size=args.batch_size, num_workers=args.workers, perturb=args.perturb or (),
                    progress=not args.no_progress, title=Path(args.data).name,
                    extra={"checkpoint": str(args.checkpoint), "data": str(args.data), "layout": args.layout,
@@ -210,6 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--perturb", action="append", help="blur | jpeg | crop | noise, or e.g. jpeg:30,60,90 "
                    "(repeatable): the paper's Table 4")
     e.add_argument("--batch-size", type=int, default=32)
+    e.add_argument("--cache-dir", help="read inverted latents from this feature cache when the key matches "
+                   "(build it with `synerdetect cache build --checkpoint ...`)")
     e.add_argument("--workers", type=int, default=2)
     e.add_argument("--image-size", type=int, default=None)
     e.add_argument("--device", default=None)

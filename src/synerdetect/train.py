@@ -137,6 +137,10 @@ def train(cfg: ExperimentConfig, *, resume: str = "auto", progress: bool = True,
     wrapped, optimizer = acc.prepare(wrapped, optimizer)
     device = acc.device
 
+    cache_root = Path(cfg.cache.dir) if cfg.cache.dir else out / "feature_cache"
+    cached = None
+    cache_key = state.get("cache_key")
+
     metrics_path = out / "metrics.jsonl"
     bar = tqdm(total=total_steps, initial=state["global_step"], desc="train", unit="step",
                disable=not (progress and acc.is_main_process))
@@ -152,6 +156,9 @@ def train(cfg: ExperimentConfig, *, resume: str = "auto", progress: bool = True,
         first = state["batch_in_epoch"] if epoch == state["epoch"] else 0
         if first:
             sampler.skip(first)
+        if cfg.cache.policy != "online":
+            cached, cache_key = _prepare_cache(cfg, model, samples, size, per_rank, cache_root, epoch, first,
+                                               cached, cache_key, acc, progress)
         model.train()
         for b_idx, batch in enumerate(loader, start=first):
             if global_step >= total_steps:
@@ -163,13 +170,15 @@ def train(cfg: ExperimentConfig, *, resume: str = "auto", progress: bool = True,
             torch.manual_seed(t.seed + global_step)
             usable = len(labels) >= 2 and len(set(labels.tolist())) == 2
             with acc.autocast():
-                if usable:
+                hit = cached.lookup(batch["path"]) if (cached is not None and usable) else None
+                if usable and hit is not None:  # VAE and inverted latents of the eval view, from the cache
+                    losses = wrapped(images, labels, generator=gen, latents=hit[0], inverted=hit[1])
+                elif usable:
                     losses = wrapped(images, labels, generator=gen)
-                    loss = losses["total"]
                 else:  # every file of one class was unreadable: keep DDP in step with a zero loss
                     log.warning("batch %d of epoch %d lost a class to unreadable files; skipped", b_idx, epoch)
                     losses = {}
-                    loss = sum(p.sum() for p in model.trainable_parameters()) * 0.0
+                loss = losses["total"] if losses else sum(p.sum() for p in model.trainable_parameters()) * 0.0
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(cfg, global_step, total_steps)
             optimizer.zero_grad(set_to_none=True)
@@ -191,9 +200,9 @@ def train(cfg: ExperimentConfig, *, resume: str = "auto", progress: bool = True,
                 with metrics_path.open("a") as f:
                     f.write(json.dumps(rec) + "\n")
                 log.info("step %d %s", global_step, json.dumps(vals))
-            state = {"epoch": epoch, "batch_in_epoch": b_idx + 1, "global_step": global_step}
+            state = {"epoch": epoch, "batch_in_epoch": b_idx + 1, "global_step": global_step, "cache_key": cache_key}
             if b_idx + 1 == steps_per_epoch:
-                state = {"epoch": epoch + 1, "batch_in_epoch": 0, "global_step": global_step}
+                state = {"epoch": epoch + 1, "batch_in_epoch": 0, "global_step": global_step, "cache_key": cache_key}
             if t.checkpoint_every and global_step % t.checkpoint_every == 0 and global_step < total_steps:
                 _checkpoint(acc, model, optimizer, state, ckpt_root, t.keep_checkpoints)
             if t.val_every and cfg.data.val and global_step % t.val_every == 0:
@@ -211,12 +220,37 @@ def train(cfg: ExperimentConfig, *, resume: str = "auto", progress: bool = True,
     acc.wait_for_everyone()
     summary = {"global_step": global_step, "seconds": round(time.time() - t0, 2), "final": str(final),
                "world_size": world, "steps_per_epoch": steps_per_epoch, "skipped_files": skipped_files,
-               "last_losses": running, "replica_checksums": checksums}
+               "last_losses": running, "replica_checksums": checksums, "cache_policy": cfg.cache.policy}
+    if cached is not None:
+        summary.update(cache_key=cache_key, cache_hits=cached.hits, cache_misses=cached.misses)
     if cfg.data.val:
         summary["val"] = _validate(cfg, model, out, global_step, progress)
     if acc.is_main_process:
         (out / "train_summary.json").write_text(json.dumps(summary, indent=2, default=str))
     return summary
+
+
+def _prepare_cache(cfg, model, samples, size, per_rank, root: Path, epoch: int, first: int, cached, key,
+                   acc, progress):
+    """Apply ``cache.policy`` before an epoch: build or refresh the feature cache when the policy says so
+    (sharded over the DDP ranks), else keep reading with the key the run holds (also after a resume)."""
+    from .cache import CachedFeatures, build_cache, policy_wants_cache
+
+    read, build = policy_wants_cache(cfg.cache.policy, epoch, cfg.cache.refresh_every)
+    resuming_inside_epoch = first > 0 and key is not None
+    if build and not resuming_inside_epoch:
+        stats = build_cache(model, samples, root, image_size=size, batch_size=per_rank,
+                            rank=acc.process_index, world_size=acc.num_processes,
+                            progress=progress and acc.is_main_process)
+        acc.wait_for_everyone()
+        log.info("feature cache (epoch %d): %s", epoch, json.dumps({k: stats[k] for k in
+                 ("n_total", "n_computed", "n_skipped_cached", "n_unreadable", "key") if k in stats}))
+        cached = CachedFeatures(root, model, size, rank=acc.process_index)
+        return cached, cached.key
+    if read and cached is None:
+        cached = CachedFeatures(root, model, size, key=key, rank=acc.process_index)
+        return cached, cached.key
+    return cached, key
 
 
 def _replica_checksums(model, world: int) -> list[str]:
