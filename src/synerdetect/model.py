@@ -285,11 +285,16 @@ class SynerDetect(nn.Module):
 
     # ------------------------------------------------------------------ contract
     def features(self, images: torch.Tensor, *, latents: torch.Tensor | None = None,
-                 inverted: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """All embeddings of a batch. ``latents``/``inverted`` may come from the feature cache."""
+                 inverted: torch.Tensor | None = None, noise_pixels: torch.Tensor | None = None
+                 ) -> dict[str, torch.Tensor]:
+        """All embeddings of a batch. ``latents``/``inverted``/``noise_pixels`` (the E_d input decoded from
+        the inverted latent, for ``noise_encoder_input="vae_decode"``) may come from the feature cache."""
         x_clip = self.clip_pixels(images)
         z_v = self.encode_visual(x_clip)
         z_t = self.prompts(z_v, x_clip)
+        if noise_pixels is not None and self.adapter is None:
+            return {"x_clip": x_clip, "z_v": z_v, "z_t": z_t, "inverted": inverted,
+                    "z_n": self.E_d(noise_pixels.to(self.compute_dtype))}
         if inverted is None:
             inv_size = self.mcfg.inversion_size or self.mcfg.sd_size
             inv_latents = latents if (latents is not None and inv_size == self.mcfg.sd_size) else None
@@ -300,8 +305,8 @@ class SynerDetect(nn.Module):
         return {"x_clip": x_clip, "z_v": z_v, "z_t": z_t, "z_n": z_n, "inverted": inverted}
 
     def compute_losses(self, images: torch.Tensor, labels: torch.Tensor, *, latents: torch.Tensor | None = None,
-                       inverted: torch.Tensor | None = None, generator: torch.Generator | None = None
-                       ) -> dict[str, torch.Tensor]:
+                       inverted: torch.Tensor | None = None, noise_pixels: torch.Tensor | None = None,
+                       generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         """Eq. 2, 6, 7, 8, 9 on one batch. Returns 0-dim tensors: cr, dcl, pot, ot_dcl, total."""
         self.check_inputs(images, labels)
         labels = torch.as_tensor(labels, device=images.device).long()
@@ -312,7 +317,7 @@ class SynerDetect(nn.Module):
         need_latents = lc.use_cmid
         if need_latents and latents is None:
             latents = self.encode_latents(images)
-        f = self.features(images, latents=latents, inverted=inverted)
+        f = self.features(images, latents=latents, inverted=inverted, noise_pixels=noise_pixels)
         z_v, z_t, z_n = f["z_v"], f["z_t"], f["z_n"]
         idx = torch.arange(len(labels), device=labels.device)
         z_t_label = z_t[idx, labels]  # the prompt of each sample's own label (anchor of Eq. 7)
@@ -347,13 +352,14 @@ class SynerDetect(nn.Module):
         return torch.einsum("bd,bcd->bc", z_v, z_t) + torch.einsum("bd,bcd->bc", z_n, z_t)
 
     @torch.no_grad()
-    def predict(self, images: torch.Tensor, *, inverted: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    def predict(self, images: torch.Tensor, *, inverted: torch.Tensor | None = None,
+                noise_pixels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Eq. 10 per image: s_real, s_fake, logit = s_fake - s_real, prob_fake, label (1 = fake). No label is used."""
         self.check_inputs(images)
         was_training = self.training
         self.eval()
         try:
-            f = self.features(images, inverted=inverted)
+            f = self.features(images, inverted=inverted, noise_pixels=noise_pixels)
         finally:
             self.train(was_training)
         s = self.scores(f["z_v"], f["z_n"], f["z_t"])

@@ -77,8 +77,9 @@ class _Forward(torch.nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, images, labels, generator=None, latents=None, inverted=None):
-        return self.model.compute_losses(images, labels, generator=generator, latents=latents, inverted=inverted)
+    def forward(self, images, labels, generator=None, latents=None, inverted=None, noise_pixels=None):
+        return self.model.compute_losses(images, labels, generator=generator, latents=latents, inverted=inverted,
+                                          noise_pixels=noise_pixels)
 
 
 def train(cfg: ExperimentConfig, *, resume: str = "auto", progress: bool = True,
