@@ -58,7 +58,9 @@ class ModelConfig:
     # --- runtime ------------------------------------------------------------
     dtype: str = "float32"  # compute dtype of the frozen models: float32 | bfloat16 | float16
     gradient_checkpointing: bool = False
-    attention: str = "sdpa"
+    channels_last: bool = True  # UNet/VAE in channels_last on CUDA (faster convolutions)
+    compile_unet: bool = False  # torch.compile the UNet (inversion and CMID)
+    compile_mode: str = "default"  # default | reduce-overhead (CUDA graphs; fixed shapes) | max-autotune
 
 
 @dataclass
@@ -298,6 +300,8 @@ def validate_experiment(cfg: ExperimentConfig) -> None:
         (m.noise_encoder_input in {"vae_decode", "adapter"}, "model.noise_encoder_input must be vae_decode or adapter"),
         (m.dtype in {"float32", "bfloat16", "float16"}, "model.dtype must be float32, bfloat16 or float16"),
         (m.tau > 0, "model.tau must be > 0"),
+        (m.compile_mode in {"default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"},
+         "model.compile_mode must be default, reduce-overhead, max-autotune or max-autotune-no-cudagraphs"),
         (m.lora_rank >= 1, "model.lora_rank must be >= 1"),
         (0.0 <= loss.lam <= 1.0, "loss.lam must be in [0, 1]"),
         (loss.alpha >= 0, "loss.alpha must be >= 0"),

@@ -115,6 +115,7 @@ class SynerDetect(nn.Module):
         self.vae_scale = float(getattr(base.vae.config, "scaling_factor", 0.18215))
         self.register_buffer("clip_mean", torch.tensor(CLIP_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("clip_std", torch.tensor(CLIP_STD).view(1, 3, 1, 1), persistent=False)
+        self._unet_fn = None  # set by enable_fast_path() when the UNet is compiled
         self._freeze()
         if m.gradient_checkpointing:
             self.unet.enable_gradient_checkpointing()
@@ -184,6 +185,24 @@ class SynerDetect(nn.Module):
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
 
+    def enable_fast_path(self) -> "SynerDetect":
+        """Call after moving the model to its device: channels_last for the frozen convnets on CUDA and,
+        if configured, a compiled UNet for the inversion loop and CMID (SDPA attention is diffusers' and
+        transformers' default already)."""
+        dev = next(self.unet.parameters()).device
+        if dev.type == "cuda" and self.mcfg.channels_last:
+            self.unet.to(memory_format=torch.channels_last)
+            self.vae.to(memory_format=torch.channels_last)
+        if self.mcfg.compile_unet and self._unet_fn is None:
+            compiled = torch.compile(self.unet, mode=self.mcfg.compile_mode, dynamic=False)
+            self._unet_fn = lambda x, t, ctx: compiled(x, t, encoder_hidden_states=ctx, return_dict=False)[0]
+        return self
+
+    def _unet(self, x: torch.Tensor, t: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
+        if self._unet_fn is not None:
+            return self._unet_fn(x, t, ctx)
+        return self.unet(x, t, encoder_hidden_states=ctx, return_dict=False)[0]
+
     # ------------------------------------------------------------------ checks
     def check_inputs(self, images: Any, labels: Any = None) -> None:
         if not isinstance(images, torch.Tensor):
@@ -249,7 +268,8 @@ class SynerDetect(nn.Module):
     def invert(self, latents: torch.Tensor, cond: torch.Tensor, steps: int | None = None) -> torch.Tensor:
         """Discriminative conditional inversion: DDIM-invert z0 conditioned on ``cond`` (B x D)."""
         ctx = self.sd_context(cond.detach()).to(self.compute_dtype)
-        return ddim_invert(self.unet, self.scheduler_config, latents.float(), ctx, steps or self.mcfg.inversion_steps)
+        return ddim_invert(self.unet, self.scheduler_config, latents.float(), ctx, steps or self.mcfg.inversion_steps,
+                           unet_fn=self._unet)
 
     def noise_pixels(self, inverted: torch.Tensor) -> torch.Tensor:
         """Noise map -> E_d input (normalised pixels at clip_size)."""
@@ -275,8 +295,7 @@ class SynerDetect(nn.Module):
         noise = torch.randn(latents.shape, generator=generator, device="cpu").to(dev)
         noisy = self.noise_scheduler.add_noise(latents, noise, t)
         ctx = self.sd_context(c)
-        pred = self.unet(noisy.to(self.compute_dtype), t, encoder_hidden_states=ctx.to(self.compute_dtype),
-                         return_dict=False)[0].float()
+        pred = self._unet(noisy.to(self.compute_dtype), t, ctx.to(self.compute_dtype)).float()
         if self.prediction_type == "v_prediction":
             target = self.noise_scheduler.get_velocity(latents, noise, t)
         else:

@@ -136,6 +136,7 @@ def train(cfg: ExperimentConfig, *, resume: str = "auto", progress: bool = True,
             print(f"resuming from {start} (step {state['global_step']})")
     wrapped = _Forward(model)
     wrapped, optimizer = acc.prepare(wrapped, optimizer)
+    model.enable_fast_path()
     device = acc.device
 
     cache_root = Path(cfg.cache.dir) if cfg.cache.dir else out / "feature_cache"
@@ -173,7 +174,8 @@ def train(cfg: ExperimentConfig, *, resume: str = "auto", progress: bool = True,
             with acc.autocast():
                 hit = cached.lookup(batch["path"]) if (cached is not None and usable) else None
                 if usable and hit is not None:  # VAE and inverted latents of the eval view, from the cache
-                    losses = wrapped(images, labels, generator=gen, latents=hit[0], inverted=hit[1])
+                    losses = wrapped(images, labels, generator=gen, latents=hit.latents, inverted=hit.inverted,
+                                     noise_pixels=hit.noise_pixels)
                 elif usable:
                     losses = wrapped(images, labels, generator=gen)
                 else:  # every file of one class was unreadable: keep DDP in step with a zero loss
