@@ -25,7 +25,6 @@ and ignore the seed.
 from __future__ import annotations
 
 import hashlib
-import io
 import math
 from dataclasses import dataclass
 
@@ -180,12 +179,9 @@ def apply(img: Image.Image, perturbation: Perturbation, seed: int = 0) -> Image.
         return img.filter(ImageFilter.GaussianBlur(radius=float(level)))
 
     if kind == "jpeg":
-        buf = io.BytesIO()
-        img.save(buf, format="JPEG", quality=int(level))
-        buf.seek(0)
-        with Image.open(buf) as out:
-            out.load()
-            return out.convert("RGB")
+        from .data.transforms import _jpeg  # one in-memory JPEG round trip for training and robustness
+
+        return _jpeg(img, int(level))
 
     rng = np.random.default_rng(seed)
 
