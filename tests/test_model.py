@@ -327,3 +327,17 @@ def test_config_dimension_mismatch_is_reported_before_building():
         SynerDetect.from_preset("nope")
     with pytest.raises(ConfigError, match="unknown config key"):
         SynerDetect.from_preset("tiny", **{"model.not_a_key": 1})
+
+
+def test_bf16_frozen_models_train_with_fp32_trainables():
+    model = SynerDetect.from_preset("tiny", **{"model.dtype": "bfloat16", "model.inversion_steps": 3})
+    assert next(model.unet.parameters()).dtype == torch.bfloat16
+    assert all(p.dtype == torch.float32 for p in model.trainable_parameters())
+    L = model.compute_losses(*batch(4))
+    L["total"].backward()
+    assert torch.isfinite(L["total"])
+    grads = [p.grad for p in model.trainable_parameters() if p.grad is not None]
+    assert grads and all(g.dtype == torch.float32 and torch.isfinite(g).all() for g in grads)
+    ref = SynerDetect.from_preset("tiny", **{"model.inversion_steps": 3})
+    x, _ = batch(4, seed=3)
+    torch.testing.assert_close(model.predict(x)["s_fake"], ref.predict(x)["s_fake"], atol=0.05, rtol=0)
