@@ -10,9 +10,11 @@ EXPECTED = {
     "component_clip_vision", "component_clip_vision_noise", "component_text_tower", "component_unet_step",
     "component_vae_encode", "component_vae_decode", "roofline_predict_s_per_img", "predict_s_per_img",
     "predict_throughput", "predict_vs_roofline", "inversion_throughput", "train_step_throughput",
-    "cache_build_s_per_img", "epoch_train_online_s", "epoch_train_cached_s", "cached_epoch_speedup",
-    "cached_eval_epoch_speedup", "cache_build_s_per_img_3steps", "cached_epoch_speedup_3steps",
-    "cached_eval_epoch_speedup_3steps", "sharded_build_seconds_1proc", "sharded_build_seconds_2proc",
+    "cache_build_s_per_img", "epoch_train_online_s", "epoch_train_cached_s", "epoch_train_cached_latents_only_s",
+    "cached_epoch_speedup", "cached_epoch_speedup_latents_only", "cached_eval_epoch_speedup",
+    "cached_eval_epoch_speedup_latents_only", "cache_build_s_per_img_3steps", "cached_epoch_speedup_3steps",
+    "cached_epoch_speedup_3steps_latents_only", "cached_eval_epoch_speedup_3steps",
+    "cached_eval_epoch_speedup_3steps_latents_only", "sharded_build_seconds_1proc", "sharded_build_seconds_2proc",
     "sharded_build_speedup",
 }
 FIELDS = {"name", "value", "unit", "device", "preset", "steps", "resolution", "dtype", "torch", "date"}
@@ -33,6 +35,7 @@ def test_run_bench_tiny(tmp_path, capsys):
         assert r["device"] == "cpu" and r["preset"] == "tiny"
     by = {r["name"]: r for r in lines}
     assert by["cached_epoch_speedup"]["steps"] == 2 and by["cached_epoch_speedup_3steps"]["steps"] == 3
+    assert by["cached_epoch_speedup_3steps_latents_only"]["steps"] == 3
     assert by["predict_vs_roofline"]["unit"] == "ratio"
     # Printed as JSON lines and written to --out.
     printed = [json.loads(s) for s in capsys.readouterr().out.splitlines() if s.startswith("{")]

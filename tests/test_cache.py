@@ -13,10 +13,12 @@ import torch
 
 from synerdetect import SynerDetect
 from synerdetect.cache import (
+    CachedBatch,
     CachedFeatures,
     FeatureCache,
     build_cache,
     compute_features,
+    compute_noise_pixels,
     content_hash,
     feature_key,
     policy_wants_cache,
@@ -113,6 +115,15 @@ def test_key_changes_with_what_changes_the_result(model):
     # frozen SD weights
     other3 = SynerDetect.from_preset("tiny", **{"model.inversion_steps": STEPS, "model.tiny_seed": 1})
     assert feature_key(other3, image_size=64)[0] != k0
+    # whether (and how) the E_d input is stored
+    assert info["noise_pixels"]["stored"] is True and info["noise_pixels"]["dtype"] == "float16"
+    assert info["noise_pixels"]["shape"] == [3, 64, 64]
+    k_lat, info_lat = feature_key(model, image_size=64, store_noise_pixels=False)
+    assert k_lat != k0 and info_lat["noise_pixels"] == {"stored": False}
+    # with a trainable noise adapter E_d's input is never cached (it depends on trained weights)
+    ad = SynerDetect.from_preset("tiny", **{"model.inversion_steps": STEPS, "model.noise_encoder_input": "adapter"})
+    assert feature_key(ad, image_size=64)[1]["noise_pixels"] == {"stored": False}
+    assert feature_key(ad, image_size=64)[0] == feature_key(ad, image_size=64, store_noise_pixels=False)[0]
 
 
 def test_hit_and_miss_by_key(model, images, tmp_path):
@@ -149,20 +160,93 @@ def test_cached_features_equal_recomputed(model, images, tmp_path):
     build_cache(model, images, root, image_size=64, batch_size=5, progress=False)
     paths = images[3:9]
     hit = CachedFeatures(root, model, 64).lookup(paths)
-    assert hit is not None
+    assert isinstance(hit, CachedBatch) and hit.noise_pixels is not None
     x = eval_batch(paths)
     with torch.no_grad():
         x_clip = model.clip_pixels(x)
         cond = model.agnostic_prompt(model.prompts(model.encode_visual(x_clip), x_clip))
         lat = model.encode_latents(x)
         inv = model.invert(lat, cond)
-    torch.testing.assert_close(hit[0], lat, rtol=0, atol=1e-5)
-    torch.testing.assert_close(hit[1], inv, rtol=0, atol=1e-5)
+        npx = model.noise_pixels(inv)
+    # latents and inverted latents: bitwise what the model computes
+    torch.testing.assert_close(hit.latents, lat, rtol=0, atol=0)
+    torch.testing.assert_close(hit.inverted, inv, rtol=0, atol=0)
+    assert hit[0] is hit.latents and hit[1] is hit.inverted  # tuple access still works
     lat2, inv2 = compute_features(model, x)
     torch.testing.assert_close(inv2, inv, rtol=0, atol=0)
-    # The detector's decision is the same with the cached inverted latents.
-    a, b = model.predict(x), model.predict(x, inverted=hit[1])
+    # E_d input: exactly the recomputed one rounded to float16 (the only approximation of the cache) ...
+    assert hit.noise_pixels.dtype == torch.float16 and hit.noise_pixels.shape == (len(paths), 3, 64, 64)
+    assert torch.equal(hit.noise_pixels, npx.half())
+    assert torch.equal(compute_noise_pixels(model, inv), npx.half())
+    err = (hit.noise_pixels.float() - npx).abs().max()
+    assert 0 < err <= 2e-3 * npx.abs().max()  # really rounded, by at most half an fp16 ulp
+    # ... so z_n differs from the recomputed one by a small tolerance only.
+    with torch.no_grad():
+        f_ref = model.features(x)
+        f_npx = model.features(x, latents=hit.latents, inverted=hit.inverted, noise_pixels=hit.noise_pixels)
+        f_inv = model.features(x, latents=hit.latents, inverted=hit.inverted)
+    torch.testing.assert_close(f_inv["z_n"], f_ref["z_n"], rtol=0, atol=1e-6)  # fp32 float noise only
+    torch.testing.assert_close(f_npx["z_n"], f_ref["z_n"], rtol=0, atol=1e-3)
+    torch.testing.assert_close(f_npx["z_v"], f_ref["z_v"], rtol=0, atol=0)
+    # The detector's decision is the same with the cached tensors.
+    a = model.predict(x)
+    b = model.predict(x, inverted=hit.inverted)
+    c = model.predict(x, inverted=hit.inverted, noise_pixels=hit.noise_pixels)
     torch.testing.assert_close(a["logit"], b["logit"], rtol=0, atol=1e-5)
+    torch.testing.assert_close(a["logit"], c["logit"], rtol=0, atol=2e-3)
+    # The losses too (the training path, cached-fixed).
+    y = torch.tensor([0, 1] * 3)
+    with torch.no_grad():
+        l_ref = model.compute_losses(x, y, latents=hit.latents, inverted=hit.inverted,
+                                     generator=torch.Generator().manual_seed(0))
+        l_npx = model.compute_losses(x, y, **hit._asdict(), generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(l_npx["total"], l_ref["total"], rtol=1e-3, atol=1e-4)
+
+
+def test_latents_only_cache(model, images, tmp_path):
+    """store_noise_pixels=False: another key, no E_d input stored, lookups give noise_pixels=None."""
+    root = tmp_path / "cache"
+    st = build_cache(model, images[:4], root, image_size=64, batch_size=4, progress=False, store_noise_pixels=False)
+    assert st["key"] == feature_key(model, image_size=64, store_noise_pixels=False)[0]
+    assert CachedFeatures(root, model, 64).lookup(images[:4]) is None  # the default key stores noise pixels
+    hit = CachedFeatures(root, model, 64, store_noise_pixels=False).lookup(images[:4])
+    assert hit is not None and hit.noise_pixels is None
+    doc = json.loads((root / st["key"] / "index.json").read_text())
+    assert all("noise_pixels" not in e for e in doc["entries"].values())
+    assert doc["info"]["noise_pixels"] == {"stored": False}
+    # the full cache is a separate folder; its entries hold the E_d input, indexed with shape and dtype
+    st2 = build_cache(model, images[:4], root, image_size=64, batch_size=4, progress=False)
+    assert st2["key"] != st["key"] and st2["n_computed"] == 4
+    doc2 = json.loads((root / st2["key"] / "index.json").read_text())
+    assert all(e["noise_pixels"] == [3, 64, 64] and e["noise_pixels_dtype"] == "float16"
+               for e in doc2["entries"].values())
+    from safetensors import safe_open
+
+    shard = root / st2["key"] / "shards" / next(iter(doc2["entries"].values()))["shard"]
+    with safe_open(str(shard), framework="pt") as f:
+        h = next(iter(doc2["entries"]))
+        assert f.get_slice(f"{h}.noise_pixels").get_dtype() == "F16"
+
+
+def test_put_many_must_match_the_key(model, images, tmp_path):
+    x = eval_batch(images[:2])
+    lat, inv = compute_features(model, x)
+    hashes = [content_hash(p) for p in images[:2]]
+    key, info = feature_key(model, image_size=64)
+    with pytest.raises(ValueError, match="noise_pixels"):
+        FeatureCache(tmp_path / "a", key, info=info).put_many(hashes, lat, inv)
+    key2, info2 = feature_key(model, image_size=64, store_noise_pixels=False)
+    with pytest.raises(ValueError, match="noise_pixels"):
+        FeatureCache(tmp_path / "b", key2, info=info2).put_many(hashes, lat, inv,
+                                                                noise_pixels=compute_noise_pixels(model, inv))
+    with pytest.raises(ValueError, match="noise_pixels"):  # wrong batch size
+        FeatureCache(tmp_path / "c", key, info=info).put_many(hashes, lat, inv,
+                                                              noise_pixels=compute_noise_pixels(model, inv[:1]))
+    # an entry without the E_d input under a key that stores it (written by hand) is recomputed by a build
+    FeatureCache(tmp_path / "d", key).put_many(hashes, lat, inv, paths=images[:2])
+    st = build_cache(model, images[:2], tmp_path / "d", image_size=64, batch_size=2, progress=False)
+    assert st["n_computed"] == 2 and st["n_skipped_cached"] == 0
+    assert CachedFeatures(tmp_path / "d", model, 64).lookup(images[:2]).noise_pixels is not None
 
 
 # ---------------------------------------------------------------- robustness
@@ -174,8 +258,9 @@ def test_atomic_write_failure_leaves_no_partial_shard(model, images, tmp_path, m
     cache = FeatureCache(root, key, info=info)
     x = eval_batch(images[:6])
     lat, inv = compute_features(model, x)
+    npx = compute_noise_pixels(model, inv)
     hashes = [content_hash(p) for p in images[:6]]
-    cache.put_many(hashes[:3], lat[:3], inv[:3], paths=images[:3])
+    cache.put_many(hashes[:3], lat[:3], inv[:3], paths=images[:3], noise_pixels=npx[:3])
 
     def crash_mid_write(f, data):
         f.write(data[: len(data) // 2])
@@ -183,7 +268,7 @@ def test_atomic_write_failure_leaves_no_partial_shard(model, images, tmp_path, m
 
     monkeypatch.setattr(cache_mod, "_write_bytes", crash_mid_write)
     with pytest.raises(OSError, match="simulated"):
-        cache.put_many(hashes[3:], lat[3:], inv[3:], paths=images[3:6])
+        cache.put_many(hashes[3:], lat[3:], inv[3:], paths=images[3:6], noise_pixels=npx[3:])
     monkeypatch.undo()
 
     # Only the first, complete shard is visible; no temporary file is left; the index knows 3 entries.
@@ -258,8 +343,34 @@ def test_corrupt_shard_is_detected_and_rebuilt(model, images, tmp_path, damage):
     got = fresh.get(everything)
     assert all(r is not None for r in got) and not fresh.problems
     x = eval_batch(paths_bad)
-    torch.testing.assert_close(torch.stack([r[1] for r in fresh.get(bad_read)]), compute_features(model, x)[1],
-                               rtol=0, atol=1e-5)
+    rebuilt = fresh.get(bad_read)
+    inv = compute_features(model, x)[1]
+    torch.testing.assert_close(torch.stack([r.inverted for r in rebuilt]), inv, rtol=0, atol=1e-5)
+    # (other build batches: the inverted latents differ by float noise, so the fp16 rounding may flip by 1 ulp)
+    torch.testing.assert_close(torch.stack([r.noise_pixels for r in rebuilt]).float(),
+                               compute_noise_pixels(model, inv).float(), rtol=0, atol=2e-3)
+
+
+def test_corrupt_noise_pixels_are_detected(model, images, tmp_path):
+    """The checksum covers the stored E_d input: one flipped bit in it drops exactly that entry."""
+    root = tmp_path / "cache"
+    st = build_cache(model, images[:4], root, image_size=64, batch_size=4, progress=False)
+    shard = shard_files(root, st["key"])[0]
+    data = bytearray(shard.read_bytes())
+    n_header = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + n_header])
+    victim = sorted(k for k in header if k.endswith(".noise_pixels"))[1]
+    start = 8 + n_header + header[victim]["data_offsets"][0]
+    data[start + 1000] ^= 0x01
+    shard.write_bytes(bytes(data))
+    everything = sorted(FeatureCache(root, st["key"]).hashes())
+    cache = FeatureCache(root, st["key"])
+    res = cache.get(everything)
+    assert [h for h, r in zip(everything, res) if r is None] == [victim.split(".")[0]]
+    assert len(cache.problems) == 1 and "checksum mismatch" in cache.problems[0]
+    # the next build recomputes it
+    st2 = build_cache(model, images[:4], root, image_size=64, batch_size=4, progress=False)
+    assert st2["n_computed"] == 1 and st2["n_skipped_cached"] == 3
 
 
 def test_killed_build_resumes(model, images, tmp_path, monkeypatch):
@@ -335,4 +446,5 @@ def test_two_process_sharded_build(model, images, tmp_path):
     assert {s[:5] for s in shards_used} == {"r0000", "r0001"}
     # The merged cache serves the in-process model.
     hit = CachedFeatures(root, model, 64).lookup(images)
-    assert hit is not None and hit[1].shape == (len(images), 4, 8, 8)
+    assert hit is not None and hit.inverted.shape == (len(images), 4, 8, 8)
+    assert hit.noise_pixels.shape == (len(images), 3, 64, 64)

@@ -17,11 +17,15 @@ Measurements (``s/img`` = seconds per image at the bench batch size):
 - ``inversion_throughput`` (``steps`` DDIM inversion steps);
 - ``train_step_throughput`` (``compute_losses`` + backward + optimiser step; batch 64 on GPU for ``paper``) and on
   GPU ``train_step_peak_memory``;
-- ``cache_build_s_per_img``; ``cached_epoch_speedup`` = time of one training epoch over a small dataset computing
-  the inversion online / the same epoch reading latents and inverted latents from a :class:`FeatureCache` built in
-  this run (data loading included in both); ``cached_eval_epoch_speedup`` the same for an evaluation epoch
-  (``predict``). For the tiny preset both are also measured with ``long_steps`` (100, the paper's) inversion steps
-  on the tiny architecture (``..._100steps``): at 10 steps the inversion is a smaller share of the cost;
+- ``cache_build_s_per_img`` (latents + inverted + E_d input); ``cached_epoch_speedup`` = time of one training
+  epoch over a small dataset computing the inversion online / the same epoch reading latents, inverted latents and
+  the float16 E_d input (``noise_pixels``, so no VAE decode) from a :class:`FeatureCache` built in this run (data
+  loading included in both); ``cached_epoch_speedup_latents_only`` the same with a cache built with
+  ``store_noise_pixels=False`` (the VAE decode of the inverted latent runs every step: the previous cache);
+  ``cached_eval_epoch_speedup[_latents_only]`` the same for an evaluation epoch (``predict``). For the tiny preset
+  all are also measured with ``long_steps`` (100, the paper's) inversion steps on the tiny architecture
+  (``cached_epoch_speedup_100steps``, ``cached_epoch_speedup_100steps_latents_only``, ...): at 10 steps the
+  inversion is a smaller share of the cost;
 - ``sharded_build_speedup``: wall time of ``build_cache`` over ``shard_images`` images with 1 process x 1 thread
   divided by 2 processes x 1 thread (``RANK``/``WORLD_SIZE`` subprocesses, CPU, tiny preset; the processes start
   the build together after loading, so model loading is not counted; rank 0's time includes waiting for the other
@@ -171,55 +175,84 @@ def _epoch_loader(paths: list[str], image_size: int, batch_size: int):
     return DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=0, collate_fn=collate)
 
 
+def _copy_without_noise_pixels(model, src, root: Path, image_size: int, batch_size: int) -> None:
+    """The same latents / inverted latents under the ``store_noise_pixels=False`` key (what ``build_cache(...,
+    store_noise_pixels=False)`` computes), copied instead of recomputed to keep the bench short."""
+    from .cache import FeatureCache, feature_key
+
+    key, info = feature_key(model, image_size=image_size, store_noise_pixels=False)
+    dst = FeatureCache(root, key, info=info)
+    hashes = src.hashes()
+    for i in range(0, len(hashes), batch_size):
+        hs = hashes[i:i + batch_size]
+        got = src.get(hs)
+        if any(g is None for g in got):
+            raise RuntimeError("bench: the cache just built has unreadable entries")
+        dst.put_many(hs, torch.stack([g.latents for g in got]), torch.stack([g.inverted for g in got]),
+                     paths=[src.entries[h].path for h in hs])
+    dst.merge()
+
+
 def _epoch_times(model, paths: list[str], cache_root: Path, *, image_size: int, batch_size: int,
-                 device: torch.device) -> dict[str, float]:
-    """Build the cache (timed), then one training epoch and one evaluation epoch, online and from the cache."""
+                 device: torch.device, latents_only: bool = True) -> dict[str, float]:
+    """Build the cache (timed, with the E_d inputs), then one training epoch and one evaluation epoch, online
+    and from the cache; with ``latents_only`` also the cached epochs that read only latents + inverted latents
+    and decode the E_d input every step (the previous cache), from a second cache built without noise pixels."""
     from .cache import CachedFeatures, build_cache
 
     t0 = time.perf_counter()
-    st = build_cache(model, paths, cache_root, image_size=image_size, batch_size=batch_size, progress=False,
-                     rank=0, world_size=1)
+    st = build_cache(model, paths, cache_root / "full", image_size=image_size, batch_size=batch_size,
+                     progress=False, rank=0, world_size=1, store_noise_pixels=True)
     build_s = time.perf_counter() - t0
     if st["n_computed"] != len(paths):
         raise RuntimeError(f"bench cache build computed {st['n_computed']} of {len(paths)}")
-    cached = CachedFeatures(cache_root, model, image_size)  # key of the model now (cached-fixed semantics)
+    # keys of the model now (cached-fixed semantics)
+    caches = {"cached": CachedFeatures(cache_root / "full", model, image_size, store_noise_pixels=True)}
+    if latents_only:
+        _copy_without_noise_pixels(model, caches["cached"].cache, cache_root / "latents", image_size, batch_size)
+        caches["cached_latents_only"] = CachedFeatures(cache_root / "latents", model, image_size,
+                                                       store_noise_pixels=False)
     loader = _epoch_loader(paths, image_size, batch_size)
     opt = _optimizer(model)
 
-    def train_epoch(use_cache: bool) -> None:
+    def lookup(which: str, b):
+        hit = caches[which].lookup(b["path"])
+        if hit is None:
+            raise RuntimeError("bench: cache miss in the cached epoch")
+        if (hit.noise_pixels is None) != (which == "cached_latents_only") and model.adapter is None:
+            raise RuntimeError(f"bench: unexpected noise_pixels in the {which} epoch")
+        return hit
+
+    def train_epoch(which: str | None) -> None:
         model.train()
         for b in loader:
             x, y = b["image"].to(device), b["label"].to(device)
             kw = {}
-            if use_cache:
-                hit = cached.lookup(b["path"])
-                if hit is None:
-                    raise RuntimeError("bench: cache miss in the cached epoch")
-                kw = {"latents": hit[0], "inverted": hit[1]}
+            if which is not None:
+                hit = lookup(which, b)
+                kw = {"latents": hit.latents, "inverted": hit.inverted, "noise_pixels": hit.noise_pixels}
             loss = model.compute_losses(x, y, **kw)["total"]
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
 
-    def eval_epoch(use_cache: bool) -> None:
+    def eval_epoch(which: str | None) -> None:
         for b in loader:
             x = b["image"].to(device)
-            inv = None
-            if use_cache:
-                hit = cached.lookup(b["path"])
-                if hit is None:
-                    raise RuntimeError("bench: cache miss in the cached epoch")
-                inv = hit[1]
-            model.predict(x, inverted=inv)
+            kw = {}
+            if which is not None:
+                hit = lookup(which, b)
+                kw = {"inverted": hit.inverted, "noise_pixels": hit.noise_pixels}
+            model.predict(x, **kw)
 
     out = {"build": build_s}
     for name, fn in (("train", train_epoch), ("eval", eval_epoch)):
-        for use in (False, True):
+        for which in (None, *caches):
             _sync(device)
             t = time.perf_counter()
-            fn(use)
+            fn(which)
             _sync(device)
-            out[f"{name}_{'cached' if use else 'online'}"] = time.perf_counter() - t
+            out[f"{name}_{which or 'online'}"] = time.perf_counter() - t
     model.eval()
     return out
 
@@ -381,10 +414,19 @@ def run_bench(preset: str = "tiny", device: str = "cpu", *, batch_size: int | No
                 emit(f"cache_build_s_per_img{suffix}", ep["build"] / n_epoch, "s/img", **kw)
                 emit(f"epoch_train_online_s{suffix}", ep["train_online"], "s", images=n_epoch, **kw)
                 emit(f"epoch_train_cached_s{suffix}", ep["train_cached"], "s", images=n_epoch, **kw)
+                emit(f"epoch_train_cached_latents_only_s{suffix}", ep["train_cached_latents_only"], "s",
+                     images=n_epoch, **kw)
                 emit(f"cached_epoch_speedup{suffix}", ep["train_online"] / ep["train_cached"], "x", images=n_epoch,
-                     note="training epoch: online inversion / latents+inverted from the cache; target >= 20", **kw)
+                     note="training epoch: online inversion / latents+inverted+E_d input (float16) from the cache; "
+                          "target >= 20", **kw)
+                emit(f"cached_epoch_speedup{suffix}_latents_only", ep["train_online"] / ep["train_cached_latents_only"],
+                     "x", images=n_epoch, note="training epoch: online / latents+inverted from the cache, VAE decode "
+                                               "every step (cache without noise_pixels)", **kw)
                 emit(f"cached_eval_epoch_speedup{suffix}", ep["eval_online"] / ep["eval_cached"], "x",
-                     images=n_epoch, note="evaluation epoch (predict)", **kw)
+                     images=n_epoch, note="evaluation epoch (predict), E_d input from the cache", **kw)
+                emit(f"cached_eval_epoch_speedup{suffix}_latents_only",
+                     ep["eval_online"] / ep["eval_cached_latents_only"], "x", images=n_epoch,
+                     note="evaluation epoch (predict), inverted latents from the cache, VAE decode every batch", **kw)
             del variants
 
             # ---------------------------------------------------------------- sharded build (CPU, tiny)

@@ -1,10 +1,14 @@
-"""Feature cache: VAE latents and DDIM-inverted latents, computed once and read back by key.
+"""Feature cache: VAE latents, DDIM-inverted latents and E_d inputs, computed once and read back by key.
 
 The DDIM inversion is about 93 % of the cost of one image (DESIGN.md 5). This module stores, per image,
 
 - ``latents``: the VAE latent z0 of the image's deterministic evaluation view at ``model.sd_size``;
 - ``inverted``: ẑ_T, the DDIM inversion (``model.inversion_steps``, at ``model.inversion_size``) conditioned
   on the label-agnostic prompt of the model that built the cache (DESIGN.md 2.1),
+- ``noise_pixels`` (optional, default on; only for ``noise_encoder_input="vae_decode"``, i.e. no trainable noise
+  adapter): E_d's input ``model.noise_pixels(inverted)`` (frozen VAE decode -> clamp -> resize to ``clip_size``
+  -> CLIP normalisation), stored as float16. It is a pure function of ``inverted`` and frozen weights, and the VAE
+  decode it saves dominates a cached training step at paper scale,
 
 on disk, and gives them back when the *feature key* matches.
 
@@ -53,13 +57,14 @@ import torch
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT = "synerdetect-feature-cache/1"
+CACHE_FORMAT = "synerdetect-feature-cache/2"  # /2: optional float16 ``noise_pixels`` per entry
 # Bump when the way latents / inverted latents are computed changes (invalidates every key).
 ALGORITHM_VERSION = 1
 POLICIES = ("online", "cached-fixed", "cached-refresh")
 INDEX_NAME = "index.json"
 INFO_NAME = "info.json"
 SHARD_DIR = "shards"
+NOISE_PIXELS_DTYPE = torch.float16  # E_d inputs are stored in half precision (294 KB/image at 224 px)
 
 
 class CacheError(RuntimeError):
@@ -84,9 +89,9 @@ def _tensor_bytes(t: torch.Tensor) -> bytes:
     return t.view(torch.uint8).numpy().tobytes()
 
 
-def _checksum(latents: torch.Tensor, inverted: torch.Tensor) -> str:
+def _checksum(latents: torch.Tensor, inverted: torch.Tensor, noise_pixels: torch.Tensor | None = None) -> str:
     h = hashlib.sha256()
-    for t in (latents, inverted):
+    for t in (latents, inverted) if noise_pixels is None else (latents, inverted, noise_pixels):
         h.update(f"{t.dtype}{tuple(t.shape)}".encode())
         h.update(_tensor_bytes(t))
     return h.hexdigest()
@@ -128,9 +133,18 @@ def _jsonable_config(cfg: Any) -> dict:
     return {k: v for k, v in dict(cfg).items() if not str(k).startswith("_")}
 
 
-def feature_key(model, *, image_size: int) -> tuple[str, dict]:
+def stores_noise_pixels(model, store_noise_pixels: bool = True) -> bool:
+    """Whether a cache built with ``store_noise_pixels`` holds E_d inputs for ``model``: only without a trainable
+    noise adapter (``noise_encoder_input="vae_decode"``); with an adapter E_d's input depends on trained weights."""
+    return bool(store_noise_pixels) and getattr(model, "adapter", None) is None
+
+
+def feature_key(model, *, image_size: int, store_noise_pixels: bool = True) -> tuple[str, dict]:
     """(key, info): a 24-hex-digit key of everything that changes the cached tensors, and the readable dict it
     was computed from (stored in ``info.json`` / ``index.json``).
+
+    ``store_noise_pixels`` (see :func:`stores_noise_pixels`) is part of the key: a cache with and one without
+    the E_d inputs live in different folders, so every entry of a key has the same tensors.
 
     Identity of the frozen models is *what the weights are* (architecture configs + a sampled exact fingerprint of
     the UNet, VAE, CLIP towers and SD's empty-prompt context), not where they were loaded from: moving a model
@@ -163,10 +177,22 @@ def feature_key(model, *, image_size: int) -> tuple[str, dict]:
         "conditioning": "label-agnostic prompt (DESIGN.md 2.1) of the building model",
         "conditioning_fingerprint": conditioning_fingerprint(model),
         "stored_dtype": "float32",
+        "noise_pixels": _noise_pixels_info(model, store_noise_pixels),
     }
     hashed = {k: v for k, v in info.items() if k not in ("clip_source", "sd_source")}
     key = hashlib.sha256(json.dumps(hashed, sort_keys=True, default=str).encode()).hexdigest()[:24]
     return key, info
+
+
+def _noise_pixels_info(model, store_noise_pixels: bool) -> dict:
+    if not stores_noise_pixels(model, store_noise_pixels):
+        return {"stored": False}
+    return {"stored": True, "dtype": str(NOISE_PIXELS_DTYPE).replace("torch.", ""),
+            "shape": [3, int(model.mcfg.clip_size), int(model.mcfg.clip_size)],
+            "computation": "model.noise_pixels(inverted): VAE decode (compute dtype), clamp(-1, 1), [0, 1], bilinear "
+                           "antialiased resize to clip_size, CLIP mean/std normalisation; stored as float16",
+            "clip_mean": [float(v) for v in model.clip_mean.reshape(-1).tolist()],
+            "clip_std": [float(v) for v in model.clip_std.reshape(-1).tolist()]}
 
 
 # ============================================================================ small file helpers
@@ -220,10 +246,33 @@ class Entry:
     inverted: list[int]
     dtype: str = "float32"
     path: str | None = None  # the first file seen with this content (for humans)
+    noise_pixels: list[int] | None = None  # shape of the stored E_d input (None: not stored)
+    noise_pixels_dtype: str | None = None
 
     def to_dict(self) -> dict:
-        return {"shard": self.shard, "checksum": self.checksum, "latents": self.latents,
-                "inverted": self.inverted, "dtype": self.dtype, "path": self.path}
+        d = {"shard": self.shard, "checksum": self.checksum, "latents": self.latents,
+             "inverted": self.inverted, "dtype": self.dtype, "path": self.path}
+        if self.noise_pixels is not None:
+            d["noise_pixels"], d["noise_pixels_dtype"] = self.noise_pixels, self.noise_pixels_dtype
+        return d
+
+
+class CachedItem(NamedTuple):
+    """One entry as read from the cache (CPU): latents, inverted (float32), noise_pixels (float16 or None)."""
+
+    latents: torch.Tensor
+    inverted: torch.Tensor
+    noise_pixels: torch.Tensor | None = None
+
+
+class CachedBatch(NamedTuple):
+    """A batch from :meth:`CachedFeatures.lookup`, on the model's device: ``latents`` and ``inverted`` (float32)
+    and ``noise_pixels`` (E_d input, float16, B x 3 x clip_size x clip_size; None when the cache does not hold
+    it). ``hit[0]``/``hit[1]`` still index latents/inverted."""
+
+    latents: torch.Tensor
+    inverted: torch.Tensor
+    noise_pixels: torch.Tensor | None = None
 
 
 class FeatureCache:
@@ -250,8 +299,9 @@ class FeatureCache:
         self._log_checked = False
 
     @classmethod
-    def for_model(cls, root: str | os.PathLike, model, *, image_size: int, rank: int = 0) -> "FeatureCache":
-        key, info = feature_key(model, image_size=image_size)
+    def for_model(cls, root: str | os.PathLike, model, *, image_size: int, rank: int = 0,
+                  store_noise_pixels: bool = True) -> "FeatureCache":
+        key, info = feature_key(model, image_size=image_size, store_noise_pixels=store_noise_pixels)
         return cls(root, key, rank=rank, info=info)
 
     def __repr__(self) -> str:
@@ -296,7 +346,8 @@ class FeatureCache:
                     if op == "put":
                         entries[h] = Entry(shard=rec["shard"], checksum=rec["checksum"], latents=rec["latents"],
                                            inverted=rec["inverted"], dtype=rec.get("dtype", "float32"),
-                                           path=rec.get("path"))
+                                           path=rec.get("path"), noise_pixels=rec.get("noise_pixels"),
+                                           noise_pixels_dtype=rec.get("noise_pixels_dtype"))
                     elif op == "drop":
                         # Drop only the entry the reader saw fail: a rebuilt entry lives in another shard.
                         if h in entries and entries[h].shard == rec.get("shard"):
@@ -382,23 +433,28 @@ class FeatureCache:
         except OSError as err:  # a read-only cache still works; the build will find it again
             log.warning("could not record the drop in %s: %s", self.log_path, err)
 
-    def _read_entry(self, h: str, e: Entry) -> tuple[torch.Tensor, torch.Tensor]:
+    def _read_entry(self, h: str, e: Entry) -> CachedItem:
         f = self._handle(e.shard)
         lat = f.get_tensor(f"{h}.latents")
         inv = f.get_tensor(f"{h}.inverted")
+        npx = f.get_tensor(f"{h}.noise_pixels") if e.noise_pixels is not None else None
         if h not in self._verified:
             if list(lat.shape) != list(e.latents) or list(inv.shape) != list(e.inverted):
                 raise ValueError(f"shape {tuple(lat.shape)}/{tuple(inv.shape)} != indexed {e.latents}/{e.inverted}")
-            got = _checksum(lat, inv)
+            if npx is not None and (list(npx.shape) != list(e.noise_pixels)
+                                    or str(npx.dtype).replace("torch.", "") != e.noise_pixels_dtype):
+                raise ValueError(f"noise_pixels {tuple(npx.shape)} {npx.dtype} != indexed {e.noise_pixels} "
+                                 f"{e.noise_pixels_dtype}")
+            got = _checksum(lat, inv, npx)
             if got != e.checksum:
                 raise ValueError(f"checksum mismatch (stored {e.checksum[:12]}, read {got[:12]})")
             self._verified.add(h)
-        return lat, inv
+        return CachedItem(lat, inv, npx)
 
-    def get(self, hashes: Sequence[str]) -> list[tuple[torch.Tensor, torch.Tensor] | None]:
-        """``(latents, inverted)`` (CPU, float32) or ``None`` per hash. A corrupt or missing entry is reported,
-        dropped and returned as ``None``."""
-        out: list[tuple[torch.Tensor, torch.Tensor] | None] = []
+    def get(self, hashes: Sequence[str]) -> list[CachedItem | None]:
+        """``CachedItem(latents, inverted, noise_pixels)`` (CPU; float32, float32, float16 or None) or ``None``
+        per hash. A corrupt or missing entry is reported, dropped and returned as ``None``."""
+        out: list[CachedItem | None] = []
         entries = self.entries
         for h in hashes:
             e = entries.get(h)
@@ -413,17 +469,16 @@ class FeatureCache:
         return out
 
     def verify(self, hashes: Sequence[str] | None = None, chunk: int = 256) -> list[str]:
-        """Check the checksums of ``hashes`` (default: all), shard by shard, without keeping the tensors;
-        returns the dropped ones."""
+        """Check the checksums of ``hashes`` (default: all), shard by shard, without keeping the tensors (one
+        entry in memory at a time); returns the dropped ones. ``chunk`` is kept for compatibility."""
         entries = self.entries
         hs = list(entries) if hashes is None else [h for h in hashes if h in entries]
         hs.sort(key=lambda h: entries[h].shard)
         bad = []
-        for i in range(0, len(hs), chunk):
-            part = hs[i:i + chunk]
-            for h in part:
-                self._verified.discard(h)
-            bad += [h for h, r in zip(part, self.get(part)) if r is None]
+        for h in hs:
+            self._verified.discard(h)
+            if self.get([h])[0] is None:
+                bad.append(h)
         return bad
 
     def __getstate__(self) -> dict:  # picklable (e.g. into DataLoader workers): open shard handles stay behind
@@ -433,33 +488,54 @@ class FeatureCache:
 
     # ------------------------------------------------------------------ write
     def put_many(self, hashes: Sequence[str], latents: torch.Tensor, inverted: torch.Tensor,
-                 paths: Sequence[str] | None = None) -> str:
-        """Store one batch as one new shard (atomically), then append its index records. Returns the shard name."""
+                 paths: Sequence[str] | None = None, *, noise_pixels: torch.Tensor | None = None) -> str:
+        """Store one batch as one new shard (atomically), then append its index records. Returns the shard name.
+
+        ``noise_pixels`` (B x 3 x clip_size x clip_size, E_d's input) is stored as float16; when this cache knows
+        its ``info`` it must be given exactly when the key says the E_d inputs are stored."""
         if len(hashes) != latents.shape[0] or len(hashes) != inverted.shape[0]:
             raise ValueError(f"{len(hashes)} hashes for {latents.shape[0]} latents / {inverted.shape[0]} inverted")
+        if noise_pixels is not None and noise_pixels.shape[0] != len(hashes):
+            raise ValueError(f"{len(hashes)} hashes for {noise_pixels.shape[0]} noise_pixels")
         if len(set(hashes)) != len(hashes):
             raise ValueError("put_many got the same content hash twice in one batch")
+        want = self.info.get("noise_pixels", {}).get("stored") if self.info else None
+        if want is not None and bool(want) != (noise_pixels is not None):
+            raise ValueError(f"feature key {self.key} {'stores' if want else 'does not store'} noise_pixels, "
+                             f"put_many got {'none' if noise_pixels is None else 'some'}")
         from safetensors.torch import save
 
         lat = latents.detach().float().cpu()
         inv = inverted.detach().float().cpu()
+        npx = None if noise_pixels is None else noise_pixels.detach().to("cpu", NOISE_PIXELS_DTYPE)
+        np_dtype = str(NOISE_PIXELS_DTYPE).replace("torch.", "")
         tensors: dict[str, torch.Tensor] = {}
         records = []
         name = f"r{self.rank:04d}-{time.time_ns():x}-{os.getpid()}-{uuid.uuid4().hex[:6]}.safetensors"
         for i, h in enumerate(hashes):
             li, ii = lat[i].clone().contiguous(), inv[i].clone().contiguous()
             tensors[f"{h}.latents"], tensors[f"{h}.inverted"] = li, ii
-            records.append({"op": "put", "hash": h, "shard": name, "checksum": _checksum(li, ii),
-                            "latents": list(li.shape), "inverted": list(ii.shape), "dtype": "float32",
-                            "path": None if paths is None else str(paths[i])})
+            rec = {"op": "put", "hash": h, "shard": name, "latents": list(li.shape), "inverted": list(ii.shape),
+                   "dtype": "float32", "path": None if paths is None else str(paths[i])}
+            ni = None
+            if npx is not None:
+                ni = npx[i].clone().contiguous()
+                tensors[f"{h}.noise_pixels"] = ni
+                rec["noise_pixels"], rec["noise_pixels_dtype"] = list(ni.shape), np_dtype
+            rec["checksum"] = _checksum(li, ii, ni)
+            records.append(rec)
         self.shard_dir.mkdir(parents=True, exist_ok=True)
         self._ensure_info()
-        _atomic_write(self.shard_dir / name, save(tensors, metadata={"key": self.key, "format": CACHE_FORMAT}))
+        data = save(tensors, metadata={"key": self.key, "format": CACHE_FORMAT})
+        tensors.clear()
+        _atomic_write(self.shard_dir / name, data)
+        del data
         self._append_log(records)  # only after the shard is durable
         entries = self.entries
         for r in records:
             entries[r["hash"]] = Entry(shard=name, checksum=r["checksum"], latents=r["latents"],
-                                       inverted=r["inverted"], path=r["path"])
+                                       inverted=r["inverted"], path=r["path"], noise_pixels=r.get("noise_pixels"),
+                                       noise_pixels_dtype=r.get("noise_pixels_dtype"))
         return name
 
     # ------------------------------------------------------------------ merge
@@ -556,6 +632,18 @@ def compute_features(model, images: torch.Tensor) -> tuple[torch.Tensor, torch.T
     return latents, inverted
 
 
+@torch.no_grad()
+def compute_noise_pixels(model, inverted: torch.Tensor, chunk_size: int | None = 16) -> torch.Tensor:
+    """What the cache stores as E_d input: ``model.noise_pixels(inverted)`` in float16 (B x 3 x clip x clip).
+    Only defined without a noise adapter (see :func:`stores_noise_pixels`). The VAE decode runs on at most
+    ``chunk_size`` latents at a time (its activations at ``sd_size`` are the peak memory of a build)."""
+    if getattr(model, "adapter", None) is not None:
+        raise ValueError("noise_pixels depend on the trainable noise adapter; they are not cached")
+    n = inverted.shape[0]
+    step = n if not chunk_size or chunk_size >= n else int(chunk_size)
+    return torch.cat([model.noise_pixels(inverted[i:i + step]).to(NOISE_PIXELS_DTYPE) for i in range(0, n, step)])
+
+
 def _set_threads(num_threads: int | None, world: int, device: torch.device) -> int | None:
     if num_threads is None:
         if device.type != "cpu" or world <= 1 or os.environ.get("OMP_NUM_THREADS"):
@@ -595,9 +683,13 @@ def _wait_for_ranks(d: Path, world: int, job: str, timeout: float, poll: float) 
 def build_cache(model, samples: Sequence, cache_root: str | os.PathLike, *, image_size: int, batch_size: int = 16,
                 rank: int | None = None, world_size: int | None = None, progress: bool = True,
                 num_threads: int | None = None, verify: bool = True, wait_timeout: float = 6 * 3600.0,
-                poll_interval: float = 0.5) -> dict:
+                poll_interval: float = 0.5, store_noise_pixels: bool = True) -> dict:
     """Compute and store ``(latents, inverted)`` for every readable image of ``samples`` (objects with ``.path``,
     e.g. :class:`synerdetect.data.Sample`, or plain paths) under ``cache_root/<feature_key>/``.
+
+    With ``store_noise_pixels`` (default) and no noise adapter, E_d's input ``model.noise_pixels(inverted)`` is
+    stored too (float16, 3 x clip_size^2 x 2 bytes per image: ~294 KB at 224 px), so that a cached step skips
+    the VAE decode; the flag is part of the feature key (readers pass the same value to :class:`CachedFeatures`).
 
     Rank ``r`` of ``world_size`` (see :func:`dist_rank_world`) handles ``sorted(paths)[r::world_size]``; entries
     already present (and, with ``verify``, whose checksum still matches) are skipped, so a killed build resumes.
@@ -615,7 +707,8 @@ def build_cache(model, samples: Sequence, cache_root: str | os.PathLike, *, imag
     rank, world = dist_rank_world(rank, world_size)
     device = _model_device(model)
     threads = _set_threads(num_threads, world, device)
-    key, info = feature_key(model, image_size=image_size)
+    key, info = feature_key(model, image_size=image_size, store_noise_pixels=store_noise_pixels)
+    with_npx = bool(info["noise_pixels"]["stored"])
     cache = FeatureCache(cache_root, key, rank=rank, info=info)
     cache.dir.mkdir(parents=True, exist_ok=True)
     marker = cache.dir / f"done-rank{rank}"
@@ -664,7 +757,8 @@ def build_cache(model, samples: Sequence, cache_root: str | os.PathLike, *, imag
                     bar.update(1)
                 continue
             seen.add(h)
-            if h in cache:
+            e = cache.entries.get(h)
+            if e is not None and (e.noise_pixels is not None) == with_npx:  # else (written by hand): recompute
                 present.append(h)
             todo.append((p, h))
         bad: set[str] = set()
@@ -687,7 +781,9 @@ def build_cache(model, samples: Sequence, cache_root: str | os.PathLike, *, imag
                 return
             x = torch.stack([b[2] for b in batch]).to(device)
             latents, inverted = compute_features(model, x)
-            cache.put_many([b[1] for b in batch], latents, inverted, paths=[b[0] for b in batch])
+            npx = compute_noise_pixels(model, inverted) if with_npx else None
+            cache.put_many([b[1] for b in batch], latents, inverted, paths=[b[0] for b in batch], noise_pixels=npx)
+            del x, latents, inverted, npx
             stats["n_computed"] += len(batch)
             if bar is not None:
                 bar.update(len(batch))
@@ -786,14 +882,16 @@ class CachedFeatures:
 
     ``CachedFeatures(cache_root_or_FeatureCache, model, image_size)`` computes the feature key of ``model`` *now*
     (the key stays fixed until :meth:`refresh`; pass ``key=`` to pin one, e.g. the key a resumed ``cached-fixed``
-    run started with). ``lookup(paths)`` returns ``(latents, inverted)`` on the model's device when every item
-    of the batch is cached, else ``None`` (then compute online). Content hashes are memoised per
-    (path, size, mtime)."""
+    run started with). ``store_noise_pixels`` must match the build's (both default to True). ``lookup(paths)``
+    returns a :class:`CachedBatch` ``(latents, inverted, noise_pixels)`` on the model's device when every item
+    of the batch is cached, else ``None`` (then compute online); ``noise_pixels`` (float16) is None when the
+    cache does not hold them. Content hashes are memoised per (path, size, mtime)."""
 
     def __init__(self, cache: "FeatureCache | str | os.PathLike", model, image_size: int, *, key: str | None = None,
-                 rank: int | None = None):
+                 rank: int | None = None, store_noise_pixels: bool = True):
         self.model = model
         self.image_size = int(image_size)
+        self.store_noise_pixels = bool(store_noise_pixels)
         if isinstance(cache, FeatureCache):
             self.root, r = cache.root, cache.rank
         else:
@@ -808,7 +906,8 @@ class CachedFeatures:
         if model is not None:
             self.model = model
         if key is None:
-            key, info = feature_key(self.model, image_size=self.image_size)
+            key, info = feature_key(self.model, image_size=self.image_size,
+                                    store_noise_pixels=self.store_noise_pixels)
         else:
             info = None
         self.cache = FeatureCache(self.root, key, rank=self.rank, info=info)
@@ -833,7 +932,7 @@ class CachedFeatures:
         self._hash_memo[path] = (st.st_size, st.st_mtime_ns, h)
         return h
 
-    def lookup(self, paths: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor] | None:
+    def lookup(self, paths: Sequence[str]) -> CachedBatch | None:
         hashes = [self._hash(os.fspath(p)) for p in paths]
         if not paths or any(h is None or h not in self.cache for h in hashes):
             self.misses += 1
@@ -844,6 +943,14 @@ class CachedFeatures:
             return None
         self.hits += 1
         dev = _model_device(self.model)
-        lat = torch.stack([g[0] for g in got]).to(dev, non_blocking=True)
-        inv = torch.stack([g[1] for g in got]).to(dev, non_blocking=True)
-        return lat, inv
+
+        def batch(ts: list[torch.Tensor]) -> torch.Tensor:
+            return torch.stack(ts).to(dev, non_blocking=True)
+
+        lat = batch([g.latents for g in got])
+        inv = batch([g.inverted for g in got])
+        npx = None
+        if all(g.noise_pixels is not None for g in got):  # kept in float16 (half the transfer); E_d casts it
+            npx = batch([g.noise_pixels for g in got])
+        got.clear()
+        return CachedBatch(lat, inv, npx)

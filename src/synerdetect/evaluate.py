@@ -67,8 +67,12 @@ def iter_scores(model, samples: Sequence[Sample], *, image_size: int, batch_size
         n = len(batch["label"])
         if n:
             images = batch["image"].to(device)
-            inverted = feature_lookup(batch["path"]) if feature_lookup is not None else None
-            out = model.predict(images, inverted=inverted.to(device) if inverted is not None else None)
+            # A lookup returns None, the inverted latents, or {"inverted": ..., "noise_pixels": ...} (E_d input).
+            hit = feature_lookup(batch["path"]) if feature_lookup is not None else None
+            inverted, noise_pixels = (hit.get("inverted"), hit.get("noise_pixels")) if isinstance(hit, dict) \
+                else (hit, None)
+            out = model.predict(images, inverted=inverted.to(device) if inverted is not None else None,
+                                noise_pixels=noise_pixels.to(device) if noise_pixels is not None else None)
             yield ScoredBatch(batch["path"], batch["generator"], batch["label"].tolist(),
                               {k: v.detach().float().cpu() for k, v in out.items()})
         bar.update(n + len(batch["errors"]))
