@@ -341,3 +341,14 @@ def test_bf16_frozen_models_train_with_fp32_trainables():
     ref = SynerDetect.from_preset("tiny", **{"model.inversion_steps": 3})
     x, _ = batch(4, seed=3)
     torch.testing.assert_close(model.predict(x)["s_fake"], ref.predict(x)["s_fake"], atol=0.05, rtol=0)
+
+
+def test_dimension_mismatch_is_found_before_weights_load(monkeypatch):
+    import synerdetect.model as mod
+
+    def boom(*a, **k):
+        raise AssertionError("weights were loaded before the dimension check")
+
+    monkeypatch.setattr(mod, "load_base_models", boom)
+    with pytest.raises(ConfigError, match="clip_size"):
+        SynerDetect.from_preset("tiny", **{"model.clip_size": 224})

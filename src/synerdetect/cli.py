@@ -33,7 +33,10 @@ def _load_model(checkpoint: str, device: str | None):
 
 
 def _image_size(model, override: int | None) -> int:
-    return override or max(model.mcfg.clip_size, model.mcfg.sd_size)
+    """Loader size: the override, else what the detector was trained with (data.image_size), else max(clip, sd)."""
+    from .train import loader_image_size
+
+    return override or loader_image_size(model.cfg)
 
 
 def _init_dist_if_launched() -> None:
@@ -77,9 +80,19 @@ def cmd_evaluate(args) -> int:
     from .evaluate import dist_info, evaluate, load_labelled
 
     _init_dist_if_launched()
+    if args.data is None:
+        if not args.config:
+            raise ValueError("give --data PATH, or --config CONFIG.yaml whose data.test names the test set")
+        from .config import load_experiment
+
+        d = load_experiment(args.config).data
+        if not d.test:
+            raise ValueError(f"{args.config}: data.test is not set; pass --data PATH")
+        args.data, args.layout, args.split = d.test, d.test_layout, d.test_split
     model = _load_model(args.checkpoint, args.device)
     samples = load_labelled(args.data, args.layout, args.split, args.generators)
     lookup = None
+    cf = None
     if args.cache_dir:
         from .cache import CachedFeatures
 
@@ -92,8 +105,14 @@ def cmd_evaluate(args) -> int:
                    batch_size=args.batch_size, num_workers=args.workers, perturb=args.perturb or (),
                    progress=not args.no_progress, title=Path(args.data).name,
                    extra={"checkpoint": str(args.checkpoint), "data": str(args.data), "layout": args.layout,
-                          "inversion_steps": model.mcfg.inversion_steps, "sd_size": model.mcfg.sd_size,
-                          "dtype": model.mcfg.dtype})
+                          "split": args.split, "inversion_steps": model.mcfg.inversion_steps,
+                          "sd_size": model.mcfg.sd_size, "clip_size": model.mcfg.clip_size,
+                          "inversion_size": model.mcfg.inversion_size or model.mcfg.sd_size,
+                          "image_size": _image_size(model, args.image_size), "dtype": model.mcfg.dtype,
+                          "compile_unet": model.mcfg.compile_unet,
+                          "feature_cache": None if cf is None else {"dir": str(args.cache_dir), "key": cf.key}})
+    if cf is not None and dist_info()[0] == 0:
+        print(f"feature cache {cf.key}: {cf.hits} batch hit(s), {cf.misses} miss(es) (misses were computed)")
     if dist_info()[0] == 0:
         print(res.get("markdown", ""))
         if res["errors"]:
@@ -163,9 +182,10 @@ def cmd_cache_build(args) -> int:
     import torch
 
     model = SynerDetect.from_pretrained(args.checkpoint) if args.checkpoint else SynerDetect.from_config(cfg)
-    model = model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
+    model = model.to("cuda" if torch.cuda.is_available() else "cpu").eval().enable_fast_path()
     samples = load_labelled(args.data, args.layout, args.split)
-    stats = build_cache(model, samples, root, image_size=loader_image_size(cfg), batch_size=args.batch_size)
+    # The size the detector reads images at (the checkpoint's own when one is given), or keys never match.
+    stats = build_cache(model, samples, root, image_size=loader_image_size(model.cfg), batch_size=args.batch_size)
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps(stats, indent=2, default=str))
     return 0
@@ -213,7 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("evaluate", help="per-generator accuracy / AP, figure, optional robustness sweep")
     e.add_argument("--checkpoint", required=True)
-    add_data_args(e)
+    add_data_args(e, required=False)
+    e.add_argument("--config", help="take the test set from this experiment YAML (data.test) when --data is absent")
     e.add_argument("--out", required=True, help="output folder for results.json/csv, scores.jsonl, figure")
     e.add_argument("--generators", nargs="*", help="only these generators")
     e.add_argument("--perturb", action="append", help="blur | jpeg | crop | noise, or e.g. jpeg:30,60,90 "

@@ -132,6 +132,9 @@ class CacheConfig:
     dir: str | None = None  # feature cache folder (None: no cache)
     policy: str = "online"  # online | cached-fixed | cached-refresh
     refresh_every: int = 1  # epochs between refreshes for cached-refresh
+    # CMID's target latent on a cache hit: "cached" (the eval view's latent from the cache: fastest) or
+    # "augmented" (VAE-encode the augmented batch each step, so CMID reconstructs the view z_v describes).
+    cmid_latents: str = "cached"
 
 
 @dataclass
@@ -313,6 +316,7 @@ def validate_experiment(cfg: ExperimentConfig) -> None:
         (t.mixed_precision in {"no", "bf16", "fp16"}, "train.mixed_precision must be no, bf16 or fp16"),
         (cfg.optim.name in {"sgd", "adamw"}, "optim.name must be sgd or adamw"),
         (cfg.optim.schedule in {"constant", "cosine"}, "optim.schedule must be constant or cosine"),
+        (cfg.cache.cmid_latents in {"cached", "augmented"}, "cache.cmid_latents must be cached or augmented"),
         (cfg.cache.policy in {"online", "cached-fixed", "cached-refresh"},
          "cache.policy must be online, cached-fixed or cached-refresh"),
     ]

@@ -38,6 +38,30 @@ CONFIG_NAME = "synerdetect_config.json"
 WEIGHTS_NAME = "trainable.safetensors"
 
 
+def dimension_problems(m: ModelConfig, clip_cfg, unet_cfg: dict, vae_cfg: dict, sd_text_width: int) -> list[str]:
+    """Every way the configured sizes and the base models' configs do not fit together (empty: they fit)."""
+    problems = []
+    if clip_cfg.vision_config.image_size != m.clip_size:
+        problems.append(f"model.clip_size={m.clip_size} but the CLIP vision tower expects "
+                        f"{clip_cfg.vision_config.image_size} px")
+    if unet_cfg["in_channels"] != vae_cfg["latent_channels"]:
+        problems.append(f"UNet in_channels={unet_cfg['in_channels']} != VAE latent_channels="
+                        f"{vae_cfg['latent_channels']}")
+    cad = unet_cfg["cross_attention_dim"]
+    if sd_text_width != cad:
+        problems.append(f"SD text context width {sd_text_width} != UNet cross_attention_dim {cad}")
+    factor = 2 ** (len(vae_cfg["block_out_channels"]) - 1)
+    unet_div = 2 ** (len(unet_cfg["block_out_channels"]) - 1)
+    for name, size in (("model.sd_size", m.sd_size), ("model.inversion_size", m.inversion_size)):
+        if size is not None and (size % factor or (size // factor) % unet_div):
+            problems.append(f"{name}={size} gives a latent the UNet cannot process "
+                            f"(VAE factor {factor}, UNet needs multiples of {unet_div})")
+    width = clip_cfg.text_config.hidden_size
+    if width % m.tuner_heads:
+        problems.append(f"text width {width} is not divisible by model.tuner_heads={m.tuner_heads}")
+    return problems
+
+
 class InputError(ValueError):
     """Images or labels are not what the model accepts."""
 
@@ -124,30 +148,8 @@ class SynerDetect(nn.Module):
 
     # ------------------------------------------------------------------ set-up
     def _check_dims(self, base: BaseModels) -> None:
-        m = self.mcfg
-        cc = base.clip.config
-        problems = []
-        if cc.vision_config.image_size != m.clip_size:
-            problems.append(f"model.clip_size={m.clip_size} but the CLIP vision tower expects "
-                            f"{cc.vision_config.image_size} px")
-        if base.unet.config.in_channels != base.vae.config.latent_channels:
-            problems.append(f"UNet in_channels={base.unet.config.in_channels} != VAE latent_channels="
-                            f"{base.vae.config.latent_channels}")
-        cad = base.unet.config.cross_attention_dim
-        if base.empty_context.shape[-1] != cad:
-            problems.append(f"SD text context width {base.empty_context.shape[-1]} != UNet cross_attention_dim {cad}")
-        levels = len(base.vae.config.block_out_channels) - 1
-        factor = 2 ** levels
-        unet_div = 2 ** (len(base.unet.config.block_out_channels) - 1)
-        for name, size in (("model.sd_size", m.sd_size), ("model.inversion_size", m.inversion_size)):
-            if size is None:
-                continue
-            if size % factor or (size // factor) % unet_div:
-                problems.append(f"{name}={size} gives a latent the UNet cannot process "
-                                f"(VAE factor {factor}, UNet needs multiples of {unet_div})")
-        width = cc.text_config.hidden_size
-        if width % m.tuner_heads:
-            problems.append(f"text width {width} is not divisible by model.tuner_heads={m.tuner_heads}")
+        problems = dimension_problems(self.mcfg, base.clip.config, dict(base.unet.config), dict(base.vae.config),
+                                      base.empty_context.shape[-1])
         if problems:
             raise ConfigError("model dimensions do not fit together: " + "; ".join(problems))
 
@@ -351,9 +353,11 @@ class SynerDetect(nn.Module):
             other = z_t[idx, 1 - labels] if lc.dcl_class_negative else None
             out["dcl"] = dcl_loss_two_views(z_t_label, z_v, z_n, labels, self.mcfg.tau, other)
             if lc.use_pot:
-                out["pot"], info = pot_loss(z_n, z_v, k=lc.gmm_components, eps=lc.sinkhorn_eps,
-                                            covariance=lc.gmm_covariance, sample_term=lc.pot_sample_term,
-                                            em_iters=lc.gmm_iters, sinkhorn_iters=lc.sinkhorn_iters)
+                # GMM/EM and W2 in fp32 even under mixed-precision autocast (DESIGN.md 2.4)
+                with torch.autocast(device_type=z_v.device.type, enabled=False):
+                    out["pot"], _ = pot_loss(z_n.float(), z_v.float(), k=lc.gmm_components, eps=lc.sinkhorn_eps,
+                                             covariance=lc.gmm_covariance, sample_term=lc.pot_sample_term,
+                                             em_iters=lc.gmm_iters, sinkhorn_iters=lc.sinkhorn_iters)
             else:
                 out["pot"] = zero
             out["ot_dcl"] = out["dcl"] + lc.alpha * out["pot"]
@@ -392,7 +396,15 @@ class SynerDetect(nn.Module):
     def from_config(cls, cfg: ExperimentConfig) -> "SynerDetect":
         from .config import validate_experiment
 
+        from .backbones.loaders import read_base_configs
+
         validate_experiment(cfg)
+        # Dimensions are checked on the JSON configs first: a mismatch is reported before gigabytes load.
+        cfgs = read_base_configs(cfg.model.clip, cfg.model.sd, tiny_seed=cfg.model.tiny_seed)
+        if cfgs is not None:
+            problems = dimension_problems(cfg.model, *cfgs)
+            if problems:
+                raise ConfigError("model dimensions do not fit together: " + "; ".join(problems))
         base = load_base_models(cfg.model.clip, cfg.model.sd, tiny_seed=cfg.model.tiny_seed)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.train.seed)  # trainable init is reproducible

@@ -171,24 +171,30 @@ def train(cfg: ExperimentConfig, *, resume: str = "auto", progress: bool = True,
             gen = torch.Generator().manual_seed(t.seed * 1_000_003 + global_step * 997 + rank)
             torch.manual_seed(t.seed + global_step)
             usable = len(labels) >= 2 and len(set(labels.tolist())) == 2
-            with acc.autocast():
-                hit = cached.lookup(batch["path"]) if (cached is not None and usable) else None
-                if usable and hit is not None:  # VAE and inverted latents of the eval view, from the cache
-                    losses = wrapped(images, labels, generator=gen, latents=hit.latents, inverted=hit.inverted,
-                                     noise_pixels=hit.noise_pixels)
-                elif usable:
-                    losses = wrapped(images, labels, generator=gen)
-                else:  # every file of one class was unreadable: keep DDP in step with a zero loss
-                    log.warning("batch %d of epoch %d lost a class to unreadable files; skipped", b_idx, epoch)
-                    losses = {}
-                loss = losses["total"] if losses else sum(p.sum() for p in model.trainable_parameters()) * 0.0
-            for group in optimizer.param_groups:
-                group["lr"] = lr_at(cfg, global_step, total_steps)
-            optimizer.zero_grad(set_to_none=True)
-            acc.backward(loss)
-            if cfg.optim.grad_clip:
-                acc.clip_grad_norm_(model.trainable_parameters(), cfg.optim.grad_clip)
-            optimizer.step()
+            if world > 1:  # every rank skips together, or DDP's all-reduce would wait forever
+                flag = torch.tensor([int(usable)], device=device)
+                torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
+                usable = bool(flag.item())
+            losses = {}
+            if not usable:
+                log.warning("batch %d of epoch %d lost a class to unreadable files on some rank; no update", b_idx,
+                            epoch)
+            else:
+                hit = cached.lookup(batch["path"]) if cached is not None else None
+                kw = {}
+                if hit is not None:  # inverted latents (+ E_d input) of the eval view, from the cache
+                    kw = {"inverted": hit.inverted, "noise_pixels": hit.noise_pixels}
+                    if cfg.cache.cmid_latents == "cached":
+                        kw["latents"] = hit.latents
+                with acc.autocast():
+                    losses = wrapped(images, labels, generator=gen, **kw)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr_at(cfg, global_step, total_steps)
+                optimizer.zero_grad(set_to_none=True)
+                acc.backward(losses["total"])
+                if cfg.optim.grad_clip:
+                    acc.clip_grad_norm_(model.trainable_parameters(), cfg.optim.grad_clip)
+                optimizer.step()
             global_step += 1
             vals = {k: float(v.detach()) for k, v in losses.items()}
             for k, v in vals.items():
@@ -249,6 +255,13 @@ def _prepare_cache(cfg, model, samples, size, per_rank, root: Path, epoch: int, 
         log.info("feature cache (epoch %d): %s", epoch, json.dumps({k: stats[k] for k in
                  ("n_total", "n_computed", "n_skipped_cached", "n_unreadable", "key") if k in stats}))
         cached = CachedFeatures(root, model, size, rank=acc.process_index)
+        if acc.is_main_process and cfg.cache.policy == "cached-refresh":
+            from .cache import remove_stale_keys
+
+            removed = remove_stale_keys(root, keep={cached.key})  # a refresh supersedes the older keys
+            if removed:
+                log.info("feature cache: removed superseded keys %s", removed)
+        acc.wait_for_everyone()
         return cached, cached.key
     if read and cached is None:
         cached = CachedFeatures(root, model, size, key=key, rank=acc.process_index)

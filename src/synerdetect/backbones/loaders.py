@@ -255,6 +255,35 @@ def _empty_prompt_context(spec: str) -> torch.Tensor:
     return text(ids).last_hidden_state.float().clone()
 
 
+def read_base_configs(clip_spec: str, sd_spec: str, *, tiny_seed: int = 0):
+    """The base models' configs only (a few KB of JSON), so that dimensions can be checked before any weights
+    load. Returns (clip_config, unet_config, vae_config, sd_text_width) for local folders; None otherwise
+    (random architectures, or hub ids that would need a download)."""
+    import json as _json
+
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPConfig
+
+    if clip_spec.startswith("random:") or sd_spec.startswith("random:"):
+        return None
+    quiet_libraries()
+    if TINY in (clip_spec, sd_spec):
+        tiny_clip, tiny_sd = ensure_tiny_folders(tiny_seed)
+        clip_spec = str(tiny_clip) if clip_spec == TINY else clip_spec
+        sd_spec = str(tiny_sd) if sd_spec == TINY else sd_spec
+    clip_dir, sd_dir = Path(clip_spec), Path(sd_spec)
+    if not (clip_dir.is_dir() and sd_dir.is_dir()):
+        return None
+    _require(clip_dir / "config.json", "CLIP config.json")
+    for sub in ("model_index.json", "unet/config.json", "vae/config.json", "text_encoder/config.json"):
+        _require(sd_dir / sub, f"Stable Diffusion {sub}")
+    clip_cfg = CLIPConfig.from_pretrained(str(clip_dir))
+    unet_cfg = dict(UNet2DConditionModel.load_config(str(sd_dir), subfolder="unet"))
+    vae_cfg = dict(AutoencoderKL.load_config(str(sd_dir), subfolder="vae"))
+    width = int(_json.loads((sd_dir / "text_encoder" / "config.json").read_text())["hidden_size"])
+    return clip_cfg, unet_cfg, vae_cfg, width
+
+
 def load_base_models(clip_spec: str, sd_spec: str, *, tiny_seed: int = 0) -> BaseModels:
     quiet_libraries()
     clip, tok = load_clip(clip_spec, tiny_seed=tiny_seed)
