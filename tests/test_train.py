@@ -150,3 +150,31 @@ def test_training_reads_from_the_feature_cache(bench, tmp_path):
     # online: no cache is touched
     online = train(_cfg(bench, tmp_path / "o", **{"train.max_steps": 1}), resume="never", progress=False)
     assert "cache_hits" not in online and online["cache_policy"] == "online"
+
+
+def test_ddp_rank_losing_a_class_does_not_hang(bench, tmp_path):
+    """Rank 0's first batch loses its only fake image to corruption while rank 1's batch is fine: both ranks
+    must skip that step together (a lone skip would leave the other rank waiting in DDP's all-reduce)."""
+    import shutil
+
+    from synerdetect.data import BalancedBatchSampler, discover
+
+    train_dir = tmp_path / "train"
+    shutil.copytree(bench / "train", train_dir)
+    samples = discover(train_dir, layout="cnndetection", split="train")
+    sampler = BalancedBatchSampler([s.label for s in samples], 2, seed=0, num_replicas=2, rank=0)
+    sampler.set_epoch(0)
+    first = next(iter(sampler))
+    victim = next(samples[i].path for i in first if samples[i].label == 1)
+    Path(victim).write_bytes(b"corrupted")
+    out = tmp_path / "ddp"
+    port = str(30500 + os.getpid() % 1000)
+    r = _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port,
+              "-m", "synerdetect.cli", "train", "--preset", "tiny", "--no-progress", f"data.train={train_dir}",
+              "data.train_layout=cnndetection", "data.image_size=64", "model.inversion_steps=2",
+              "train.batch_size=4", "train.max_steps=2", f"train.output_dir={out}", "train.num_workers=0"],
+             timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["global_step"] == 2 and len(set(summary["replica_checksums"])) == 1
+    assert "lost a class" in (out / "train.log").read_text()
