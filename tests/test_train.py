@@ -178,3 +178,15 @@ def test_ddp_rank_losing_a_class_does_not_hang(bench, tmp_path):
     summary = json.loads((out / "train_summary.json").read_text())
     assert summary["global_step"] == 2 and len(set(summary["replica_checksums"])) == 1
     assert "lost a class" in (out / "train.log").read_text()
+
+
+def test_periodic_validation_is_logged(bench, tmp_path):
+    cfg = _cfg(bench, tmp_path / "v", **{"train.max_steps": 2, "train.val_every": 1,
+                                          "data.val": str(bench / "test"), "data.val_layout": "cnndetection"})
+    summary = train(cfg, resume="never", progress=False)
+    recs = [json.loads(line) for line in (tmp_path / "v" / "metrics.jsonl").read_text().splitlines()]
+    vals = [r for r in recs if "val_acc" in r]
+    assert [r["step"] for r in vals][:2] == [1, 2]
+    n_test = len(list((bench / "test").rglob("*.png")))
+    assert all(r["n"] == n_test and 0.0 <= r["val_acc"] <= 1.0 for r in vals)
+    assert summary["val"]["n"] == n_test
