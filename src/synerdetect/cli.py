@@ -231,6 +231,13 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--layout", default="auto", help="auto | cnndetection | genimage | chameleon | manifest")
         q.add_argument("--split", default=None, help="train | val | test (layout-dependent)")
 
+    def add_scoring_args(q, *, batch_size: int, workers: int):
+        q.add_argument("--batch-size", type=int, default=batch_size)
+        q.add_argument("--workers", type=int, default=workers, help="data-loading processes")
+        q.add_argument("--image-size", type=int, default=None, help="loader size (default: the checkpoint's)")
+        q.add_argument("--device", default=None, help="cuda | cpu (default: cuda when available)")
+        q.add_argument("--no-progress", action="store_true")
+
     e = sub.add_parser("evaluate", help="per-generator accuracy / AP, figure, optional robustness sweep")
     e.add_argument("--checkpoint", required=True)
     add_data_args(e, required=False)
@@ -239,13 +246,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--generators", nargs="*", help="only these generators")
     e.add_argument("--perturb", action="append", help="blur | jpeg | crop | noise, or e.g. jpeg:30,60,90 "
                    "(repeatable): the paper's Table 4")
-    e.add_argument("--batch-size", type=int, default=32)
     e.add_argument("--cache-dir", help="read inverted latents from this feature cache when the key matches "
                    "(build it with `synerdetect cache build --checkpoint ...`)")
-    e.add_argument("--workers", type=int, default=2)
-    e.add_argument("--image-size", type=int, default=None)
-    e.add_argument("--device", default=None)
-    e.add_argument("--no-progress", action="store_true")
+    add_scoring_args(e, batch_size=32, workers=2)
     e.set_defaults(func=cmd_evaluate)
 
     pr = sub.add_parser("predict", help="score files, folders (recursive) and globs")
@@ -253,11 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--checkpoint", required=True)
     pr.add_argument("--json", help="write predictions to this JSON file")
     pr.add_argument("--csv", help="write predictions to this CSV file")
-    pr.add_argument("--batch-size", type=int, default=16)
-    pr.add_argument("--workers", type=int, default=0)
-    pr.add_argument("--image-size", type=int, default=None)
-    pr.add_argument("--device", default=None)
-    pr.add_argument("--no-progress", action="store_true")
+    add_scoring_args(pr, batch_size=16, workers=0)
     pr.set_defaults(func=cmd_predict)
 
     da = sub.add_parser("data", help="dataset tools")
