@@ -1,6 +1,7 @@
 """Training: exact resume after a kill, 2-process CPU DDP (gloo), and the CLI end to end on tiny."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -190,3 +191,22 @@ def test_periodic_validation_is_logged(bench, tmp_path):
     n_test = len(list((bench / "test").rglob("*.png")))
     assert all(r["n"] == n_test and 0.0 <= r["val_acc"] <= 1.0 for r in vals)
     assert summary["val"]["n"] == n_test
+
+
+def test_bf16_mixed_precision_training_runs(bench, tmp_path):
+    summary = train(_cfg(bench, tmp_path / "bf16", **{"train.max_steps": 2, "train.mixed_precision": "bf16"}),
+                    resume="never", progress=False)
+    assert summary["global_step"] == 2
+    assert all(math.isfinite(v) for v in summary["last_losses"].values())
+
+
+def test_quick_demo_leaves_results_figure_and_checkpoint(tmp_path):
+    from synerdetect.demo.run import run_demo
+    from synerdetect.model import SynerDetect
+
+    assert run_demo(tmp_path / "demo", quick=True, progress=False) == 0
+    res = json.loads((tmp_path / "demo" / "results.json").read_text())
+    assert set(res["generators"]) == {"gan_upsample", "gan_spectral", "diffusion_latent", "diffusion_noise"}
+    assert res["seen_families"] == ["gan_upsample"]
+    assert (tmp_path / "demo" / "logit_distributions.png").stat().st_size > 1000
+    SynerDetect.from_pretrained(tmp_path / "demo" / "checkpoint")  # the checkpoint reloads on its own

@@ -94,6 +94,11 @@ def train(cfg: ExperimentConfig, *, resume: str = "auto", progress: bool = True,
     if not cfg.data.train:
         raise ValueError("data.train is not set: point it at a training set (folder or manifest)")
     ddp_kwargs = DistributedDataParallelKwargs(find_unused_parameters=True)
+    # accelerate keeps one AcceleratorState per process and refuses a second Accelerator with another
+    # mixed_precision; forget it (not the distributed PartialState) so that train() can be called again.
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=False)
     # cpu=True when there is no GPU: accelerate only sets up gloo DDP for torchrun's processes when told so.
     acc = Accelerator(mixed_precision=cfg.train.mixed_precision, kwargs_handlers=[ddp_kwargs],
                       cpu=not torch.cuda.is_available())
