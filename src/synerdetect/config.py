@@ -233,20 +233,30 @@ def merge(base: Any, patch: dict[str, Any], where: str = "") -> Any:
     return from_dict(type(base), deep(current, patch), where)
 
 
-def parse_overrides(items: list[str]) -> dict[str, Any]:
-    """``["train.epochs=2", "loss.alpha=0.3"]`` -> nested dict (values parsed as YAML scalars)."""
+def nest_dotted(flat: dict[str, Any]) -> dict[str, Any]:
+    """``{"model.n_ctx": 8, "loss": {"alpha": 0.3}}`` -> ``{"model": {"n_ctx": 8}, "loss": {"alpha": 0.3}}``."""
     out: dict[str, Any] = {}
-    for item in items:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r} is not of the form key=value (e.g. train.epochs=2)")
-        key, raw = item.split("=", 1)
-        value = yaml.safe_load(raw) if raw != "" else None
+    for key, value in flat.items():
         node = out
         parts = key.strip().split(".")
         for p in parts[:-1]:
             node = node.setdefault(p, {})
-        node[parts[-1]] = value
+        if isinstance(value, dict) and isinstance(node.get(parts[-1]), dict):
+            node[parts[-1]].update(value)
+        else:
+            node[parts[-1]] = value
     return out
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``["train.epochs=2", "loss.alpha=0.3"]`` -> nested dict (values parsed as YAML scalars)."""
+    flat: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key=value (e.g. train.epochs=2)")
+        key, raw = item.split("=", 1)
+        flat[key] = yaml.safe_load(raw) if raw != "" else None
+    return nest_dotted(flat)
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

@@ -416,21 +416,10 @@ class SynerDetect(nn.Module):
     def from_preset(cls, name: str, **overrides: Any) -> "SynerDetect":
         """``SynerDetect.from_preset("tiny", model={"inversion_steps": 5})`` or dotted keys
         ``**{"model.inversion_steps": 5}``."""
-        from .config import merge, parse_overrides
+        from .config import merge, nest_dotted
         from .presets import get_preset
 
-        cfg = get_preset(name)
-        nested: dict[str, Any] = {}
-        for k, v in overrides.items():
-            if "." in k:
-                node = nested
-                parts = k.split(".")
-                for p in parts[:-1]:
-                    node = node.setdefault(p, {})
-                node[parts[-1]] = v
-            else:
-                nested.setdefault(k, {}).update(v) if isinstance(v, dict) else nested.__setitem__(k, v)
-        cfg = merge(cfg, nested)
+        cfg = merge(get_preset(name), nest_dotted(overrides))
         return cls.from_config(cfg)
 
     def save_pretrained(self, folder: str | Path, *, extra: dict | None = None) -> Path:
@@ -463,7 +452,7 @@ class SynerDetect(nn.Module):
         resolved against it; ``overrides`` (dotted keys) may point them elsewhere."""
         from safetensors.torch import load_file
 
-        from .config import merge
+        from .config import merge, nest_dotted
 
         folder = Path(folder)
         cfg_path = folder / CONFIG_NAME
@@ -475,14 +464,7 @@ class SynerDetect(nn.Module):
             val = getattr(cfg.model, key)
             if val and not Path(val).is_absolute() and (folder / val).exists():
                 setattr(cfg.model, key, str(folder / val))
-        nested: dict[str, Any] = {}
-        for k, v in overrides.items():
-            node = nested
-            parts = k.split(".")
-            for p in parts[:-1]:
-                node = node.setdefault(p, {})
-            node[parts[-1]] = v
-        cfg = merge(cfg, nested)
+        cfg = merge(cfg, nest_dotted(overrides))
         model = cls.from_config(cfg)
         state = load_file(str(folder / WEIGHTS_NAME))
         own = dict(model.named_parameters())
