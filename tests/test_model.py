@@ -352,3 +352,17 @@ def test_dimension_mismatch_is_found_before_weights_load(monkeypatch):
     monkeypatch.setattr(mod, "load_base_models", boom)
     with pytest.raises(ConfigError, match="clip_size"):
         SynerDetect.from_preset("tiny", **{"model.clip_size": 224})
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    grads = []
+    for ckpt in (False, True):
+        model = SynerDetect.from_preset("tiny", **{"model.gradient_checkpointing": ckpt, "model.inversion_steps": 2})
+        perturb_trainables(model)
+        model.train()
+        L = model.compute_losses(*batch(4), generator=torch.Generator().manual_seed(0))
+        L["total"].backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and any("E_v" in k and "lora" in k for k in grads[1])
+    for k in grads[0]:
+        torch.testing.assert_close(grads[0][k], grads[1][k], atol=1e-5, rtol=1e-4, msg=k)

@@ -113,6 +113,13 @@ class SynerDetect(nn.Module):
         clip = base.clip
         self._check_dims(base)
 
+        if m.gradient_checkpointing:
+            # Non-reentrant: the frozen towers' inputs need no grad, yet the LoRA weights inside must get one.
+            kwargs = {"use_reentrant": False}
+            if hasattr(clip, "activation_checkpointing_enable"):  # transformers >= 5 name
+                clip.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+            else:
+                clip.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
         # E_v and E_d: two copies of the CLIP vision tower, each with its own LoRA.
         self.E_v = _add_lora(VisionEncoder(clip), m, "E_v")
         self.E_d = _add_lora(VisionEncoder(copy.deepcopy(clip)), m, "E_d")
@@ -143,8 +150,6 @@ class SynerDetect(nn.Module):
         self._freeze()
         if m.gradient_checkpointing:
             self.unet.enable_gradient_checkpointing()
-            for enc in (self.E_v, self.E_d):
-                enc.vision_model.gradient_checkpointing_enable() if hasattr(enc.vision_model, "gradient_checkpointing_enable") else None
 
     # ------------------------------------------------------------------ set-up
     def _check_dims(self, base: BaseModels) -> None:
