@@ -210,3 +210,19 @@ def test_quick_demo_leaves_results_figure_and_checkpoint(tmp_path):
     assert res["seen_families"] == ["gan_upsample"]
     assert (tmp_path / "demo" / "logit_distributions.png").stat().st_size > 1000
     SynerDetect.from_pretrained(tmp_path / "demo" / "checkpoint")  # the checkpoint reloads on its own
+
+
+def test_two_process_ddp_training_builds_and_reads_the_cache(bench, tmp_path):
+    out = tmp_path / "ddpc"
+    port = str(31500 + os.getpid() % 1000)
+    r = _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port,
+              "-m", "synerdetect.cli", "train", "--preset", "tiny", "--no-progress", f"data.train={bench / 'train'}",
+              "data.train_layout=cnndetection", "data.image_size=64", "model.inversion_steps=2",
+              "train.batch_size=4", "train.max_steps=2", f"train.output_dir={out}", "train.num_workers=0",
+              "cache.policy=cached-refresh", "cache.refresh_every=1"], timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["cache_hits"] == 2 and summary["cache_misses"] == 0
+    assert len(set(summary["replica_checksums"])) == 1
+    keys = [d for d in (out / "feature_cache").iterdir() if d.is_dir()]
+    assert [k.name for k in keys] == [summary["cache_key"]]  # one merged key folder, built by both ranks

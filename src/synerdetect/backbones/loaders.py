@@ -148,18 +148,53 @@ def _tiny_root(seed: int) -> Path:
     return base / f"tiny-seed{seed}"
 
 
-def ensure_tiny_folders(seed: int = 0) -> tuple[Path, Path]:
+_TINY_CLIP_FILES = ("config.json", "model.safetensors", "tokenizer_config.json")
+_TINY_SD_FILES = ("model_index.json", "unet/config.json", "unet/diffusion_pytorch_model.safetensors",
+                  "vae/config.json", "vae/diffusion_pytorch_model.safetensors", "text_encoder/config.json",
+                  "text_encoder/model.safetensors", "scheduler/scheduler_config.json")
+
+
+def _complete(folder: Path, files: tuple[str, ...]) -> bool:
+    return all((folder / f).is_file() for f in files)
+
+
+def ensure_tiny_folders(seed: int = 0, *, wait_s: float = 600.0) -> tuple[Path, Path]:
+    """Build (once per seed) and return the tiny CLIP and SD folders.
+
+    Under torch.distributed, transformers' save_pretrained writes on global rank 0 only, so rank 0 builds
+    and the other ranks wait for the finished folders (a shared filesystem is assumed, as for the data)."""
+    import time
+
     quiet_libraries()
     root = _tiny_root(seed)
     clip_dir, sd_dir = root / "clip", root / "sd"
-    if not (clip_dir / "config.json").is_file():
+    if _complete(clip_dir, _TINY_CLIP_FILES) and _complete(sd_dir, _TINY_SD_FILES):
+        return clip_dir, sd_dir
+    dist = torch.distributed.is_available() and torch.distributed.is_initialized()
+    if dist and torch.distributed.get_rank() != 0:
+        deadline = time.monotonic() + wait_s
+        while not (_complete(clip_dir, _TINY_CLIP_FILES) and _complete(sd_dir, _TINY_SD_FILES)):
+            if time.monotonic() > deadline:
+                raise BaseModelError(f"waited {wait_s:.0f} s for rank 0 to build the tiny models in {root}; "
+                                     "the ranks need a shared filesystem (or set SYNERDETECT_CACHE to one)")
+            time.sleep(0.2)
+        return clip_dir, sd_dir
+    import shutil
+
+    for d, files in ((clip_dir, _TINY_CLIP_FILES), (sd_dir, _TINY_SD_FILES)):
+        if d.exists() and not _complete(d, files):  # left by a crashed build: renames only publish complete ones
+            shutil.rmtree(d, ignore_errors=True)
+    if not _complete(clip_dir, _TINY_CLIP_FILES):
         tmp = root / f"clip.tmp{os.getpid()}"
         write_tiny_clip(tmp, seed)
         _atomic_dir_replace(tmp, clip_dir)
-    if not (sd_dir / "model_index.json").is_file():
+    if not _complete(sd_dir, _TINY_SD_FILES):
         tmp = root / f"sd.tmp{os.getpid()}"
         write_tiny_sd(tmp, seed)
         _atomic_dir_replace(tmp, sd_dir)
+    for d, files in ((clip_dir, _TINY_CLIP_FILES), (sd_dir, _TINY_SD_FILES)):
+        if not _complete(d, files):
+            raise BaseModelError(f"tiny model folder {d} is incomplete (expected {', '.join(files)}); delete it")
     return clip_dir, sd_dir
 
 
