@@ -23,13 +23,23 @@ def _quiet() -> None:
 
 
 def _load_model(checkpoint: str, device: str | None):
-    import torch
-
     from .model import SynerDetect
 
     model = SynerDetect.from_pretrained(checkpoint)
-    dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return model.to(dev).eval().enable_fast_path()
+    return model.to(_device(device)).eval().enable_fast_path()
+
+
+def _device(requested: str | None):
+    """The explicit device, else this process's own GPU under torchrun (cuda:LOCAL_RANK), else cuda or cpu."""
+    import torch
+
+    if requested:
+        return torch.device(requested)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from accelerate import PartialState
+
+        return PartialState(cpu=not torch.cuda.is_available()).device
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def _image_size(model, override: int | None) -> int:
@@ -179,10 +189,8 @@ def cmd_cache_build(args) -> int:
     if not root:
         print("error: give --cache-dir or set cache.dir in the config", file=sys.stderr)
         return 2
-    import torch
-
     model = SynerDetect.from_pretrained(args.checkpoint) if args.checkpoint else SynerDetect.from_config(cfg)
-    model = model.to("cuda" if torch.cuda.is_available() else "cpu").eval().enable_fast_path()
+    model = model.to(_device(None)).eval().enable_fast_path()
     samples = load_labelled(args.data, args.layout, args.split)
     # The size the detector reads images at (the checkpoint's own when one is given), or keys never match.
     stats = build_cache(model, samples, root, image_size=loader_image_size(model.cfg), batch_size=args.batch_size)
