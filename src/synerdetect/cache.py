@@ -120,13 +120,7 @@ def conditioning_fingerprint(model) -> str:
 
     The label-agnostic prompt depends on the E_v LoRA, the prompt context and tuner, and the projector into SD's
     space: every trainable tensor except those of E_d and of the noise adapter (which act after the inversion)."""
-    h = hashlib.sha256()
-    for name, p in sorted(model.named_parameters(), key=lambda kv: kv[0]):
-        if not p.requires_grad or name.startswith(("E_d.", "adapter.")):
-            continue
-        h.update(f"{name}|{tuple(p.shape)}|{p.dtype}|".encode())
-        h.update(_tensor_bytes(p))
-    return h.hexdigest()
+    return model.trainable_fingerprint(skip=("E_d.", "adapter."))
 
 
 def _jsonable_config(cfg: Any) -> dict:

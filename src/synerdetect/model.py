@@ -192,6 +192,35 @@ class SynerDetect(nn.Module):
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
 
+    def load_trainable(self, folder: str | Path) -> None:
+        """Copy the trainable weights saved in ``folder`` (a checkpoint or save_pretrained folder) into this model;
+        the names must match exactly."""
+        from safetensors.torch import load_file
+
+        state = load_file(str(Path(folder) / WEIGHTS_NAME))
+        own = dict(self.named_parameters())
+        missing = [k for k, p in own.items() if p.requires_grad and k not in state]
+        unexpected = [k for k in state if k not in own]
+        if missing or unexpected:
+            raise ConfigError(f"checkpoint {folder} does not match the model (config changed?): missing "
+                              f"{missing[:5]}, unexpected {unexpected[:5]}")
+        with torch.no_grad():
+            for k, v in state.items():
+                own[k].copy_(v.to(own[k].dtype))
+
+    def trainable_fingerprint(self, skip: tuple[str, ...] = ()) -> str:
+        """sha256 of the exact bytes (with names, shapes, dtypes) of the trainable weights, except parameters
+        whose names start with one of ``skip``."""
+        import hashlib
+
+        h = hashlib.sha256()
+        for name, p in sorted(self.named_parameters(), key=lambda kv: kv[0]):
+            if not p.requires_grad or name.startswith(skip):
+                continue
+            h.update(f"{name}|{tuple(p.shape)}|{p.dtype}|".encode())
+            h.update(p.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        return h.hexdigest()
+
     def enable_fast_path(self) -> "SynerDetect":
         """Call after moving the model to its device: channels_last for the frozen convnets on CUDA and,
         if configured, a compiled UNet for the inversion loop and CMID (SDPA attention is diffusers' and
@@ -455,8 +484,6 @@ class SynerDetect(nn.Module):
     def from_pretrained(cls, folder: str | Path, **overrides: Any) -> "SynerDetect":
         """Load a detector saved by :meth:`save_pretrained`. Base-model paths relative to the folder are
         resolved against it; ``overrides`` (dotted keys) may point them elsewhere."""
-        from safetensors.torch import load_file
-
         from .config import merge, nest_dotted
 
         folder = Path(folder)
@@ -471,14 +498,5 @@ class SynerDetect(nn.Module):
                 setattr(cfg.model, key, str(folder / val))
         cfg = merge(cfg, nest_dotted(overrides))
         model = cls.from_config(cfg)
-        state = load_file(str(folder / WEIGHTS_NAME))
-        own = dict(model.named_parameters())
-        missing = [k for k, p in own.items() if p.requires_grad and k not in state]
-        unexpected = [k for k in state if k not in own]
-        if missing or unexpected:
-            raise ConfigError(f"checkpoint {folder} does not match the model: missing {missing[:5]}, "
-                              f"unexpected {unexpected[:5]}")
-        with torch.no_grad():
-            for k, v in state.items():
-                own[k].copy_(v.to(own[k].dtype))
+        model.load_trainable(folder)
         return model

@@ -133,7 +133,7 @@ def train(cfg: ExperimentConfig, *, resume: str = "auto", progress: bool = True,
     ckpt_root = out / "checkpoints"
     start = None if resume == "never" else (latest_checkpoint(ckpt_root) if resume == "auto" else Path(resume))
     if start is not None:
-        _load_trainables(model, start)
+        model.load_trainable(start)
         load_optimizer(optimizer, start)
         state = read_state(start)
         log.info("resumed from %s (step %d)", start, state["global_step"])
@@ -144,6 +144,7 @@ def train(cfg: ExperimentConfig, *, resume: str = "auto", progress: bool = True,
     model.enable_fast_path()
     device = acc.device
 
+    val_samples = load_labelled(cfg.data.val, cfg.data.val_layout, cfg.data.val_split) if cfg.data.val else None
     cache_root = Path(cfg.cache.dir) if cfg.cache.dir else out / "feature_cache"
     cached = None
     cache_key = state.get("cache_key")
@@ -214,15 +215,15 @@ def train(cfg: ExperimentConfig, *, resume: str = "auto", progress: bool = True,
                 with metrics_path.open("a") as f:
                     f.write(json.dumps(rec) + "\n")
                 log.info("step %d %s", global_step, json.dumps(vals))
-            state = {"epoch": epoch, "batch_in_epoch": b_idx + 1, "global_step": global_step, "cache_key": cache_key}
-            if b_idx + 1 == steps_per_epoch:
-                state = {"epoch": epoch + 1, "batch_in_epoch": 0, "global_step": global_step, "cache_key": cache_key}
+            epoch_done = b_idx + 1 == steps_per_epoch
+            state = {"epoch": epoch + int(epoch_done), "batch_in_epoch": 0 if epoch_done else b_idx + 1,
+                     "global_step": global_step, "cache_key": cache_key}
             if t.checkpoint_every and global_step % t.checkpoint_every == 0 and global_step < total_steps:
                 _checkpoint(acc, model, optimizer, state, ckpt_root, t.keep_checkpoints)
             if t.val_every and cfg.data.val and global_step % t.val_every == 0:
-                _validate(cfg, model, out, global_step, progress)
+                _validate(cfg, model, val_samples, out, global_step, progress)
         if cfg.data.val and not t.val_every and global_step < total_steps:
-            _validate(cfg, model, out, global_step, progress)
+            _validate(cfg, model, val_samples, out, global_step, progress)
     bar.close()
     acc.wait_for_everyone()
     checksums = _replica_checksums(model, world)
@@ -238,7 +239,7 @@ def train(cfg: ExperimentConfig, *, resume: str = "auto", progress: bool = True,
     if cached is not None:
         summary.update(cache_key=cache_key, cache_hits=cached.hits, cache_misses=cached.misses)
     if cfg.data.val:
-        summary["val"] = _validate(cfg, model, out, global_step, progress)
+        summary["val"] = _validate(cfg, model, val_samples, out, global_step, progress)
     if acc.is_main_process:
         (out / "train_summary.json").write_text(json.dumps(summary, indent=2, default=str))
     return summary
@@ -275,33 +276,13 @@ def _prepare_cache(cfg, model, samples, size, per_rank, root: Path, epoch: int, 
 
 
 def _replica_checksums(model, world: int) -> list[str]:
-    """sha256 of each rank's trainable weights (all ranks must hold the same model after DDP steps)."""
-    import hashlib
-
-    h = hashlib.sha256()
-    for name, p in sorted(model.trainable_state_dict().items()):
-        h.update(name.encode())
-        h.update(p.detach().float().cpu().numpy().tobytes())
-    mine = h.hexdigest()[:16]
+    """Fingerprint of each rank's trainable weights (all ranks must hold the same model after DDP steps)."""
+    mine = model.trainable_fingerprint()[:16]
     if world == 1:
         return [mine]
     parts: list = [None] * world
     torch.distributed.all_gather_object(parts, mine)
     return parts
-
-
-def _load_trainables(model, folder: Path) -> None:
-    from safetensors.torch import load_file
-
-    from .model import WEIGHTS_NAME
-
-    state = load_file(str(folder / WEIGHTS_NAME))
-    own = dict(model.named_parameters())
-    with torch.no_grad():
-        for k, v in state.items():
-            if k not in own:
-                raise ValueError(f"checkpoint {folder} holds {k!r}, which this model lacks (config changed?)")
-            own[k].copy_(v.to(own[k].dtype))
 
 
 def _checkpoint(acc, model, optimizer, state, root: Path, keep: int) -> None:
@@ -314,8 +295,7 @@ def _checkpoint(acc, model, optimizer, state, root: Path, keep: int) -> None:
     acc.wait_for_everyone()
 
 
-def _validate(cfg: ExperimentConfig, model, out: Path, step: int, progress: bool) -> dict[str, Any]:
-    samples = load_labelled(cfg.data.val, cfg.data.val_layout, cfg.data.val_split)
+def _validate(cfg: ExperimentConfig, model, samples, out: Path, step: int, progress: bool) -> dict[str, Any]:
     res = evaluate(model, samples, None, image_size=loader_image_size(cfg), batch_size=max(2, cfg.train.batch_size),
                    progress=progress)
     mean = res["summary"]["mean"]
