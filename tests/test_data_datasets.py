@@ -45,7 +45,7 @@ def test_getitem_good_and_bad(tree_with_bad_files):
     good_i = by_path[str(root / "test/gen/0_real/r0.png")]
     rec = ds[good_i]
     assert rec["image"].shape == (3, 32, 32) and rec["label"] == 0 and rec["generator"] == "gen"
-    assert rec["index"] == good_i and rec["path"].endswith("r0.png")
+    assert rec["index"] == good_i and rec["path"].endswith("r0.png") and rec["format"] == "PNG"
     assert float(rec["image"].std()) > 0.05  # a real image, not zeros
 
 
@@ -58,7 +58,7 @@ def test_collate_drops_and_reports(tree_with_bad_files, caplog):
         collate([ds[i] for i in range(len(ds))])  # second time: no new warnings
     assert batch["image"].shape == (10, 3, 32, 32)
     assert batch["label"].dtype == torch.long and batch["label"].tolist().count(1) == 5
-    assert len(batch["path"]) == len(batch["generator"]) == len(batch["index"]) == 10
+    assert len(batch["path"]) == len(batch["generator"]) == len(batch["index"]) == len(batch["format"]) == 10
     assert sorted(p for p, _ in batch["errors"]) == sorted(str(p) for p in bad.values())
     assert all(reason for _, reason in batch["errors"])
     warned = [r for r in caplog.records if "skipping unreadable image" in r.getMessage()]

@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from .data import EvalTransform, ImageDataset, Sample, ShardedEvalSampler, collate, discover, image_format
+from .data import EvalTransform, ImageDataset, Sample, ShardedEvalSampler, collate, discover
 from .metrics import ScoreRecord, robustness_table, summarize
 from .perturb import Perturbation, apply, image_seed, parse_perturb_spec
 
@@ -46,6 +46,7 @@ class ScoredBatch:
     generators: list[str]
     labels: list[int]
     out: dict[str, torch.Tensor]
+    formats: list[str]
 
 
 def iter_scores(model, samples: Sequence[Sample], *, image_size: int, batch_size: int = 32, num_workers: int = 0,
@@ -74,7 +75,7 @@ def iter_scores(model, samples: Sequence[Sample], *, image_size: int, batch_size
             out = model.predict(images, inverted=inverted.to(device) if inverted is not None else None,
                                 noise_pixels=noise_pixels.to(device) if noise_pixels is not None else None)
             yield ScoredBatch(batch["path"], batch["generator"], batch["label"].tolist(),
-                              {k: v.detach().float().cpu() for k, v in out.items()})
+                              {k: v.detach().float().cpu() for k, v in out.items()}, batch["format"])
         bar.update(n + len(batch["errors"]))
     bar.close()
 
@@ -102,7 +103,7 @@ def score_samples(model, samples: Sequence[Sample], *, image_size: int, batch_si
             records.append(ScoreRecord(path=path, generator=sb.generators[i], label=sb.labels[i],
                                        s_real=float(sb.out["s_real"][i]), s_fake=float(sb.out["s_fake"][i]),
                                        logit=float(sb.out["logit"][i]), prob_fake=float(sb.out["prob_fake"][i]),
-                                       format=image_format(path)))
+                                       format=sb.formats[i]))
     records = _gather(records)
     errors = _gather(errors)
     return records, errors

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .imageio import DEFAULT_MAX_PIXELS, UnreadableImage, load_image
+from .imageio import DEFAULT_MAX_PIXELS, UnreadableImage, load_image_with_format
 from .layouts import Sample
 
 __all__ = ["ImageDataset", "collate"]
@@ -93,21 +93,22 @@ class ImageDataset(Dataset):
         index %= n
         s = self.samples[index]
         try:
-            img = load_image(s.path, max_pixels=self.max_pixels)
+            img, fmt = load_image_with_format(s.path, max_pixels=self.max_pixels)
         except UnreadableImage as e:
             return {"error": e.reason, "path": s.path, "index": index}
         try:
             x = self.transform(img, self.rng_for(index, epoch))
         except Exception as e:  # noqa: BLE001 - report, never crash the loader
             return {"error": f"transform failed: {type(e).__name__}: {e}", "path": s.path, "index": index}
-        return {"image": x, "label": int(s.label), "generator": s.generator, "path": s.path, "index": index}
+        return {"image": x, "label": int(s.label), "generator": s.generator, "path": s.path, "index": index,
+                "format": fmt}
 
 
 def collate(batch: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Collate :class:`ImageDataset` records, dropping error records.
 
     Returns ``{"image": B x 3 x H x W float tensor, "label": LongTensor[B],
-    "generator": list[str], "path": list[str], "index": list[int],
+    "generator": list[str], "path": list[str], "index": list[int], "format": list[str],
     "errors": list[(path, reason)]}``.  When every item failed, ``image`` is an
     empty ``0 x 3 x 0 x 0`` tensor and ``label`` is empty: check
     ``len(batch["label"])`` before using the batch.
@@ -128,5 +129,6 @@ def collate(batch: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "generator": [b["generator"] for b in good],
         "path": [b["path"] for b in good],
         "index": [int(b["index"]) for b in good],
+        "format": [b["format"] for b in good],
         "errors": errors,
     }
