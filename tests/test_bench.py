@@ -20,6 +20,7 @@ EXPECTED = {
 FIELDS = {"name", "value", "unit", "device", "preset", "steps", "resolution", "dtype", "torch", "date"}
 
 
+@pytest.mark.slow
 def test_run_bench_tiny(tmp_path, capsys):
     from synerdetect.bench import run_bench
 

@@ -17,7 +17,6 @@ from synerdetect.cache import (
     CachedFeatures,
     FeatureCache,
     build_cache,
-    compute_features,
     compute_noise_pixels,
     content_hash,
     feature_key,
@@ -172,7 +171,7 @@ def test_cached_features_equal_recomputed(model, images, tmp_path):
     torch.testing.assert_close(hit.latents, lat, rtol=0, atol=0)
     torch.testing.assert_close(hit.inverted, inv, rtol=0, atol=0)
     assert hit[0] is hit.latents and hit[1] is hit.inverted  # tuple access still works
-    lat2, inv2 = compute_features(model, x)
+    lat2, inv2, _ = model.cache_features(x)
     torch.testing.assert_close(inv2, inv, rtol=0, atol=0)
     # E_d input: exactly the recomputed one rounded to float16 (the only approximation of the cache) ...
     assert hit.noise_pixels.dtype == torch.float16 and hit.noise_pixels.shape == (len(paths), 3, 64, 64)
@@ -183,23 +182,23 @@ def test_cached_features_equal_recomputed(model, images, tmp_path):
     # ... so z_n differs from the recomputed one by a small tolerance only.
     with torch.no_grad():
         f_ref = model.features(x)
-        f_npx = model.features(x, latents=hit.latents, inverted=hit.inverted, noise_pixels=hit.noise_pixels)
-        f_inv = model.features(x, latents=hit.latents, inverted=hit.inverted)
+        f_npx = model.features(x, cached=hit)
+        f_inv = model.features(x, cached=hit._replace(noise_pixels=None))
     torch.testing.assert_close(f_inv["z_n"], f_ref["z_n"], rtol=0, atol=1e-6)  # fp32 float noise only
     torch.testing.assert_close(f_npx["z_n"], f_ref["z_n"], rtol=0, atol=1e-3)
     torch.testing.assert_close(f_npx["z_v"], f_ref["z_v"], rtol=0, atol=0)
     # The detector's decision is the same with the cached tensors.
     a = model.predict(x)
-    b = model.predict(x, inverted=hit.inverted)
-    c = model.predict(x, inverted=hit.inverted, noise_pixels=hit.noise_pixels)
+    b = model.predict(x, cached=CachedBatch(None, hit.inverted))
+    c = model.predict(x, cached=CachedBatch(None, hit.inverted, hit.noise_pixels))
     torch.testing.assert_close(a["logit"], b["logit"], rtol=0, atol=1e-5)
     torch.testing.assert_close(a["logit"], c["logit"], rtol=0, atol=2e-3)
     # The losses too (the training path, cached-fixed).
     y = torch.tensor([0, 1] * 3)
     with torch.no_grad():
-        l_ref = model.compute_losses(x, y, latents=hit.latents, inverted=hit.inverted,
+        l_ref = model.compute_losses(x, y, cached=hit._replace(noise_pixels=None),
                                      generator=torch.Generator().manual_seed(0))
-        l_npx = model.compute_losses(x, y, **hit._asdict(), generator=torch.Generator().manual_seed(0))
+        l_npx = model.compute_losses(x, y, cached=hit, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(l_npx["total"], l_ref["total"], rtol=1e-3, atol=1e-4)
 
 
@@ -230,7 +229,7 @@ def test_latents_only_cache(model, images, tmp_path):
 
 def test_put_many_must_match_the_key(model, images, tmp_path):
     x = eval_batch(images[:2])
-    lat, inv = compute_features(model, x)
+    lat, inv, _ = model.cache_features(x)
     hashes = [content_hash(p) for p in images[:2]]
     key, info = feature_key(model, image_size=64)
     with pytest.raises(ValueError, match="noise_pixels"):
@@ -251,13 +250,13 @@ def test_put_many_must_match_the_key(model, images, tmp_path):
 
 # ---------------------------------------------------------------- robustness
 def test_atomic_write_failure_leaves_no_partial_shard(model, images, tmp_path, monkeypatch):
-    import synerdetect.cache as cache_mod
+    import synerdetect.utils as cache_mod  # the atomic writer the cache uses
 
     root = tmp_path / "cache"
     key, info = feature_key(model, image_size=64)
     cache = FeatureCache(root, key, info=info)
     x = eval_batch(images[:6])
-    lat, inv = compute_features(model, x)
+    lat, inv, _ = model.cache_features(x)
     npx = compute_noise_pixels(model, inv)
     hashes = [content_hash(p) for p in images[:6]]
     cache.put_many(hashes[:3], lat[:3], inv[:3], paths=images[:3], noise_pixels=npx[:3])
@@ -344,7 +343,7 @@ def test_corrupt_shard_is_detected_and_rebuilt(model, images, tmp_path, damage):
     assert all(r is not None for r in got) and not fresh.problems
     x = eval_batch(paths_bad)
     rebuilt = fresh.get(bad_read)
-    inv = compute_features(model, x)[1]
+    inv = model.cache_features(x).inverted
     torch.testing.assert_close(torch.stack([r.inverted for r in rebuilt]), inv, rtol=0, atol=1e-5)
     # (other build batches: the inverted latents differ by float noise, so the fp16 rounding may flip by 1 ulp)
     torch.testing.assert_close(torch.stack([r.noise_pixels for r in rebuilt]).float(),
@@ -412,12 +411,13 @@ WORKER = textwrap.dedent("""
     from synerdetect import SynerDetect
     from synerdetect.cache import build_cache
     paths, root, out = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3]
-    m = SynerDetect.from_preset("tiny", **{"model.inversion_steps": %d}).eval()
+    m = SynerDetect.from_preset("tiny", **{"model.inversion_steps": STEPS_VALUE}).eval()
     st = build_cache(m, paths, root, image_size=64, batch_size=2, progress=False, wait_timeout=240, poll_interval=0.05)
     open(out, "w").write(json.dumps(st))
-""" % STEPS)
+""".replace("STEPS_VALUE", str(STEPS)))
 
 
+@pytest.mark.slow
 def test_two_process_sharded_build(model, images, tmp_path):
     root = tmp_path / "cache"
     script = tmp_path / "worker.py"

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from synerdetect.config import ConfigError, ExperimentConfig, load_experiment, validate_experiment
-from synerdetect.presets import ABLATIONS, get_preset, with_ablation
+from synerdetect.config import ConfigError, ExperimentConfig, validate_experiment
+from synerdetect.presets import ABLATIONS, get_preset, load_experiment, with_ablation
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 ALL_YAML = sorted(CONFIGS.glob("*.yaml"))

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from synerdetect.contrastive import dcl_loss, dcl_loss_two_views
+from synerdetect.losses.contrastive import dcl_loss, dcl_loss_two_views
 
 
 def _dcl_ref(anchors, z, labels, tau):
@@ -18,7 +18,7 @@ def _dcl_ref(anchors, z, labels, tau):
     for i in range(n):
         t = anchors[i] / np.linalg.norm(anchors[i])
 
-        def sim(j):
+        def sim(j, t=t):
             zj = z[j] / np.linalg.norm(z[j])
             return float(t @ zj)
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score
 
-from synerdetect.metrics import (
+from synerdetect.engine.metrics import (
     DECISION_RULE,
     ScoreRecord,
     generator_metrics,
@@ -17,8 +17,10 @@ from synerdetect.metrics import (
     summarize,
 )
 
+_COUNTER = [0]  # shared across calls on purpose: unique paths
 
-def rec(gen, label, logit, fmt="PNG", i=[0]):
+
+def rec(gen, label, logit, fmt="PNG", i=_COUNTER):
     i[0] += 1
     s_real = 0.25
     s_fake = s_real + logit

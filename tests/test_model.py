@@ -9,11 +9,11 @@ import torch
 import torch.nn.functional as F
 
 from synerdetect import SynerDetect
-from synerdetect.backbones import write_tiny_clip, write_tiny_sd
 from synerdetect.config import ConfigError
-from synerdetect.inversion import ddim_invert, ddim_sample
-from synerdetect.model import InputError
-from synerdetect.prompt import BayarConv2d
+from synerdetect.model.backbones import write_tiny_clip, write_tiny_sd
+from synerdetect.model.detector import InputError
+from synerdetect.model.inversion import ddim_invert, ddim_sample
+from synerdetect.model.prompt import BayarConv2d
 
 
 def batch(b=8, size=64, seed=0):
@@ -68,7 +68,7 @@ def test_missing_folder_is_a_clear_error(tmp_path):
 def test_prompt_text_encoder_matches_transformers_text_features(tiny_model):
     """With the context set to the placeholder tokens' own embeddings, our inputs_embeds path must equal
     transformers' CLIPModel.get_text_features on the token ids."""
-    from synerdetect.backbones.loaders import load_clip
+    from synerdetect.model.backbones.loaders import load_clip
 
     clip, tok = load_clip("tiny")
     enc = tiny_model.text
@@ -344,7 +344,7 @@ def test_bf16_frozen_models_train_with_fp32_trainables():
 
 
 def test_dimension_mismatch_is_found_before_weights_load(monkeypatch):
-    import synerdetect.model as mod
+    import synerdetect.model.detector as mod
 
     def boom(*a, **k):
         raise AssertionError("weights were loaded before the dimension check")

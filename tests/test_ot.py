@@ -12,7 +12,6 @@ from sklearn.mixture import GaussianMixture
 
 from synerdetect import ot as sot
 
-
 # ----------------------------------------------------------------------------
 # helpers (numpy float64 references, written independently of the module)
 # ----------------------------------------------------------------------------

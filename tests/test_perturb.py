@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from synerdetect.perturb import (
+from synerdetect.engine.perturb import (
     DEFAULT_LEVELS,
     KINDS,
     Perturbation,

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from synerdetect.metrics import ScoreRecord, robustness_table, summarize
-from synerdetect.report import (
+from synerdetect.engine.metrics import ScoreRecord, robustness_table, summarize
+from synerdetect.engine.report import (
     CSV_COLUMNS,
     SCORE_FIELDS,
     markdown_table,

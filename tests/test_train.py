@@ -11,9 +11,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from synerdetect.config import load_experiment
 from synerdetect.demo import build_demo_benchmark
-from synerdetect.train import train
+from synerdetect.engine.train import train
+from synerdetect.presets import load_experiment
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +68,7 @@ def _run(args, env_extra=None, timeout=600):
     return subprocess.run(args, capture_output=True, text=True, env=env, timeout=timeout)
 
 
+@pytest.mark.slow
 def test_two_process_cpu_ddp_trains_in_sync_and_evaluates_each_image_once(bench, tmp_path):
     out = tmp_path / "ddp"
     port = str(29500 + os.getpid() % 1000)
@@ -93,6 +94,7 @@ def test_two_process_cpu_ddp_trains_in_sync_and_evaluates_each_image_once(bench,
     assert res["n_images"] == len(on_disk)
 
 
+@pytest.mark.slow
 def test_cli_end_to_end(bench, tmp_path):
     from PIL import Image
 
@@ -153,6 +155,7 @@ def test_training_reads_from_the_feature_cache(bench, tmp_path):
     assert "cache_hits" not in online and online["cache_policy"] == "online"
 
 
+@pytest.mark.slow
 def test_ddp_rank_losing_a_class_does_not_hang(bench, tmp_path):
     """Rank 0's first batch loses its only fake image to corruption while rank 1's batch is fine: both ranks
     must skip that step together (a lone skip would leave the other rank waiting in DDP's all-reduce)."""
@@ -200,9 +203,10 @@ def test_bf16_mixed_precision_training_runs(bench, tmp_path):
     assert all(math.isfinite(v) for v in summary["last_losses"].values())
 
 
+@pytest.mark.slow
 def test_quick_demo_leaves_results_figure_and_checkpoint(tmp_path):
     from synerdetect.demo.run import run_demo
-    from synerdetect.model import SynerDetect
+    from synerdetect.model.detector import SynerDetect
 
     assert run_demo(tmp_path / "demo", quick=True, progress=False) == 0
     res = json.loads((tmp_path / "demo" / "results.json").read_text())
@@ -212,6 +216,7 @@ def test_quick_demo_leaves_results_figure_and_checkpoint(tmp_path):
     SynerDetect.from_pretrained(tmp_path / "demo" / "checkpoint")  # the checkpoint reloads on its own
 
 
+@pytest.mark.slow
 def test_two_process_ddp_training_builds_and_reads_the_cache(bench, tmp_path):
     out = tmp_path / "ddpc"
     port = str(31500 + os.getpid() % 1000)

@@ -13,7 +13,7 @@ __all__ = ["SynerDetect", "__version__", "list_presets", "get_preset"]
 
 def __getattr__(name):  # lazy: `import synerdetect` stays cheap for the CLI and data tools
     if name == "SynerDetect":
-        from .model import SynerDetect
+        from .model.detector import SynerDetect
 
         return SynerDetect
     if name in ("list_presets", "get_preset"):

@@ -38,13 +38,14 @@ import argparse
 import datetime as _dt
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -95,11 +96,9 @@ def _write_images(folder: Path, n: int, size: int, seed: int) -> list[str]:
 
 
 def _optimizer(model):
-    params = model.trainable_parameters()
-    o = model.cfg.optim
-    if o.name == "adamw":
-        return torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
-    return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+    from .engine.train import build_optimizer
+
+    return build_optimizer(model.trainable_parameters(), model.cfg.optim)
 
 
 def _balanced_labels(n: int, device) -> torch.Tensor:
@@ -112,7 +111,7 @@ def _shard_worker(argv: list[str]) -> int:
     spec = json.loads(argv[0])
     torch.set_num_threads(1)
     from .cache import build_cache
-    from .model import SynerDetect
+    from .model.detector import SynerDetect
 
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     model = SynerDetect.from_preset(spec["preset"], **spec["overrides"]).eval()
@@ -153,7 +152,7 @@ def _sharded_build_seconds(paths: list[str], work: Path, nprocs: int, *, preset:
         except subprocess.TimeoutExpired:
             for q in procs:
                 q.kill()
-            raise RuntimeError(f"sharded build bench ({nprocs} processes) timed out after {timeout} s")
+            raise RuntimeError(f"sharded build bench ({nprocs} processes) timed out after {timeout} s") from None
         outputs.append(out)
     for p, out in zip(procs, outputs):
         if p.returncode != 0:
@@ -229,11 +228,8 @@ def _epoch_times(model, paths: list[str], cache_root: Path, *, image_size: int, 
         model.train()
         for b in loader:
             x, y = b["image"].to(device), b["label"].to(device)
-            kw = {}
-            if which is not None:
-                hit = lookup(which, b)
-                kw = {"latents": hit.latents, "inverted": hit.inverted, "noise_pixels": hit.noise_pixels}
-            loss = model.compute_losses(x, y, **kw)["total"]
+            cached = lookup(which, b) if which is not None else None
+            loss = model.compute_losses(x, y, cached=cached)["total"]
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -241,11 +237,7 @@ def _epoch_times(model, paths: list[str], cache_root: Path, *, image_size: int, 
     def eval_epoch(which: str | None) -> None:
         for b in loader:
             x = b["image"].to(device)
-            kw = {}
-            if which is not None:
-                hit = lookup(which, b)
-                kw = {"inverted": hit.inverted, "noise_pixels": hit.noise_pixels}
-            model.predict(x, **kw)
+            model.predict(x, cached=lookup(which, b) if which is not None else None)
 
     out = {"build": build_s}
     for name, fn in (("train", train_epoch), ("eval", eval_epoch)):
@@ -260,208 +252,261 @@ def _epoch_times(model, paths: list[str], cache_root: Path, *, image_size: int, 
 
 
 # ----------------------------------------------------------------------------- main entry
-def run_bench(preset: str = "tiny", device: str = "cpu", *, batch_size: int | None = None, steps: int | None = None,
-              compile: bool = False, out: str | os.PathLike | None = None, repeats: int | None = None,
-              warmup: int = 1, train_batch_size: int | None = None, epoch_images: int | None = None,
-              long_steps: int | None = 100, shard_images: int | None = None, sharded: bool = True,
-              overrides: dict | None = None, print_lines: bool = True, threads: int | None = None) -> list[dict]:
-    """Run every measurement once (see the module docstring); print and return the JSON lines.
+@dataclass
+class BenchConfig:
+    """What one ``run_bench`` measures. ``steps`` overrides ``model.inversion_steps``; ``overrides`` are further
+    dotted config keys; ``long_steps`` (tiny preset only; None to skip) adds the cached-epoch speedups at that many
+    steps; ``sharded`` adds the 2-process CPU build measurement (always on the tiny preset); ``threads`` sets
+    ``torch.set_num_threads`` for the in-process measurements (restored afterwards)."""
 
-    ``steps`` overrides ``model.inversion_steps``; ``overrides`` are further dotted config keys. ``preset="paper"``
-    uses random weights of the real architectures (``random:vit-l-14``, ``random:sd-2.1-base``); on CUDA the
-    frozen models run in bf16 and ``compile=True`` wraps the UNet in ``torch.compile``. ``long_steps`` (tiny
-    preset only; None to skip) adds the cached-epoch speedups at that many steps; ``sharded`` adds the 2-process
-    CPU build measurement (always on the tiny preset). ``threads`` sets ``torch.set_num_threads`` for the
-    in-process measurements (restored afterwards; default: torch's own setting)."""
-    from .config import ConfigError
-    from .model import SynerDetect
+    preset: str = "tiny"
+    device: str = "cpu"
+    batch_size: int | None = None
+    steps: int | None = None
+    compile: bool = False
+    out: str | os.PathLike | None = None
+    repeats: int | None = None
+    warmup: int = 1
+    train_batch_size: int | None = None
+    epoch_images: int | None = None
+    long_steps: int | None = 100
+    shard_images: int | None = None
+    sharded: bool = True
+    overrides: dict | None = None
+    print_lines: bool = True
+    threads: int | None = None
 
-    if preset not in DEFAULTS:
-        raise ConfigError(f"bench preset must be one of {sorted(DEFAULTS)}, got {preset!r}")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("bench --device cuda: no CUDA device is available")
-    dev = torch.device(device)
-    d = DEFAULTS[preset]
-    bs = int(batch_size or d["batch_size"])
-    tbs = int(train_batch_size or (batch_size if batch_size and preset == "tiny" else d["train_batch_size"]))
-    tbs += tbs % 2  # balanced training batches
-    reps = int(repeats or d["repeats"])
-    n_epoch = int(epoch_images or d["epoch_images"])
-    n_shard = int(shard_images or d["shard_images"])
+    def __post_init__(self) -> None:
+        from .config import ConfigError
 
-    ov: dict[str, Any] = {}
-    if preset == "paper":
-        ov.update({"model.clip": "random:vit-l-14", "model.sd": "random:sd-2.1-base"})
-    if dev.type == "cuda":
-        ov["model.dtype"] = "bfloat16"
-    if steps is not None:
-        ov["model.inversion_steps"] = int(steps)
-    ov.update(overrides or {})
-    # Eager first (channels_last on CUDA via the model's own fast path); compilation, if asked, is applied
-    # after the eager roofline and predict time are measured, so one run gives compiled / eager.
-    model = SynerDetect.from_preset(preset, **ov).to(dev).eval().enable_fast_path()
-    mc = model.mcfg
-    n_steps = mc.inversion_steps
-    inv_size = mc.inversion_size or mc.sd_size
-    image_size = max(mc.clip_size, mc.sd_size)
-    date = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-    lines: list[dict] = []
-    out_f = open(out, "w") if out else None
-    old_threads = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(int(threads))
+        if self.preset not in DEFAULTS:
+            raise ConfigError(f"bench preset must be one of {sorted(DEFAULTS)}, got {self.preset!r}")
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError("bench --device cuda: no CUDA device is available")
+        d = DEFAULTS[self.preset]
+        self.batch_size_ = int(self.batch_size or d["batch_size"])
+        tbs = int(self.train_batch_size or (self.batch_size if self.batch_size and self.preset == "tiny"
+                                            else d["train_batch_size"]))
+        self.train_batch_size_ = tbs + tbs % 2  # balanced training batches
+        self.repeats_ = int(self.repeats or d["repeats"])
+        self.epoch_images_ = int(self.epoch_images or d["epoch_images"])
+        self.shard_images_ = int(self.shard_images or d["shard_images"])
 
-    def emit(name: str, value: float, unit: str, **extra) -> None:
-        line = {"name": name, "value": float(value), "unit": unit, "device": extra.pop("device", device),
-                "preset": extra.pop("preset", preset), "steps": extra.pop("steps", n_steps),
-                "resolution": extra.pop("resolution", f"clip{mc.clip_size}/sd{mc.sd_size}/inv{inv_size}"),
-                "dtype": extra.pop("dtype", mc.dtype), "batch_size": extra.pop("batch_size", bs),
-                "compile": bool(compile), "threads": torch.get_num_threads(), "torch": torch.__version__,
-                "date": date, **extra}
-        lines.append(line)
+    def model_overrides(self) -> dict[str, Any]:
+        ov: dict[str, Any] = {}
+        if self.preset == "paper":
+            ov.update({"model.clip": "random:vit-l-14", "model.sd": "random:sd-2.1-base"})
+        if self.device == "cuda":
+            ov["model.dtype"] = "bfloat16"
+        if self.steps is not None:
+            ov["model.inversion_steps"] = int(self.steps)
+        ov.update(self.overrides or {})
+        return ov
+
+
+class _Recorder:
+    """Collects, prints and writes the JSON lines; every line carries the run's common fields."""
+
+    def __init__(self, bc: BenchConfig, model):
+        mc = model.mcfg
+        self.bc, self.lines = bc, []
+        self.common = {"device": bc.device, "preset": bc.preset, "steps": mc.inversion_steps,
+                       "resolution": f"clip{mc.clip_size}/sd{mc.sd_size}/inv{mc.inversion_size or mc.sd_size}",
+                       "dtype": mc.dtype, "batch_size": bc.batch_size_}
+        self.date = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+        self.file = open(bc.out, "w") if bc.out else None
+
+    def __call__(self, name: str, value: float, unit: str, **extra) -> None:
+        line = {"name": name, "value": float(value), "unit": unit,
+                **{k: extra.pop(k, v) for k, v in self.common.items()},
+                "compile": bool(self.bc.compile), "threads": torch.get_num_threads(), "torch": torch.__version__,
+                "date": self.date, **extra}
+        self.lines.append(line)
         s = json.dumps(line)
-        if print_lines:
+        if self.bc.print_lines:
             print(s, flush=True)
-        if out_f is not None:
-            out_f.write(s + "\n")
-            out_f.flush()
+        if self.file is not None:
+            self.file.write(s + "\n")
+            self.file.flush()
 
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+
+
+def run_bench(preset: str = "tiny", device: str = "cpu", **options: Any) -> list[dict]:
+    """Run every measurement once (see the module docstring); print and return the JSON lines. ``options`` are
+    the fields of :class:`BenchConfig`. ``preset="paper"`` uses random weights of the real architectures; on CUDA
+    the frozen models run in bf16 and ``compile=True`` wraps the UNet in ``torch.compile``."""
+    from .model.detector import SynerDetect
+
+    bc = BenchConfig(preset=preset, device=device, **options)
+    dev = torch.device(device)
+    # 1. The model, eager first (compilation, if asked, is applied after the eager numbers: one run gives both).
+    model = SynerDetect.from_preset(preset, **bc.model_overrides()).to(dev).eval().enable_fast_path()
+    emit = _Recorder(bc, model)
+    old_threads = torch.get_num_threads()
+    if bc.threads:
+        torch.set_num_threads(int(bc.threads))
     try:
-        g = torch.Generator().manual_seed(0)
-        x = torch.rand(bs, 3, image_size, image_size, generator=g).to(dev)
-        T = lambda fn: _timeit(fn, dev, reps, warmup)  # noqa: E731
-
-        # ---------------------------------------------------------------- bare components
-        with torch.no_grad():
-            x_clip = model.clip_pixels(x)
-            px = ((x_clip - model.clip_mean) / model.clip_std).to(model.compute_dtype)
-            z_v = model.encode_visual(x_clip)
-            z_t = model.prompts(z_v, x_clip)
-            cond = model.agnostic_prompt(z_t)
-            lat = model.encode_latents(x)
-            inv_lat = lat if inv_size == mc.sd_size else model.encode_latents(x, inv_size)
-            ctx = model.sd_context(cond).to(model.compute_dtype)
-            inverted = model.invert(inv_lat, cond)
-            noise_px = model.noise_pixels(inverted)
-            t_mid = torch.tensor(500, device=dev)
-            comp = {
-                "component_clip_vision": T(lambda: model.E_v(px)),
-                "component_clip_vision_noise": T(lambda: model.E_d(noise_px)),
-                "component_text_tower": T(lambda: model.prompts(z_v, x_clip)),
-                "component_unet_step": T(lambda: model.unet(inv_lat.to(model.compute_dtype), t_mid,
-                                                            encoder_hidden_states=ctx, return_dict=False)),
-                "component_vae_encode": T(lambda: model.encode_latents(x)),
-                "component_vae_decode": T(lambda: model.noise_pixels(inverted)),
-            }
-        notes = {"component_text_tower": "tuner + text tower on 2B prompts",
-                 "component_unet_step": f"one UNet forward at {inv_size} px",
-                 "component_vae_decode": "VAE decode of the noise map + resize to the E_d input"}
-        for k, v in comp.items():
-            emit(k, v / bs, "s/img", **({"note": notes[k]} if k in notes else {}))
-        roof = (comp["component_clip_vision"] + comp["component_clip_vision_noise"] + comp["component_text_tower"]
-                + comp["component_vae_encode"] + n_steps * comp["component_unet_step"]
-                + comp["component_vae_decode"]) / bs
-        emit("roofline_predict_s_per_img", roof, "s/img",
-             note="2 CLIP vision + text tower + VAE encode + steps x UNet + VAE decode")
-
-        # ---------------------------------------------------------------- end to end
-        t_pred = T(lambda: model.predict(x)) / bs
-        emit("predict_s_per_img", t_pred, "s/img")
-        emit("predict_throughput", 1.0 / t_pred, "img/s")
-        emit("predict_vs_roofline", roof / t_pred, "ratio", note="target >= 0.9")
-        if compile:
-            model.mcfg.compile_unet = True
-            model.enable_fast_path()
-            t_pred_c = T(lambda: model.predict(x)) / bs
-            emit("predict_compiled_s_per_img", t_pred_c, "s/img", note=f"torch.compile mode={mc.compile_mode}")
-            emit("compiled_predict_vs_eager_roofline", roof / t_pred_c, "ratio", note="target >= 1.3 on a GPU")
-        t_inv = T(lambda: model.invert(inv_lat, cond)) / bs
-        emit("inversion_throughput", 1.0 / t_inv, "img/s", note=f"{n_steps}-step DDIM inversion")
-
-        # ---------------------------------------------------------------- training step
-        xt = torch.rand(tbs, 3, image_size, image_size, generator=g).to(dev)
-        yt = _balanced_labels(tbs, dev)
-        train_model = model
-        state = {k: v.clone() for k, v in model.trainable_state_dict().items()}
-        opt = _optimizer(train_model)
-        train_model.train()
-
-        def step() -> None:
-            loss = train_model.compute_losses(xt, yt)["total"]
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-
-        if dev.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(dev)
-        t_step = _timeit(step, dev, reps, warmup)
-        emit("train_step_throughput", tbs / t_step, "img/s", batch_size=tbs,
-             note="compute_losses + backward + optimiser step")
-        if dev.type == "cuda":
-            emit("train_step_peak_memory", torch.cuda.max_memory_allocated(dev) / 2**30, "GiB", batch_size=tbs)
-        # Restore the weights so that the cache key below is the model's starting one.
-        with torch.no_grad():
-            own = dict(model.named_parameters())
-            for k, v in state.items():
-                own[k].copy_(v)
-        model.eval()
-        del opt
-
-        # ---------------------------------------------------------------- cached epochs
+        image_size = max(model.mcfg.clip_size, model.mcfg.sd_size)
+        x = torch.rand(bc.batch_size_, 3, image_size, image_size, generator=torch.Generator().manual_seed(0)).to(dev)
+        # 2. Bare components and the roofline they add up to.
+        roof = _measure_components(model, x, bc, emit)
+        # 3. End to end: predict (eager, then compiled), inversion throughput.
+        _measure_predict(model, x, roof, bc, emit)
+        # 4. One training step.
+        _measure_train_step(model, image_size, bc, emit)
         with tempfile.TemporaryDirectory(prefix="synerdetect-bench-") as tmp:
-            tmp = Path(tmp)
-            paths = _write_images(tmp / "epoch", n_epoch, image_size, seed=1)
-            variants = [(model, n_steps, "")]
-            if preset == "tiny" and long_steps and long_steps != n_steps:
-                long_model = SynerDetect.from_preset(preset, **{**ov, "model.inversion_steps": int(long_steps)})
-                variants.append((long_model.to(dev).eval(), int(long_steps), f"_{int(long_steps)}steps"))
-            for mdl, s, suffix in variants:
-                ep = _epoch_times(mdl, paths, tmp / f"cache{suffix}", image_size=image_size, batch_size=bs,
-                                  device=dev)
-                kw = {"steps": s, "batch_size": bs}
-                emit(f"cache_build_s_per_img{suffix}", ep["build"] / n_epoch, "s/img", **kw)
-                emit(f"epoch_train_online_s{suffix}", ep["train_online"], "s", images=n_epoch, **kw)
-                emit(f"epoch_train_cached_s{suffix}", ep["train_cached"], "s", images=n_epoch, **kw)
-                emit(f"epoch_train_cached_latents_only_s{suffix}", ep["train_cached_latents_only"], "s",
-                     images=n_epoch, **kw)
-                emit(f"cached_epoch_speedup{suffix}", ep["train_online"] / ep["train_cached"], "x", images=n_epoch,
-                     note="training epoch: online inversion / latents+inverted+E_d input (float16) from the cache; "
-                          "target >= 20", **kw)
-                emit(f"cached_epoch_speedup{suffix}_latents_only", ep["train_online"] / ep["train_cached_latents_only"],
-                     "x", images=n_epoch, note="training epoch: online / latents+inverted from the cache, VAE decode "
-                                               "every step (cache without noise_pixels)", **kw)
-                emit(f"cached_eval_epoch_speedup{suffix}", ep["eval_online"] / ep["eval_cached"], "x",
-                     images=n_epoch, note="evaluation epoch (predict), E_d input from the cache", **kw)
-                emit(f"cached_eval_epoch_speedup{suffix}_latents_only",
-                     ep["eval_online"] / ep["eval_cached_latents_only"], "x", images=n_epoch,
-                     note="evaluation epoch (predict), inverted latents from the cache, VAE decode every batch", **kw)
-            del variants
-
-            # ---------------------------------------------------------------- sharded build (CPU, tiny)
-            if sharded:
-                tiny_ov = {"model.inversion_steps": int(steps)} if (steps is not None and preset == "tiny") else {}
-                from .presets import get_preset
-
-                tcfg = get_preset("tiny").model
-                t_size = max(tcfg.clip_size, tcfg.sd_size)
-                t_steps = tiny_ov.get("model.inversion_steps", tcfg.inversion_steps)
-                spaths = _write_images(tmp / "shard", n_shard, t_size, seed=2)
-                sbs = min(8, max(1, n_shard // 8))
-                t1 = _sharded_build_seconds(spaths, tmp / "sharded", 1, preset="tiny", overrides=tiny_ov,
-                                            image_size=t_size, batch_size=sbs)
-                t2 = _sharded_build_seconds(spaths, tmp / "sharded", 2, preset="tiny", overrides=tiny_ov,
-                                            image_size=t_size, batch_size=sbs)
-                kw = dict(device="cpu", preset="tiny", steps=t_steps, dtype="float32", batch_size=sbs,
-                          resolution=f"clip{tcfg.clip_size}/sd{tcfg.sd_size}/inv{tcfg.inversion_size or tcfg.sd_size}",
-                          images=n_shard, threads=1)
-                emit("sharded_build_seconds_1proc", t1, "s", **kw, note="1 process x 1 thread")
-                emit("sharded_build_seconds_2proc", t2, "s", **kw, note="2 processes x 1 thread")
-                emit("sharded_build_speedup", t1 / t2, "x", **kw, note="target >= 1.7")
+            # 5. Epochs online vs from the feature cache (and at the paper's step count on tiny).
+            _measure_cached_epochs(model, image_size, Path(tmp), bc, emit)
+            # 6. The 2-process sharded cache build (CPU, tiny).
+            if bc.sharded:
+                _measure_sharded_build(Path(tmp), bc, emit)
     finally:
         torch.set_num_threads(old_threads)
-        if out_f is not None:
-            out_f.close()
-    return lines
+        emit.close()
+    return emit.lines
+
+
+def _measure_components(model, x: torch.Tensor, bc: BenchConfig, emit: _Recorder) -> float:
+    """Each component on the bench batch; returns the roofline of one prediction (s/img)."""
+    dev, bs, mc = x.device, bc.batch_size_, model.mcfg
+    inv_size = mc.inversion_size or mc.sd_size
+    T = lambda fn: _timeit(fn, dev, bc.repeats_, bc.warmup)  # noqa: E731
+    with torch.no_grad():
+        x_clip, z_v, z_t = model.perceptual(x)
+        px = ((x_clip - model.clip_mean) / model.clip_std).to(model.compute_dtype)
+        gen = model.inversion_inputs(x, z_t)  # the same inputs the model and the cache compute
+        ctx = model.sd_context(model.agnostic_prompt(z_t)).to(model.compute_dtype)
+        noise_px = model.noise_pixels(gen.inverted)
+        lat_inv = gen.inverted.to(model.compute_dtype)  # the inversion's latent shape (at inversion_size)
+        t_mid = torch.tensor(500, device=dev)
+        comp = {
+            "component_clip_vision": T(lambda: model.E_v(px)),
+            "component_clip_vision_noise": T(lambda: model.E_d(noise_px)),
+            "component_text_tower": T(lambda: model.prompts(z_v, x_clip)),
+            "component_unet_step": T(lambda: model.unet(lat_inv, t_mid, encoder_hidden_states=ctx,
+                                                        return_dict=False)),
+            "component_vae_encode": T(lambda: model.encode_latents(x)),
+            "component_vae_decode": T(lambda: model.noise_pixels(gen.inverted)),
+        }
+    notes = {"component_text_tower": "tuner + text tower on 2B prompts",
+             "component_unet_step": f"one UNet forward at {inv_size} px",
+             "component_vae_decode": "VAE decode of the noise map + resize to the E_d input"}
+    for k, v in comp.items():
+        emit(k, v / bs, "s/img", **({"note": notes[k]} if k in notes else {}))
+    roof = (comp["component_clip_vision"] + comp["component_clip_vision_noise"] + comp["component_text_tower"]
+            + comp["component_vae_encode"] + mc.inversion_steps * comp["component_unet_step"]
+            + comp["component_vae_decode"]) / bs
+    emit("roofline_predict_s_per_img", roof, "s/img",
+         note="2 CLIP vision + text tower + VAE encode + steps x UNet + VAE decode")
+    return roof
+
+
+def _measure_predict(model, x: torch.Tensor, roof: float, bc: BenchConfig, emit: _Recorder) -> None:
+    dev, bs, mc = x.device, bc.batch_size_, model.mcfg
+    T = lambda fn: _timeit(fn, dev, bc.repeats_, bc.warmup)  # noqa: E731
+    t_pred = T(lambda: model.predict(x)) / bs
+    emit("predict_s_per_img", t_pred, "s/img")
+    emit("predict_throughput", 1.0 / t_pred, "img/s")
+    emit("predict_vs_roofline", roof / t_pred, "ratio", note="target >= 0.9")
+    if bc.compile:
+        model.mcfg.compile_unet = True
+        model.enable_fast_path()
+        t_pred_c = T(lambda: model.predict(x)) / bs
+        emit("predict_compiled_s_per_img", t_pred_c, "s/img", note=f"torch.compile mode={mc.compile_mode}")
+        emit("compiled_predict_vs_eager_roofline", roof / t_pred_c, "ratio", note="target >= 1.3 on a GPU")
+    with torch.no_grad():
+        x_clip, z_v, z_t = model.perceptual(x)
+        lat = model.inversion_inputs(x, z_t).inverted  # a latent of the inversion's shape
+        cond = model.agnostic_prompt(z_t)
+    t_inv = T(lambda: model.invert(lat, cond)) / bs
+    emit("inversion_throughput", 1.0 / t_inv, "img/s", note=f"{mc.inversion_steps}-step DDIM inversion")
+
+
+def _measure_train_step(model, image_size: int, bc: BenchConfig, emit: _Recorder) -> None:
+    dev, tbs = next(model.parameters()).device, bc.train_batch_size_
+    g = torch.Generator().manual_seed(1)
+    xt = torch.rand(tbs, 3, image_size, image_size, generator=g).to(dev)
+    yt = _balanced_labels(tbs, dev)
+    state = {k: v.clone() for k, v in model.trainable_state_dict().items()}
+    opt = _optimizer(model)
+    model.train()
+
+    def step() -> None:
+        loss = model.compute_losses(xt, yt)["total"]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    t_step = _timeit(step, dev, bc.repeats_, bc.warmup)
+    emit("train_step_throughput", tbs / t_step, "img/s", batch_size=tbs,
+         note="compute_losses + backward + optimiser step")
+    if dev.type == "cuda":
+        emit("train_step_peak_memory", torch.cuda.max_memory_allocated(dev) / 2**30, "GiB", batch_size=tbs)
+    # Restore the weights so that the cache key of the next measurements is the model's starting one.
+    with torch.no_grad():
+        own = dict(model.named_parameters())
+        for k, v in state.items():
+            own[k].copy_(v)
+    model.eval()
+
+
+def _measure_cached_epochs(model, image_size: int, tmp: Path, bc: BenchConfig, emit: _Recorder) -> None:
+    from .model.detector import SynerDetect
+
+    dev, bs, n_epoch, n_steps = next(model.parameters()).device, bc.batch_size_, bc.epoch_images_, \
+        model.mcfg.inversion_steps
+    paths = _write_images(tmp / "epoch", n_epoch, image_size, seed=1)
+    variants = [(model, n_steps, "")]
+    if bc.preset == "tiny" and bc.long_steps and bc.long_steps != n_steps:
+        ov = {**bc.model_overrides(), "model.inversion_steps": int(bc.long_steps)}
+        variants.append((SynerDetect.from_preset(bc.preset, **ov).to(dev).eval(), int(bc.long_steps),
+                         f"_{int(bc.long_steps)}steps"))
+    for mdl, s, suffix in variants:
+        ep = _epoch_times(mdl, paths, tmp / f"cache{suffix}", image_size=image_size, batch_size=bs, device=dev)
+        kw = {"steps": s, "batch_size": bs}
+        emit(f"cache_build_s_per_img{suffix}", ep["build"] / n_epoch, "s/img", **kw)
+        emit(f"epoch_train_online_s{suffix}", ep["train_online"], "s", images=n_epoch, **kw)
+        emit(f"epoch_train_cached_s{suffix}", ep["train_cached"], "s", images=n_epoch, **kw)
+        emit(f"epoch_train_cached_latents_only_s{suffix}", ep["train_cached_latents_only"], "s",
+             images=n_epoch, **kw)
+        emit(f"cached_epoch_speedup{suffix}", ep["train_online"] / ep["train_cached"], "x", images=n_epoch,
+             note="training epoch: online inversion / latents+inverted+E_d input (float16) from the cache; "
+                  "target >= 20", **kw)
+        emit(f"cached_epoch_speedup{suffix}_latents_only", ep["train_online"] / ep["train_cached_latents_only"],
+             "x", images=n_epoch, note="training epoch: online / latents+inverted from the cache, VAE decode "
+                                       "every step (cache without noise_pixels)", **kw)
+        emit(f"cached_eval_epoch_speedup{suffix}", ep["eval_online"] / ep["eval_cached"], "x",
+             images=n_epoch, note="evaluation epoch (predict), E_d input from the cache", **kw)
+        emit(f"cached_eval_epoch_speedup{suffix}_latents_only",
+             ep["eval_online"] / ep["eval_cached_latents_only"], "x", images=n_epoch,
+             note="evaluation epoch (predict), inverted latents from the cache, VAE decode every batch", **kw)
+
+
+def _measure_sharded_build(tmp: Path, bc: BenchConfig, emit: _Recorder) -> None:
+    from .presets import get_preset
+
+    tiny_ov = {"model.inversion_steps": int(bc.steps)} if (bc.steps is not None and bc.preset == "tiny") else {}
+    tcfg = get_preset("tiny").model
+    t_size = max(tcfg.clip_size, tcfg.sd_size)
+    t_steps = tiny_ov.get("model.inversion_steps", tcfg.inversion_steps)
+    n_shard = bc.shard_images_
+    spaths = _write_images(tmp / "shard", n_shard, t_size, seed=2)
+    sbs = min(8, max(1, n_shard // 8))
+    t1 = _sharded_build_seconds(spaths, tmp / "sharded", 1, preset="tiny", overrides=tiny_ov, image_size=t_size,
+                                batch_size=sbs)
+    t2 = _sharded_build_seconds(spaths, tmp / "sharded", 2, preset="tiny", overrides=tiny_ov, image_size=t_size,
+                                batch_size=sbs)
+    kw = dict(device="cpu", preset="tiny", steps=t_steps, dtype="float32", batch_size=sbs,
+              resolution=f"clip{tcfg.clip_size}/sd{tcfg.sd_size}/inv{tcfg.inversion_size or tcfg.sd_size}",
+              images=n_shard, threads=1)
+    emit("sharded_build_seconds_1proc", t1, "s", **kw, note="1 process x 1 thread")
+    emit("sharded_build_seconds_2proc", t2, "s", **kw, note="2 processes x 1 thread")
+    emit("sharded_build_speedup", t1 / t2, "x", **kw, note="target >= 1.7")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import logging
 import os
@@ -17,13 +18,13 @@ from pathlib import Path
 def _quiet() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from .backbones.loaders import quiet_libraries
+    from .model.backbones.loaders import quiet_libraries
 
     quiet_libraries()
 
 
 def _load_model(checkpoint: str, device: str | None):
-    from .model import SynerDetect
+    from .model.detector import SynerDetect
 
     model = SynerDetect.from_pretrained(checkpoint)
     return model.to(_device(device)).eval().enable_fast_path()
@@ -34,7 +35,10 @@ def _device(requested: str | None):
     import torch
 
     if requested:
-        return torch.device(requested)
+        dev = torch.device(requested)
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"--device {requested}: this machine has no usable CUDA device (use --device cpu)")
+        return dev
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         from accelerate import PartialState
 
@@ -44,7 +48,7 @@ def _device(requested: str | None):
 
 def _image_size(model, override: int | None) -> int:
     """Loader size: the override, else what the detector was trained with (data.image_size), else max(clip, sd)."""
-    from .train import loader_image_size
+    from .engine.train import loader_image_size
 
     return override or loader_image_size(model.cfg)
 
@@ -73,45 +77,45 @@ def cmd_presets(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from .config import load_experiment
-    from .presets import with_ablation
-    from .train import train
+    from .engine.train import train
+    from .presets import load_experiment, with_ablation
+    from .utils import is_main_process
 
     cfg = load_experiment(args.config, args.overrides, preset=args.preset)
     if args.ablation:
         cfg = with_ablation(cfg, args.ablation)
     summary = train(cfg, resume=args.resume, progress=not args.no_progress)
-    if int(os.environ.get("RANK", "0")) == 0:
+    if is_main_process():
         print(json.dumps(summary, indent=2, default=str))
     return 0
 
 
 def cmd_evaluate(args) -> int:
-    from .evaluate import dist_info, evaluate, load_labelled
+    from .engine.evaluate import evaluate, load_labelled
+    from .utils import check_output_dir, rank_world
 
     _init_dist_if_launched()
     if args.data is None:
         if not args.config:
             raise ValueError("give --data PATH, or --config CONFIG.yaml whose data.test names the test set")
-        from .config import load_experiment
+        from .presets import load_experiment
 
         d = load_experiment(args.config).data
         if not d.test:
             raise ValueError(f"{args.config}: data.test is not set; pass --data PATH")
         args.data, args.layout, args.split = d.test, d.test_layout, d.test_split
+    if rank_world()[0] == 0:
+        check_output_dir(args.out, "--out")
     model = _load_model(args.checkpoint, args.device)
     samples = load_labelled(args.data, args.layout, args.split, args.generators)
-    lookup = None
     cf = None
     if args.cache_dir:
         from .cache import CachedFeatures
 
+        # The cache holds the same deterministic eval view, stored in float16 (logits within ~2e-5 of online).
         cf = CachedFeatures(args.cache_dir, model, _image_size(model, args.image_size))
-
-        def lookup(paths):  # exact: the cache holds the same deterministic eval view
-            hit = cf.lookup(paths)
-            return None if hit is None else {"inverted": hit.inverted, "noise_pixels": hit.noise_pixels}
-    res = evaluate(model, samples, args.out, image_size=_image_size(model, args.image_size), feature_lookup=lookup,
+    res = evaluate(model, samples, args.out, image_size=_image_size(model, args.image_size),
+                   feature_lookup=cf.lookup if cf is not None else None,
                    batch_size=args.batch_size, num_workers=args.workers, perturb=args.perturb or (),
                    progress=not args.no_progress, title=Path(args.data).name,
                    extra={"checkpoint": str(args.checkpoint), "data": str(args.data), "layout": args.layout,
@@ -121,9 +125,9 @@ def cmd_evaluate(args) -> int:
                           "image_size": _image_size(model, args.image_size), "dtype": model.mcfg.dtype,
                           "compile_unet": model.mcfg.compile_unet,
                           "feature_cache": None if cf is None else {"dir": str(args.cache_dir), "key": cf.key}})
-    if cf is not None and dist_info()[0] == 0:
+    if cf is not None and rank_world()[0] == 0:
         print(f"feature cache {cf.key}: {cf.hits} batch hit(s), {cf.misses} miss(es) (misses were computed)")
-    if dist_info()[0] == 0:
+    if rank_world()[0] == 0:
         print(res.get("markdown", ""))
         if res["errors"]:
             print(f"\n{len(res['errors'])} unreadable file(s) skipped:")
@@ -134,11 +138,14 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from .evaluate import expand_inputs, predict_paths
+    from .engine.evaluate import expand_inputs, predict_paths
+    from .utils import atomic_write_json, atomic_write_text, check_output_file
 
+    check_output_file(args.json, "--json")  # before any work: a bad output path must not cost a scoring run
+    check_output_file(args.csv, "--csv")
     paths, missing = expand_inputs(args.inputs)
     for item, why in missing:
-        print(f"warning: {item}: {why}", file=sys.stderr)
+        print(f"warning: {_printable(item)}: {why}", file=sys.stderr)
     if not paths:
         print("error: no input files", file=sys.stderr)
         return 2
@@ -146,55 +153,63 @@ def cmd_predict(args) -> int:
     rows, errors = predict_paths(model, paths, image_size=_image_size(model, args.image_size),
                                  batch_size=args.batch_size, num_workers=args.workers,
                                  progress=not args.no_progress)
-    width = max([len(r["path"]) for r in rows] + [4])
+    shown = [_printable(r["path"]) for r in rows]
+    width = max([len(s) for s in shown] + [4])
     print(f"{'path':<{width}}  label  prob_fake    logit")
-    for r in rows:
-        print(f"{r['path']:<{width}}  {r['label']:<5}  {r['prob_fake']:9.4f}  {r['logit']:+.4f}")
+    for s, r in zip(shown, rows):
+        print(f"{s:<{width}}  {r['label']:<5}  {r['prob_fake']:9.4f}  {r['logit']:+.4f}")
     if errors:
         print(f"\n{len(errors)} file(s) could not be scored:", file=sys.stderr)
         for p, reason in errors:
-            print(f"  {p}: {reason}", file=sys.stderr)
+            print(f"  {_printable(p)}: {reason}", file=sys.stderr)
     if args.json:
-        Path(args.json).write_text(json.dumps({"predictions": rows, "errors": [
-            {"path": p, "reason": r} for p, r in errors]}, indent=2))
+        atomic_write_json(args.json, {"predictions": rows, "errors": [{"path": p, "reason": r} for p, r in errors]})
     if args.csv:
-        with open(args.csv, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=["path", "label", "prob_fake", "logit", "s_real", "s_fake"])
-            w.writeheader()
-            w.writerows(rows)
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=["path", "label", "prob_fake", "logit", "s_real", "s_fake"])
+        w.writeheader()
+        w.writerows(rows)
+        atomic_write_text(args.csv, buf.getvalue())
     print(f"\nscored {len(rows)} of {len(paths)} file(s)", file=sys.stderr)
     return 0 if rows else 1
 
 
 def cmd_data_check(args) -> int:
     from .data import check_dataset, format_check_report
+    from .utils import atomic_write_json, check_output_file
 
+    check_output_file(args.json, "--json")
     report = check_dataset(args.path, layout=args.layout, split=args.split)
     print(format_check_report(report))
     if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2, default=str))
+        atomic_write_json(args.json, report)
     return 0
 
 
 def cmd_cache_build(args) -> int:
     from .cache import build_cache
-    from .config import load_experiment
-    from .evaluate import load_labelled
-    from .model import SynerDetect
-    from .train import loader_image_size
+    from .engine.evaluate import load_labelled
+    from .engine.train import loader_image_size
+    from .model.detector import SynerDetect
+    from .presets import load_experiment
+    from .utils import check_output_dir, rank_world
 
+    if not (args.checkpoint or args.config or args.preset):
+        raise ValueError("cache build: say which detector conditions the inversion: --checkpoint DIR (a trained "
+                         "detector) or --config CONFIG.yaml / --preset NAME (an untrained one)")
     _init_dist_if_launched()
     cfg = load_experiment(args.config, args.overrides, preset=args.preset)
     root = args.cache_dir or cfg.cache.dir
     if not root:
         print("error: give --cache-dir or set cache.dir in the config", file=sys.stderr)
         return 2
+    check_output_dir(root, "--cache-dir")
     model = SynerDetect.from_pretrained(args.checkpoint) if args.checkpoint else SynerDetect.from_config(cfg)
     model = model.to(_device(None)).eval().enable_fast_path()
     samples = load_labelled(args.data, args.layout, args.split)
     # The size the detector reads images at (the checkpoint's own when one is given), or keys never match.
     stats = build_cache(model, samples, root, image_size=loader_image_size(model.cfg), batch_size=args.batch_size)
-    if int(os.environ.get("RANK", "0")) == 0:
+    if rank_world()[0] == 0:
         print(json.dumps(stats, indent=2, default=str))
     return 0
 
@@ -298,15 +313,32 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _printable(path: str) -> str:
+    """A path on one line: control characters (a newline in a file name) shown escaped."""
+    return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in str(path))
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse, accepting ``key=value`` overrides before or after the options."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
+            args.overrides = list(args.overrides or []) + extra
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     _quiet()
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
+    except (ValueError, OSError, RuntimeError) as e:  # OutputError, a full disk, ...: one line, no traceback
         if os.environ.get("SYNERDETECT_DEBUG"):
             raise
         print(f"error: {e}", file=sys.stderr)

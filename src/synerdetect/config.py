@@ -1,13 +1,12 @@
 """Typed configuration: dataclasses loadable from YAML, with ``key=value`` overrides.
 
 One experiment = ``ExperimentConfig`` (model + loss + optim + train + data + cache).
-Presets live in :mod:`synerdetect.presets`; a YAML file may name a preset and
-override any field.
+Presets, and loading an experiment from a preset + YAML + overrides, live in :mod:`synerdetect.presets`
+(this module imports nothing from the package).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
@@ -72,7 +71,7 @@ class LossConfig:
     gmm_iters: int = 10
     sinkhorn_eps: float = 0.05  # eta of Eq. 5
     sinkhorn_iters: int = 200
-    pot_sample_term: str = "routed"  # "routed" | "literal" (DESIGN.md 2.5)
+    pot_sample_term: str = "routed"  # "routed" | "literal" (docs/method.md)
     # Eq. 7 negatives also include the image's own other-class prompt (docs/method.md); false = literal Eq. 7.
     dcl_class_negative: bool = True
     use_cmid: bool = True  # Table 5b "w/o CMID"
@@ -275,31 +274,6 @@ def config_hash(obj: Any) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-def load_experiment(path: str | Path | None = None, overrides: list[str] | None = None,
-                    preset: str | None = None) -> ExperimentConfig:
-    """Load an experiment: preset defaults <- YAML file <- ``key=value`` overrides."""
-    from .presets import get_preset
-
-    doc: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file not found: {p}")
-        loaded = yaml.safe_load(p.read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{p}: top level must be a mapping")
-        doc = loaded
-    patch = parse_overrides(overrides or [])
-    name = patch.pop("preset", None) or preset or doc.pop("preset", None) or "paper"
-    doc.pop("preset", None)
-    base = get_preset(name)
-    cfg = merge(base, doc, "")
-    cfg = merge(cfg, patch, "")
-    cfg = dataclasses.replace(cfg, preset=name)
-    validate_experiment(cfg)
-    return cfg
-
-
 def validate_experiment(cfg: ExperimentConfig) -> None:
     m, loss, t = cfg.model, cfg.loss, cfg.train
     checks = [
@@ -322,7 +296,10 @@ def validate_experiment(cfg: ExperimentConfig) -> None:
         (loss.gmm_covariance in {"diag", "full"}, "loss.gmm_covariance must be diag or full"),
         (loss.pot_sample_term in {"routed", "literal"}, "loss.pot_sample_term must be routed or literal"),
         (loss.sinkhorn_eps > 0, "loss.sinkhorn_eps must be > 0"),
-        (t.batch_size >= 2 and t.batch_size % 2 == 0, "train.batch_size must be even and >= 2 (class-balanced batches)"),
+        (t.batch_size >= 2 and t.batch_size % 2 == 0,
+         "train.batch_size must be even and >= 2 (class-balanced batches)"),
+        (t.max_steps is None or t.max_steps >= 1,
+         f"train.max_steps={t.max_steps}: a run must make at least one step (leave it unset to train for epochs)"),
         (t.mixed_precision in {"no", "bf16", "fp16"}, "train.mixed_precision must be no, bf16 or fp16"),
         (cfg.optim.name in {"sgd", "adamw"}, "optim.name must be sgd or adamw"),
         (cfg.optim.schedule in {"constant", "cosine"}, "optim.schedule must be constant or cosine"),

@@ -3,10 +3,25 @@
 from __future__ import annotations
 
 import copy
-from typing import Callable
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
-from .config import (CacheConfig, ConfigError, ExperimentConfig, LossConfig, ModelConfig, OptimConfig, TrainConfig,
-                     merge)
+import yaml
+
+from .config import (
+    CacheConfig,
+    ConfigError,
+    ExperimentConfig,
+    LossConfig,
+    ModelConfig,
+    OptimConfig,
+    TrainConfig,
+    merge,
+    parse_overrides,
+    validate_experiment,
+)
 
 _PRESETS: dict[str, Callable[[], ExperimentConfig]] = {}
 
@@ -74,3 +89,26 @@ def with_ablation(cfg: ExperimentConfig, name: str) -> ExperimentConfig:
     if name not in ABLATIONS:
         raise ConfigError(f"unknown ablation {name!r}; available: {sorted(ABLATIONS)}")
     return merge(cfg, ABLATIONS[name])
+
+
+def load_experiment(path: str | Path | None = None, overrides: list[str] | None = None,
+                    preset: str | None = None) -> ExperimentConfig:
+    """Load an experiment: preset defaults <- YAML file <- ``key=value`` overrides."""
+    doc: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        loaded = yaml.safe_load(p.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{p}: top level must be a mapping")
+        doc = loaded
+    patch = parse_overrides(overrides or [])
+    name = patch.pop("preset", None) or preset or doc.pop("preset", None) or "paper"
+    doc.pop("preset", None)
+    base = get_preset(name)
+    cfg = merge(base, doc, "")
+    cfg = merge(cfg, patch, "")
+    cfg = dataclasses.replace(cfg, preset=name)
+    validate_experiment(cfg)
+    return cfg

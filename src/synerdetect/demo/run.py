@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from dataclasses import replace
 from pathlib import Path
 
 
@@ -30,9 +29,9 @@ def demo_config(out: Path, quick: bool = False):
 def run_demo(out_dir: str | Path = "demo_out", *, quick: bool = False, progress: bool = True) -> int:
     import torch
 
-    from ..evaluate import evaluate, load_labelled
-    from ..model import SynerDetect
-    from ..train import train
+    from ..engine.evaluate import evaluate, load_labelled
+    from ..engine.train import train
+    from ..model.detector import SynerDetect
     from .synthetic import FAMILY_KIND, build_demo_benchmark, describe
 
     t0 = time.time()
@@ -43,7 +42,7 @@ def run_demo(out_dir: str | Path = "demo_out", *, quick: bool = False, progress:
     print("SynerDetect demo: no weights or data are downloaded.\n")
     print(describe())
     n_train, n_test = (32, 16) if quick else (256, 64)
-    info = build_demo_benchmark(out / "data", size=64, n_train=n_train, n_test=n_test, train_families=seen, seed=0)
+    build_demo_benchmark(out / "data", size=64, n_train=n_train, n_test=n_test, train_families=seen, seed=0)
     print(f"\nbenchmark in {out / 'data'}: train on {', '.join(seen)} ({n_train} real + {n_train} fake), "
           f"test on {len(FAMILY_KIND)} families ({n_test} real + {n_test} fake each)")
 

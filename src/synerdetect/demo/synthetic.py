@@ -21,8 +21,8 @@ import json
 import os
 import shutil
 import zlib
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable
 
 import numpy as np
 from PIL import Image
@@ -239,7 +239,7 @@ def _fixed_rng(tag: str) -> np.random.Generator:
 # --------------------------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _gan_upsample_weights(stage: int):
     r = _fixed_rng(f"gan_upsample/{stage}")
     eye = np.eye(3)
@@ -279,7 +279,7 @@ def gan_upsample(rng: np.random.Generator, size: int, *, split: str = "train") -
     return _to_uint8(h[:size, :size])
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _gan_spectral_grid(size: int):
     """Fixed periodic 'upsampling grid' of the generator (phase-locked to the pixel grid)."""
     r = _fixed_rng("gan_spectral/grid")
@@ -317,7 +317,7 @@ def gan_spectral(rng: np.random.Generator, size: int, *, split: str = "train") -
     return _to_uint8(img)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _latent_codec():
     r = _fixed_rng("diffusion_latent/codec")
     q, _ = np.linalg.qr(r.standard_normal((4, 4)))  # random latent basis

@@ -8,25 +8,21 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from .data import EvalTransform, ImageDataset, Sample, ShardedEvalSampler, collate, discover
+from ..data import EvalTransform, ImageDataset, Sample, ShardedEvalSampler, collate, discover
+from ..utils import atomic_write_text, check_output_dir, rank_world
 from .metrics import ScoreRecord, robustness_table, summarize
-from .perturb import Perturbation, apply, image_seed, parse_perturb_spec
+from .perturb import Perturbation, apply, parse_perturb_spec
 
 log = logging.getLogger(__name__)
-
-
-def dist_info() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
 
 
 class PerturbedTransform:
@@ -53,7 +49,7 @@ def iter_scores(model, samples: Sequence[Sample], *, image_size: int, batch_size
                 perturbation: Perturbation | None = None, progress: bool = True, desc: str = "scoring",
                 errors: list | None = None, feature_lookup: Callable | None = None) -> Iterable[ScoredBatch]:
     """Yield model outputs for this rank's slice of ``samples``; unreadable files go to ``errors``."""
-    rank, world = dist_info()
+    rank, world = rank_world()
     transform = EvalTransform(image_size)
     if perturbation is not None:
         transform = PerturbedTransform(transform, perturbation)
@@ -68,12 +64,9 @@ def iter_scores(model, samples: Sequence[Sample], *, image_size: int, batch_size
         n = len(batch["label"])
         if n:
             images = batch["image"].to(device)
-            # A lookup returns None, the inverted latents, or {"inverted": ..., "noise_pixels": ...} (E_d input).
+            # The cache's CachedBatch for this batch (on the model's device), or None: compute online.
             hit = feature_lookup(batch["path"]) if feature_lookup is not None else None
-            inverted, noise_pixels = (hit.get("inverted"), hit.get("noise_pixels")) if isinstance(hit, dict) \
-                else (hit, None)
-            out = model.predict(images, inverted=inverted.to(device) if inverted is not None else None,
-                                noise_pixels=noise_pixels.to(device) if noise_pixels is not None else None)
+            out = model.predict(images, cached=hit)
             yield ScoredBatch(batch["path"], batch["generator"], batch["label"].tolist(),
                               {k: v.detach().float().cpu() for k, v in out.items()}, batch["format"])
         bar.update(n + len(batch["errors"]))
@@ -81,7 +74,7 @@ def iter_scores(model, samples: Sequence[Sample], *, image_size: int, batch_size
 
 
 def _gather(obj: list) -> list:
-    rank, world = dist_info()
+    rank, world = rank_world()
     if world == 1:
         return obj
     parts: list = [None] * world
@@ -128,7 +121,12 @@ def evaluate(model, samples: Sequence[Sample], out_dir: str | Path | None, *, im
     """Per-generator evaluation (+ optional robustness sweep). Writes results on rank 0 when ``out_dir``."""
     from .report import markdown_table, plot_logit_distributions, robustness_markdown, write_results
 
-    rank, _ = dist_info()
+    # 1. Check the request before the work: bad perturbation specs and unwritable outputs fail first.
+    plan = [p for spec in perturb for p in parse_perturb_spec(spec)]
+    if out_dir is not None and rank_world()[0] == 0:
+        check_output_dir(out_dir, "--out")
+
+    rank, _ = rank_world()
     t0 = time.time()
     records, errors = score_samples(model, samples, image_size=image_size, batch_size=batch_size,
                                     num_workers=num_workers, progress=progress, desc="evaluate",
@@ -141,12 +139,11 @@ def evaluate(model, samples: Sequence[Sample], out_dir: str | Path | None, *, im
     robust = None
     if perturb:
         per: dict[str, dict[str, Any]] = {}
-        for spec in perturb:
-            for p in parse_perturb_spec(spec):
-                recs, _ = score_samples(model, samples, image_size=image_size, batch_size=batch_size,
-                                        num_workers=num_workers, perturbation=p, progress=progress,
-                                        desc=f"perturb {p.name}")
-                per.setdefault(p.kind, {})[p.level_label] = summarize(recs)
+        for p in plan:
+            recs, _ = score_samples(model, samples, image_size=image_size, batch_size=batch_size,
+                                    num_workers=num_workers, perturbation=p, progress=progress,
+                                    desc=f"perturb {p.name}")
+            per.setdefault(p.kind, {})[p.level_label] = summarize(recs)
         robust = robustness_table(per, clean=summary)
         result["robustness"] = robust
     if out_dir is not None and rank == 0:
@@ -161,7 +158,7 @@ def evaluate(model, samples: Sequence[Sample], out_dir: str | Path | None, *, im
         md = markdown_table(summary)
         if robust is not None:
             md += "\n\n" + robustness_markdown(robust)
-        (out / "results.md").write_text(md + "\n")
+        atomic_write_text(out / "results.md", md + "\n")
         result["markdown"] = md
     return result
 
@@ -170,7 +167,7 @@ def expand_inputs(inputs: Sequence[str]) -> tuple[list[str], list[tuple[str, str
     """Files, folders (recursive) and globs -> sorted unique image paths, plus inputs that matched nothing."""
     import glob
 
-    from .data import is_image_file
+    from ..data import is_image_file
 
     paths: list[str] = []
     missing: list[tuple[str, str]] = []

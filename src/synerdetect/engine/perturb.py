@@ -156,7 +156,7 @@ def image_seed(key: str, base_seed: int = 0) -> int:
 
     Uses SHA-256 (not Python's salted ``hash``), so it is identical across runs.
     """
-    h = hashlib.sha256(f"{int(base_seed)}\x00{key}".encode("utf-8")).digest()
+    h = hashlib.sha256(f"{int(base_seed)}\x00{key}".encode()).digest()
     return int.from_bytes(h[:8], "little") >> 1
 
 
@@ -179,7 +179,7 @@ def apply(img: Image.Image, perturbation: Perturbation, seed: int = 0) -> Image.
         return img.filter(ImageFilter.GaussianBlur(radius=float(level)))
 
     if kind == "jpeg":
-        from .data.transforms import _jpeg  # one in-memory JPEG round trip for training and robustness
+        from ..data.transforms import _jpeg  # one in-memory JPEG round trip for training and robustness
 
         return _jpeg(img, int(level))
 

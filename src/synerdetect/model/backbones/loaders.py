@@ -40,10 +40,10 @@ class BaseModelError(RuntimeError):
 
 @dataclass
 class BaseModels:
-    clip: "torch.nn.Module"  # transformers CLIPModel
+    clip: torch.nn.Module  # transformers CLIPModel
     tokenizer: object  # CLIPTokenizer of the CLIP model
-    unet: "torch.nn.Module"  # diffusers UNet2DConditionModel
-    vae: "torch.nn.Module"  # diffusers AutoencoderKL
+    unet: torch.nn.Module  # diffusers UNet2DConditionModel
+    vae: torch.nn.Module  # diffusers AutoencoderKL
     scheduler_config: dict  # DDIM-compatible scheduler config from the SD folder
     empty_context: torch.Tensor  # 1 x L x D_sd: SD's own text encoder on the empty prompt
     clip_source: str = ""
@@ -275,7 +275,8 @@ def load_sd(spec: str, *, tiny_seed: int = 0):
         empty = _empty_prompt_context(spec)
     except OSError as e:
         raise BaseModelError(f"could not load Stable Diffusion from {spec!r}: {e}. Pass a local diffusers "
-                             "pipeline folder (model_index.json, unet/, vae/, scheduler/, text_encoder/, tokenizer/).") from e
+                             "pipeline folder (model_index.json, unet/, vae/, scheduler/, text_encoder/, "
+                             "tokenizer/).") from e
     return unet, vae, dict(sched.config), empty
 
 

@@ -1,10 +1,10 @@
 """Feature cache: VAE latents, DDIM-inverted latents and E_d inputs, computed once and read back by key.
 
-The DDIM inversion is about 93 % of the cost of one image (DESIGN.md 5). This module stores, per image,
+The DDIM inversion is about 93 % of the cost of one image (docs/performance.md). This module stores, per image,
 
 - ``latents``: the VAE latent z0 of the image's deterministic evaluation view at ``model.sd_size``;
 - ``inverted``: ẑ_T, the DDIM inversion (``model.inversion_steps``, at ``model.inversion_size``) conditioned
-  on the label-agnostic prompt of the model that built the cache (DESIGN.md 2.1),
+  on the label-agnostic prompt of the model that built the cache (docs/method.md),
 - ``noise_pixels`` (optional, default on; only for ``noise_encoder_input="vae_decode"``, i.e. no trainable noise
   adapter): E_d's input ``model.noise_pixels(inverted)`` (frozen VAE decode -> clamp -> resize to ``clip_size``
   -> CLIP normalisation), stored as float16. It is a pure function of ``inverted`` and frozen weights, and the VAE
@@ -49,18 +49,22 @@ import os
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
 import torch
+
+from ..model.detector import CachedBatch  # noqa: F401  (re-exported: the type lookups return)
+from ..utils import atomic_write_bytes as _atomic_write
+from ..utils import atomic_write_json
 
 log = logging.getLogger(__name__)
 
 CACHE_FORMAT = "synerdetect-feature-cache/2"  # /2: optional float16 ``noise_pixels`` per entry
 # Bump when the way latents / inverted latents are computed changes (invalidates every key).
 ALGORITHM_VERSION = 1
-POLICIES = ("online", "cached-fixed", "cached-refresh")
 INDEX_NAME = "index.json"
 INFO_NAME = "info.json"
 SHARD_DIR = "shards"
@@ -133,6 +137,9 @@ def stores_noise_pixels(model, store_noise_pixels: bool = True) -> bool:
     return bool(store_noise_pixels) and getattr(model, "adapter", None) is None
 
 
+_DESCRIPTIVE = ("clip_source", "sd_source", "image_view", "conditioning")
+
+
 def feature_key(model, *, image_size: int, store_noise_pixels: bool = True) -> tuple[str, dict]:
     """(key, info): a 24-hex-digit key of everything that changes the cached tensors, and the readable dict it
     was computed from (stored in ``info.json`` / ``index.json``).
@@ -168,12 +175,16 @@ def feature_key(model, *, image_size: int, store_noise_pixels: bool = True) -> t
         "image_view": "EvalTransform(image_size): shorter side to image_size (bicubic), centre crop",
         "dtype": str(m.dtype),
         "class_names": list(m.class_names),
-        "conditioning": "label-agnostic prompt (DESIGN.md 2.1) of the building model",
+        "conditioning": "label-agnostic prompt (docs/method.md) of the building model",
         "conditioning_fingerprint": conditioning_fingerprint(model),
         "stored_dtype": "float32",
         "noise_pixels": _noise_pixels_info(model, store_noise_pixels),
     }
-    hashed = {k: v for k, v in info.items() if k not in ("clip_source", "sd_source")}
+    # The key hashes data only (versions, configs, fingerprints, sizes, dtypes): the prose descriptions kept in
+    # ``info`` for humans can be reworded without invalidating any cache. A change of what is computed bumps
+    # ALGORITHM_VERSION instead.
+    hashed = {k: v for k, v in info.items() if k not in _DESCRIPTIVE}
+    hashed["noise_pixels"] = {k: v for k, v in info["noise_pixels"].items() if k != "computation"}
     key = hashlib.sha256(json.dumps(hashed, sort_keys=True, default=str).encode()).hexdigest()[:24]
     return key, info
 
@@ -187,48 +198,6 @@ def _noise_pixels_info(model, store_noise_pixels: bool) -> dict:
                            "antialiased resize to clip_size, CLIP mean/std normalisation; stored as float16",
             "clip_mean": [float(v) for v in model.clip_mean.reshape(-1).tolist()],
             "clip_std": [float(v) for v in model.clip_std.reshape(-1).tolist()]}
-
-
-# ============================================================================ small file helpers
-def _fsync_dir(d: Path) -> None:
-    try:
-        fd = os.open(d, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
-
-
-def _write_bytes(f, data: bytes) -> None:
-    """Write ``data`` to an open binary file (a separate function so tests can simulate a crash mid-write)."""
-    f.write(data)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write ``path`` atomically: hidden temporary file in the same folder, fsync, ``os.replace``, fsync folder."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
-    try:
-        with open(tmp, "wb") as f:
-            _write_bytes(f, data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
-        raise
-    _fsync_dir(path.parent)
-
-
-def _atomic_write_json(path: Path, doc: Any) -> None:
-    _atomic_write(path, (json.dumps(doc, indent=1, sort_keys=True, default=str) + "\n").encode())
 
 
 # ============================================================================ the cache
@@ -253,16 +222,6 @@ class Entry:
 
 class CachedItem(NamedTuple):
     """One entry as read from the cache (CPU): latents, inverted (float32), noise_pixels (float16 or None)."""
-
-    latents: torch.Tensor
-    inverted: torch.Tensor
-    noise_pixels: torch.Tensor | None = None
-
-
-class CachedBatch(NamedTuple):
-    """A batch from :meth:`CachedFeatures.lookup`, on the model's device: ``latents`` and ``inverted`` (float32)
-    and ``noise_pixels`` (E_d input, float16, B x 3 x clip_size x clip_size; None when the cache does not hold
-    it). ``hit[0]``/``hit[1]`` still index latents/inverted."""
 
     latents: torch.Tensor
     inverted: torch.Tensor
@@ -294,7 +253,7 @@ class FeatureCache:
 
     @classmethod
     def for_model(cls, root: str | os.PathLike, model, *, image_size: int, rank: int = 0,
-                  store_noise_pixels: bool = True) -> "FeatureCache":
+                  store_noise_pixels: bool = True) -> FeatureCache:
         key, info = feature_key(model, image_size=image_size, store_noise_pixels=store_noise_pixels)
         return cls(root, key, rank=rank, info=info)
 
@@ -356,7 +315,7 @@ class FeatureCache:
             self._entries, _ = self._read_index()
         return self._entries
 
-    def reload(self) -> "FeatureCache":
+    def reload(self) -> FeatureCache:
         """Re-read the index from disk (e.g. after another process built or merged)."""
         self._entries = None
         self._verified.clear()
@@ -392,7 +351,7 @@ class FeatureCache:
     def _ensure_info(self) -> None:
         p = self.dir / INFO_NAME
         if self.info is not None and not p.is_file():
-            _atomic_write_json(p, {"key": self.key, **self.info})
+            atomic_write_json(p, {"key": self.key, **self.info}, indent=1, sort_keys=True)
 
     # ------------------------------------------------------------------ read
     def _handle(self, shard: str):
@@ -541,7 +500,7 @@ class FeatureCache:
         doc = {"format": CACHE_FORMAT, "key": self.key, "info": self.info or self._stored_info(),
                "n_entries": len(entries), "merged_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                "entries": {h: e.to_dict() for h, e in sorted(entries.items())}}
-        _atomic_write_json(self.dir / INDEX_NAME, doc)
+        atomic_write_json(self.dir / INDEX_NAME, doc, indent=1, sort_keys=True)
         if remove_logs:
             for lp in logs:
                 try:
@@ -592,359 +551,3 @@ def remove_stale_keys(root: str | os.PathLike, keep: Iterable[str]) -> list[str]
 
 
 # ============================================================================ building
-def dist_rank_world(rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:
-    """Explicit values, else torch.distributed if initialised, else RANK / WORLD_SIZE (torchrun, accelerate)."""
-    if rank is not None and world_size is not None:
-        r, w = int(rank), int(world_size)
-    elif torch.distributed.is_available() and torch.distributed.is_initialized():
-        r, w = torch.distributed.get_rank(), torch.distributed.get_world_size()
-    else:
-        r = int(os.environ.get("RANK", "0")) if rank is None else int(rank)
-        w = int(os.environ.get("WORLD_SIZE", "1")) if world_size is None else int(world_size)
-    if w < 1 or not 0 <= r < w:
-        raise ValueError(f"invalid rank {r} / world size {w}")
-    return r, w
-
-
-def _model_device(model) -> torch.device:
-    return next(model.parameters()).device
-
-
-@torch.no_grad()
-def compute_features(model, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """What the cache stores for a batch of [0, 1] images: ``(latents at sd_size, inverted latents)``, the
-    inversion conditioned on the model's label-agnostic prompt. Exactly the computation of
-    ``SynerDetect.features`` when no cached tensors are given."""
-    m = model.mcfg
-    x_clip = model.clip_pixels(images)
-    z_v = model.encode_visual(x_clip)
-    cond = model.agnostic_prompt(model.prompts(z_v, x_clip))
-    latents = model.encode_latents(images)
-    inv_size = m.inversion_size or m.sd_size
-    inv_latents = latents if inv_size == m.sd_size else model.encode_latents(images, inv_size)
-    inverted = model.invert(inv_latents, cond)
-    return latents, inverted
-
-
-@torch.no_grad()
-def compute_noise_pixels(model, inverted: torch.Tensor, chunk_size: int | None = 16) -> torch.Tensor:
-    """What the cache stores as E_d input: ``model.noise_pixels(inverted)`` in float16 (B x 3 x clip x clip).
-    Only defined without a noise adapter (see :func:`stores_noise_pixels`). The VAE decode runs on at most
-    ``chunk_size`` latents at a time (its activations at ``sd_size`` are the peak memory of a build)."""
-    if getattr(model, "adapter", None) is not None:
-        raise ValueError("noise_pixels depend on the trainable noise adapter; they are not cached")
-    n = inverted.shape[0]
-    step = n if not chunk_size or chunk_size >= n else int(chunk_size)
-    return torch.cat([model.noise_pixels(inverted[i:i + step]).to(NOISE_PIXELS_DTYPE) for i in range(0, n, step)])
-
-
-def _set_threads(num_threads: int | None, world: int, device: torch.device) -> int | None:
-    if num_threads is None:
-        if device.type != "cpu" or world <= 1 or os.environ.get("OMP_NUM_THREADS"):
-            return None
-        local = int(os.environ.get("LOCAL_WORLD_SIZE", world))
-        num_threads = max(1, (os.cpu_count() or 1) // max(local, 1))
-    torch.set_num_threads(int(num_threads))
-    return int(num_threads)
-
-
-def _wait_for_ranks(d: Path, world: int, job: str, timeout: float, poll: float) -> list[dict]:
-    t0 = time.monotonic()
-    while True:
-        found, missing = [], []
-        for r in range(world):
-            p = d / f"done-rank{r}"
-            try:
-                doc = json.loads(p.read_text())
-                if doc.get("job") == job:
-                    found.append(doc)
-                    continue
-            except (OSError, ValueError):
-                pass
-            missing.append(r)
-        if not missing:
-            return found
-        waited = time.monotonic() - t0
-        if waited > timeout:
-            raise CacheError(
-                f"rank 0 waited {waited:.0f} s for ranks {missing} to finish their slice of the cache build in {d} "
-                f"(no matching done-rank<r> marker). Did they crash or run with other data/config? Their finished "
-                f"batches are kept: re-run the same build (it resumes), or merge what exists with "
-                f"FeatureCache(root, key).merge().")
-        time.sleep(poll)
-
-
-def build_cache(model, samples: Sequence, cache_root: str | os.PathLike, *, image_size: int, batch_size: int = 16,
-                rank: int | None = None, world_size: int | None = None, progress: bool = True,
-                num_threads: int | None = None, verify: bool = True, wait_timeout: float = 6 * 3600.0,
-                poll_interval: float = 0.5, store_noise_pixels: bool = True) -> dict:
-    """Compute and store ``(latents, inverted)`` for every readable image of ``samples`` (objects with ``.path``,
-    e.g. :class:`synerdetect.data.Sample`, or plain paths) under ``cache_root/<feature_key>/``.
-
-    With ``store_noise_pixels`` (default) and no noise adapter, E_d's input ``model.noise_pixels(inverted)`` is
-    stored too (float16, 3 x clip_size^2 x 2 bytes per image: ~294 KB at 224 px), so that a cached step skips
-    the VAE decode; the flag is part of the feature key (readers pass the same value to :class:`CachedFeatures`).
-
-    Rank ``r`` of ``world_size`` (see :func:`dist_rank_world`) handles ``sorted(paths)[r::world_size]``; entries
-    already present (and, with ``verify``, whose checksum still matches) are skipped, so a killed build resumes.
-    Unreadable images are reported (path and reason) and skipped. Each rank writes ``done-rank<r>``; rank 0 waits
-    for all of them (up to ``wait_timeout`` s) and merges the index. On CPU with several processes each process
-    uses ``num_threads`` threads (default: cores / local processes, unless OMP_NUM_THREADS is set).
-
-    Returns stats of this rank: n_total, n_computed, n_skipped_cached, n_unreadable, unreadable [(path, reason)],
-    n_duplicates, seconds, per_image_seconds, key, dir, rank, world_size; rank 0 adds n_indexed and ``all_ranks``.
-    """
-    from .data.imageio import UnreadableImage, load_image
-    from .data.transforms import EvalTransform
-
-    t_start, t0, cpu0 = time.time(), time.perf_counter(), time.process_time()
-    rank, world = dist_rank_world(rank, world_size)
-    device = _model_device(model)
-    threads = _set_threads(num_threads, world, device)
-    key, info = feature_key(model, image_size=image_size, store_noise_pixels=store_noise_pixels)
-    with_npx = bool(info["noise_pixels"]["stored"])
-    cache = FeatureCache(cache_root, key, rank=rank, info=info)
-    cache.dir.mkdir(parents=True, exist_ok=True)
-    marker = cache.dir / f"done-rank{rank}"
-    try:
-        marker.unlink()
-    except FileNotFoundError:
-        pass
-
-    paths = sorted({os.fspath(getattr(s, "path", s)) for s in samples})
-    job = hashlib.sha256(json.dumps([key, world, paths]).encode()).hexdigest()[:24]
-    mine = paths[rank::world]
-    transform = EvalTransform(image_size)
-    stats: dict[str, Any] = {"key": key, "dir": str(cache.dir), "rank": rank, "world_size": world,
-                             "threads": threads, "n_total": len(mine), "n_total_all_ranks": len(paths),
-                             "n_computed": 0, "n_skipped_cached": 0, "n_unreadable": 0, "n_duplicates": 0,
-                             "unreadable": [], "n_dropped_corrupt": 0}
-
-    def unreadable(path: str, reason: str) -> None:
-        log.warning("cache build: skipping unreadable image %s: %s", path, reason)
-        stats["unreadable"].append((path, reason))
-
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(mine), desc=f"feature cache (rank {rank}/{world})", unit="img", dynamic_ncols=True)
-
-    was_training = model.training
-    model.eval()
-    try:
-        # 1) content hashes; what is cached already (verified) is skipped.
-        todo: list[tuple[str, str]] = []
-        seen: set[str] = set()
-        present: list[str] = []
-        for p in mine:
-            try:
-                h = content_hash(p)
-            except OSError as e:
-                unreadable(p, f"cannot read file: {type(e).__name__}: {e}")
-                if bar is not None:
-                    bar.update(1)
-                continue
-            if h in seen:
-                stats["n_duplicates"] += 1
-                if bar is not None:
-                    bar.update(1)
-                continue
-            seen.add(h)
-            e = cache.entries.get(h)
-            if e is not None and (e.noise_pixels is not None) == with_npx:  # else (written by hand): recompute
-                present.append(h)
-            todo.append((p, h))
-        bad: set[str] = set()
-        if verify and present:
-            before = len(cache.problems)
-            bad = set(cache.verify(present))
-            stats["n_dropped_corrupt"] = len(cache.problems) - before
-        cached = {h for h in present if h not in bad}
-        stats["n_skipped_cached"] = len(cached)
-        todo = [(p, h) for p, h in todo if h not in cached]
-        if bar is not None:
-            bar.update(len(cached))
-
-        # 2) compute the rest, one shard per batch.
-        t_compute = time.perf_counter()
-        batch: list[tuple[str, str, torch.Tensor]] = []
-
-        def flush() -> None:
-            if not batch:
-                return
-            x = torch.stack([b[2] for b in batch]).to(device)
-            latents, inverted = compute_features(model, x)
-            npx = compute_noise_pixels(model, inverted) if with_npx else None
-            cache.put_many([b[1] for b in batch], latents, inverted, paths=[b[0] for b in batch], noise_pixels=npx)
-            del x, latents, inverted, npx
-            stats["n_computed"] += len(batch)
-            if bar is not None:
-                bar.update(len(batch))
-            batch.clear()
-
-        for p, h in todo:
-            try:
-                img = load_image(p)
-                x = transform(img)
-            except UnreadableImage as e:
-                unreadable(p, e.reason)
-                if bar is not None:
-                    bar.update(1)
-                continue
-            except Exception as e:  # noqa: BLE001 - a transform failure is reported, not fatal
-                unreadable(p, f"transform failed: {type(e).__name__}: {e}")
-                if bar is not None:
-                    bar.update(1)
-                continue
-            batch.append((p, h, x))
-            if len(batch) >= batch_size:
-                flush()
-        flush()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        compute_s = time.perf_counter() - t_compute
-    finally:
-        model.train(was_training)
-        if bar is not None:
-            bar.close()
-
-    stats["n_unreadable"] = len(stats["unreadable"])
-    stats["seconds"] = time.perf_counter() - t0
-    stats["compute_seconds"] = compute_s
-    stats["cpu_seconds"] = time.process_time() - cpu0  # this process's CPU time (all its threads)
-    stats["per_image_seconds"] = compute_s / stats["n_computed"] if stats["n_computed"] else 0.0
-    stats["t_start"], stats["t_end"] = t_start, time.time()
-    _atomic_write_json(marker, {"job": job, "rank": rank, "stats": stats})
-
-    if rank == 0:
-        docs = _wait_for_ranks(cache.dir, world, job, wait_timeout, poll_interval) if world > 1 else \
-            [{"stats": stats}]
-        cache.info = info
-        stats["n_indexed"] = cache.merge()
-        for r in range(world):
-            try:
-                (cache.dir / f"done-rank{r}").unlink()
-            except FileNotFoundError:
-                pass
-        all_stats = [d["stats"] for d in docs]
-        stats["all_ranks"] = {
-            k: sum(s[k] for s in all_stats)
-            for k in ("n_total", "n_computed", "n_skipped_cached", "n_unreadable", "n_duplicates")
-        }
-        stats["all_ranks"]["unreadable"] = [u for s in all_stats for u in s["unreadable"]]
-        stats["all_ranks"]["t_start"] = min(s["t_start"] for s in all_stats)
-        stats["all_ranks"]["t_end"] = max(s["t_end"] for s in all_stats)
-        stats["wall_seconds"] = time.perf_counter() - t0
-    return stats
-
-
-# ============================================================================ reading during training / evaluation
-class CachePlan(NamedTuple):
-    """What a cache policy does at one epoch: ``read`` inverted latents from the cache, ``build`` (or refresh)
-    the cache with the current model before the epoch."""
-
-    read: bool
-    build: bool
-
-
-def policy_wants_cache(policy: str, epoch: int, refresh_every: int = 1) -> CachePlan:
-    """``(read, build)`` for ``epoch`` (0-based) under a ``cache.policy``.
-
-    - ``online``: never reads or builds; the inversion runs every step with the current prompt (exact, slow).
-    - ``cached-fixed``: reads every epoch; builds once, before epoch 0, with the initial (or loaded) model's
-      prompt, and keeps that key for the whole run (store it in the checkpoint to resume with the same key).
-      The inverted latents then lag the prompt the model learns.
-    - ``cached-refresh``: reads every epoch; rebuilds with the current prompt before every epoch with
-      ``epoch % refresh_every == 0`` (epoch 0 included) - a new key each time, then ``CachedFeatures.refresh``.
-      Costs one inversion pass over the data per refresh.
-
-    Unpack it: ``read, build = policy_wants_cache(...)`` (a tuple is always truthy)."""
-    if policy not in POLICIES:
-        raise ValueError(f"unknown cache policy {policy!r}; one of {POLICIES}")
-    if refresh_every < 1:
-        raise ValueError(f"refresh_every must be >= 1, got {refresh_every}")
-    if policy == "online":
-        return CachePlan(False, False)
-    if policy == "cached-fixed":
-        return CachePlan(True, epoch == 0)
-    return CachePlan(True, epoch % refresh_every == 0)
-
-
-class CachedFeatures:
-    """Batch look-up for the trainer / evaluator.
-
-    ``CachedFeatures(cache_root_or_FeatureCache, model, image_size)`` computes the feature key of ``model`` *now*
-    (the key stays fixed until :meth:`refresh`; pass ``key=`` to pin one, e.g. the key a resumed ``cached-fixed``
-    run started with). ``store_noise_pixels`` must match the build's (both default to True). ``lookup(paths)``
-    returns a :class:`CachedBatch` ``(latents, inverted, noise_pixels)`` on the model's device when every item
-    of the batch is cached, else ``None`` (then compute online); ``noise_pixels`` (float16) is None when the
-    cache does not hold them. Content hashes are memoised per (path, size, mtime)."""
-
-    def __init__(self, cache: "FeatureCache | str | os.PathLike", model, image_size: int, *, key: str | None = None,
-                 rank: int | None = None, store_noise_pixels: bool = True):
-        self.model = model
-        self.image_size = int(image_size)
-        self.store_noise_pixels = bool(store_noise_pixels)
-        if isinstance(cache, FeatureCache):
-            self.root, r = cache.root, cache.rank
-        else:
-            self.root, r = Path(cache), 0
-        self.rank = r if rank is None else int(rank)
-        self._hash_memo: dict[str, tuple[int, int, str]] = {}
-        self.hits = self.misses = 0
-        self.refresh(key=key)
-
-    def refresh(self, model=None, *, key: str | None = None) -> str:
-        """Recompute the key from the (current) model, or use ``key``, and re-read the index. Returns the key."""
-        if model is not None:
-            self.model = model
-        if key is None:
-            key, info = feature_key(self.model, image_size=self.image_size,
-                                    store_noise_pixels=self.store_noise_pixels)
-        else:
-            info = None
-        self.cache = FeatureCache(self.root, key, rank=self.rank, info=info)
-        return key
-
-    @property
-    def key(self) -> str:
-        return self.cache.key
-
-    def _hash(self, path: str) -> str | None:
-        try:
-            st = os.stat(path)
-        except OSError:
-            return None
-        memo = self._hash_memo.get(path)
-        if memo is not None and memo[0] == st.st_size and memo[1] == st.st_mtime_ns:
-            return memo[2]
-        try:
-            h = content_hash(path)
-        except OSError:
-            return None
-        self._hash_memo[path] = (st.st_size, st.st_mtime_ns, h)
-        return h
-
-    def lookup(self, paths: Sequence[str]) -> CachedBatch | None:
-        hashes = [self._hash(os.fspath(p)) for p in paths]
-        if not paths or any(h is None or h not in self.cache for h in hashes):
-            self.misses += 1
-            return None
-        got = self.cache.get(hashes)  # type: ignore[arg-type]
-        if any(g is None for g in got):
-            self.misses += 1
-            return None
-        self.hits += 1
-        dev = _model_device(self.model)
-
-        def batch(ts: list[torch.Tensor]) -> torch.Tensor:
-            return torch.stack(ts).to(dev, non_blocking=True)
-
-        lat = batch([g.latents for g in got])
-        inv = batch([g.inverted for g in got])
-        npx = None
-        if all(g.noise_pixels is not None for g in got):  # kept in float16 (half the transfer); E_d casts it
-            npx = batch([g.noise_pixels for g in got])
-        got.clear()
-        return CachedBatch(lat, inv, npx)

@@ -12,20 +12,21 @@ from __future__ import annotations
 import copy
 import json
 import logging
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import ConfigError, ExperimentConfig, ModelConfig, from_dict
+from ..losses.contrastive import dcl_loss_two_views
+from ..losses.ot import pot_loss
+from ..utils import atomic_write_json
 from .backbones import BaseModels, load_base_models
 from .backbones.loaders import TINY, write_tiny_clip, write_tiny_sd
-from .config import ConfigError, ExperimentConfig, LossConfig, ModelConfig, from_dict
-from .contrastive import dcl_loss_two_views
 from .inversion import ddim_invert
-from .ot import pot_loss
 from .prompt import PromptTextEncoder, VisualAwareTuner
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,8 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 CONFIG_NAME = "synerdetect_config.json"
 WEIGHTS_NAME = "trainable.safetensors"
+FORMAT_VERSION = 1
+FORMAT = f"synerdetect/{FORMAT_VERSION}"
 
 
 def dimension_problems(m: ModelConfig, clip_cfg, unet_cfg: dict, vae_cfg: dict, sd_text_width: int) -> list[str]:
@@ -64,6 +67,21 @@ def dimension_problems(m: ModelConfig, clip_cfg, unet_cfg: dict, vae_cfg: dict, 
 
 class InputError(ValueError):
     """Images or labels are not what the model accepts."""
+
+
+class CheckpointError(ValueError):
+    """A saved detector cannot be loaded: a missing, truncated or foreign file, or weights that do not fit."""
+
+
+class CachedBatch(NamedTuple):
+    """The generative branch of a batch, precomputed (by the feature cache) or ``None`` per field: ``latents`` (VAE
+    latent at ``sd_size``, CMID's target), ``inverted`` (the DDIM-inverted latent) and ``noise_pixels`` (E_d's
+    input decoded from ``inverted``; float16 in the cache). The one type the trainer, the evaluator and the
+    model pass around for "cached features of a batch"."""
+
+    latents: torch.Tensor | None
+    inverted: torch.Tensor | None
+    noise_pixels: torch.Tensor | None = None
 
 
 class VisionEncoder(nn.Module):
@@ -132,7 +150,7 @@ class SynerDetect(nn.Module):
                                       cconv_grid=m.cconv_grid, init_std=m.ctx_init_std)
         self.unet, self.vae = base.unet, base.vae
         sd_width = base.empty_context.shape[-1]
-        self.cond_proj = nn.Linear(joint, sd_width)  # DESIGN.md 2.2: 768 -> 1024, trained by L_CR only
+        self.cond_proj = nn.Linear(joint, sd_width)  # 768 -> 1024 (docs/method.md), trained by L_CR only
         self.register_buffer("empty_context", base.empty_context.float(), persistent=False)
         self.adapter = nn.Conv2d(base.vae.config.latent_channels, 3, 1) if m.noise_encoder_input == "adapter" else None
         self.scheduler_config = dict(base.scheduler_config)
@@ -174,7 +192,7 @@ class SynerDetect(nn.Module):
             frozen.to(cd).eval()
         # Frozen weights of the vision towers follow the compute dtype; LoRA stays fp32.
         for enc in (self.E_v, self.E_d):
-            for n, p in enc.named_parameters():
+            for p in enc.parameters():
                 if not p.requires_grad:
                     p.data = p.data.to(cd)
 
@@ -193,17 +211,35 @@ class SynerDetect(nn.Module):
         return [p for p in self.parameters() if p.requires_grad]
 
     def load_trainable(self, folder: str | Path) -> None:
-        """Copy the trainable weights saved in ``folder`` (a checkpoint or save_pretrained folder) into this model;
-        the names must match exactly."""
+        """Copy the trainable weights saved in ``folder`` (a checkpoint or save_pretrained folder) into this model.
+        Names, shapes and dtypes must match exactly (``copy_`` would broadcast a wrong shape silently); a
+        missing, truncated or garbage file is a :class:`CheckpointError` naming it."""
         from safetensors.torch import load_file
 
-        state = load_file(str(Path(folder) / WEIGHTS_NAME))
+        path = Path(folder) / WEIGHTS_NAME
+        if not path.is_file():
+            raise CheckpointError(f"{path}: missing (not a SynerDetect checkpoint folder?)")
+        if path.stat().st_size == 0:
+            raise CheckpointError(f"{path}: empty file")
+        try:
+            state = load_file(str(path))
+        except Exception as e:  # noqa: BLE001 - safetensors raises its own (Rust) error types
+            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise CheckpointError(f"{path}: not a readable safetensors file ({reason})") from None
         own = dict(self.named_parameters())
         missing = [k for k, p in own.items() if p.requires_grad and k not in state]
         unexpected = [k for k in state if k not in own]
         if missing or unexpected:
-            raise ConfigError(f"checkpoint {folder} does not match the model (config changed?): missing "
-                              f"{missing[:5]}, unexpected {unexpected[:5]}")
+            raise CheckpointError(f"{path} does not match the model (config changed?): missing {missing[:5]}, "
+                                  f"unexpected {unexpected[:5]}")
+        for k, v in state.items():
+            if tuple(v.shape) != tuple(own[k].shape):
+                raise CheckpointError(f"{path}: tensor {k} has shape {tuple(v.shape)}, the model needs "
+                                      f"{tuple(own[k].shape)}")
+            if not v.is_floating_point():
+                raise CheckpointError(f"{path}: tensor {k} has dtype {v.dtype}, the model needs a float tensor")
+            if not torch.isfinite(v).all():
+                raise CheckpointError(f"{path}: tensor {k} holds NaN or Inf")
         with torch.no_grad():
             for k, v in state.items():
                 own[k].copy_(v.to(own[k].dtype))
@@ -221,7 +257,7 @@ class SynerDetect(nn.Module):
             h.update(p.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
         return h.hexdigest()
 
-    def enable_fast_path(self) -> "SynerDetect":
+    def enable_fast_path(self) -> SynerDetect:
         """Call after moving the model to its device: channels_last for the frozen convnets on CUDA and,
         if configured, a compiled UNet for the inversion loop and CMID (SDPA attention is diffusers' and
         transformers' default already)."""
@@ -284,7 +320,7 @@ class SynerDetect(nn.Module):
 
     @staticmethod
     def agnostic_prompt(z_t: torch.Tensor) -> torch.Tensor:
-        """Label-agnostic prompt (DESIGN.md 2.1): normalised mean of z_t^real and z_t^fake."""
+        """Label-agnostic prompt (docs/method.md): normalised mean of z_t^real and z_t^fake."""
         return F.normalize(z_t.mean(dim=1), dim=-1)
 
     def sd_context(self, c: torch.Tensor) -> torch.Tensor:
@@ -323,11 +359,13 @@ class SynerDetect(nn.Module):
         """z_n = E_d(noise map), normalised, B x D."""
         return self.E_d(self.noise_pixels(inverted))
 
-    def cmid_loss(self, latents: torch.Tensor, c: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def cmid_loss(self, latents: torch.Tensor, c: torch.Tensor,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
         """Eq. 2: noise the latent at a random t, predict with the frozen UNet conditioned on c, MSE."""
         b = latents.shape[0]
         dev = latents.device
-        t = torch.randint(self.mcfg.cmid_t_min, self.mcfg.cmid_t_max + 1, (b,), device="cpu", generator=generator).to(dev)
+        t = torch.randint(self.mcfg.cmid_t_min, self.mcfg.cmid_t_max + 1, (b,), device="cpu",
+                          generator=generator).to(dev)
         noise = torch.randn(latents.shape, generator=generator, device="cpu").to(dev)
         noisy = self.noise_scheduler.add_noise(latents, noise, t)
         ctx = self.sd_context(c)
@@ -339,40 +377,60 @@ class SynerDetect(nn.Module):
         return F.mse_loss(pred, target)
 
     # ------------------------------------------------------------------ contract
-    def features(self, images: torch.Tensor, *, latents: torch.Tensor | None = None,
-                 inverted: torch.Tensor | None = None, noise_pixels: torch.Tensor | None = None
-                 ) -> dict[str, torch.Tensor]:
-        """All embeddings of a batch. ``latents``/``inverted``/``noise_pixels`` (the E_d input decoded from
-        the inverted latent, for ``noise_encoder_input="vae_decode"``) may come from the feature cache."""
+    def perceptual(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The CLIP branch: ``(x_clip, z_v, z_t)`` (Eq. 1)."""
         x_clip = self.clip_pixels(images)
         z_v = self.encode_visual(x_clip)
-        z_t = self.prompts(z_v, x_clip)
-        if noise_pixels is not None and self.adapter is None:
-            return {"x_clip": x_clip, "z_v": z_v, "z_t": z_t, "inverted": inverted,
-                    "z_n": self.E_d(noise_pixels.to(self.compute_dtype))}
-        if inverted is None:
-            inv_size = self.mcfg.inversion_size or self.mcfg.sd_size
-            inv_latents = latents if (latents is not None and inv_size == self.mcfg.sd_size) else None
-            if inv_latents is None:
-                inv_latents = self.encode_latents(images, inv_size)
-            inverted = self.invert(inv_latents, self.agnostic_prompt(z_t))
-        z_n = self.encode_noise(inverted)
-        return {"x_clip": x_clip, "z_v": z_v, "z_t": z_t, "z_n": z_n, "inverted": inverted}
+        return x_clip, z_v, self.prompts(z_v, x_clip)
 
-    def compute_losses(self, images: torch.Tensor, labels: torch.Tensor, *, latents: torch.Tensor | None = None,
-                       inverted: torch.Tensor | None = None, noise_pixels: torch.Tensor | None = None,
+    @torch.no_grad()
+    def inversion_inputs(self, images: torch.Tensor, z_t: torch.Tensor, *, latents: torch.Tensor | None = None
+                         ) -> CachedBatch:
+        """The generative branch up to E_d: the VAE latent at ``sd_size`` and its DDIM inversion at
+        ``inversion_size``, conditioned on the label-agnostic prompt of ``z_t``. The one computation behind the
+        online path, the feature cache and the bench."""
+        m = self.mcfg
+        inv_size = m.inversion_size or m.sd_size
+        if inv_size == m.sd_size:
+            latents = inv_latents = latents if latents is not None else self.encode_latents(images)
+        else:  # the inversion runs at its own (lower) resolution; CMID's latent stays at sd_size
+            inv_latents = self.encode_latents(images, inv_size)
+        return CachedBatch(latents, self.invert(inv_latents, self.agnostic_prompt(z_t)))
+
+    @torch.no_grad()
+    def cache_features(self, images: torch.Tensor) -> CachedBatch:
+        """What the feature cache stores for a batch: :meth:`inversion_inputs` of the batch's own prompt."""
+        return self.inversion_inputs(images, self.perceptual(images)[2], latents=self.encode_latents(images))
+
+    def features(self, images: torch.Tensor, *, cached: CachedBatch | None = None) -> dict[str, torch.Tensor]:
+        """All embeddings of a batch. ``cached`` (from the feature cache) replaces the inversion: its
+        ``noise_pixels`` (the E_d input decoded from the inverted latent, without a noise adapter) skip the
+        VAE decode too."""
+        x_clip, z_v, z_t = self.perceptual(images)
+        if cached is None or cached.inverted is None:
+            cached = self.inversion_inputs(images, z_t, latents=cached.latents if cached is not None else None)
+        if cached.noise_pixels is not None and self.adapter is None:
+            z_n = self.E_d(cached.noise_pixels.to(self.compute_dtype))
+        else:
+            z_n = self.encode_noise(cached.inverted)
+        return {"x_clip": x_clip, "z_v": z_v, "z_t": z_t, "z_n": z_n, "inverted": cached.inverted,
+                "latents": cached.latents}
+
+    def compute_losses(self, images: torch.Tensor, labels: torch.Tensor, *, cached: CachedBatch | None = None,
                        generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
-        """Eq. 2, 6, 7, 8, 9 on one batch. Returns 0-dim tensors: cr, dcl, pot, ot_dcl, total."""
+        """Eq. 2, 6, 7, 8, 9 on one batch. Returns 0-dim tensors: cr, dcl, pot, ot_dcl, total. ``cached`` (the
+        feature cache's tensors of this batch) replaces the inversion; its ``latents`` are CMID's target when
+        given, else the batch is VAE-encoded."""
         self.check_inputs(images, labels)
         labels = torch.as_tensor(labels, device=images.device).long()
         lc = self.lcfg
         if lc.use_ot_dcl and len(set(labels.tolist())) < 2:
             raise InputError("a training batch must hold both real and fake images (Eq. 7 needs negatives); "
                              "use the class-balanced sampler")
-        need_latents = lc.use_cmid
-        if need_latents and latents is None:
+        if lc.use_cmid and (cached is None or cached.latents is None):
             latents = self.encode_latents(images)
-        f = self.features(images, latents=latents, inverted=inverted, noise_pixels=noise_pixels)
+            cached = CachedBatch(latents, None, None) if cached is None else cached._replace(latents=latents)
+        f = self.features(images, cached=cached)
         z_v, z_t, z_n = f["z_v"], f["z_t"], f["z_n"]
         idx = torch.arange(len(labels), device=labels.device)
         z_t_label = z_t[idx, labels]  # the prompt of each sample's own label (anchor of Eq. 7)
@@ -380,14 +438,14 @@ class SynerDetect(nn.Module):
         out: dict[str, torch.Tensor] = {}
         if lc.use_cmid:
             prompt = z_t_label if self.mcfg.cmid_label_prompt else self.agnostic_prompt(z_t)
-            out["cr"] = self.cmid_loss(latents, z_v + prompt, generator)
+            out["cr"] = self.cmid_loss(f["latents"], z_v + prompt, generator)
         else:
             out["cr"] = zero
         if lc.use_ot_dcl:
             other = z_t[idx, 1 - labels] if lc.dcl_class_negative else None
             out["dcl"] = dcl_loss_two_views(z_t_label, z_v, z_n, labels, self.mcfg.tau, other)
             if lc.use_pot:
-                # GMM/EM and W2 in fp32 even under mixed-precision autocast (DESIGN.md 2.4)
+                # GMM/EM and W2 in fp32 even under mixed-precision autocast (docs/method.md)
                 with torch.autocast(device_type=z_v.device.type, enabled=False):
                     out["pot"], _ = pot_loss(z_n.float(), z_v.float(), k=lc.gmm_components, eps=lc.sinkhorn_eps,
                                              covariance=lc.gmm_covariance, sample_term=lc.pot_sample_term,
@@ -409,15 +467,14 @@ class SynerDetect(nn.Module):
         return torch.einsum("bd,bcd->bc", z_v, z_t) + torch.einsum("bd,bcd->bc", z_n, z_t)
 
     @torch.no_grad()
-    def predict(self, images: torch.Tensor, *, inverted: torch.Tensor | None = None,
-                noise_pixels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    def predict(self, images: torch.Tensor, *, cached: CachedBatch | None = None) -> dict[str, torch.Tensor]:
         """Eq. 10 per image: s_real, s_fake, logit = s_fake - s_real, prob_fake, label (1 = fake). No label is used."""
         self.check_inputs(images)
         was_training = self.training
         if was_training:  # walking ~20k modules to flip modes costs ~8% of a tiny batch: only when needed
             self.eval()
         try:
-            f = self.features(images, inverted=inverted, noise_pixels=noise_pixels)
+            f = self.features(images, cached=cached)
         finally:
             if was_training:
                 self.train(True)
@@ -429,9 +486,8 @@ class SynerDetect(nn.Module):
 
     # ------------------------------------------------------------------ I/O
     @classmethod
-    def from_config(cls, cfg: ExperimentConfig) -> "SynerDetect":
-        from .config import validate_experiment
-
+    def from_config(cls, cfg: ExperimentConfig) -> SynerDetect:
+        from ..config import validate_experiment
         from .backbones.loaders import read_base_configs
 
         validate_experiment(cfg)
@@ -447,11 +503,11 @@ class SynerDetect(nn.Module):
             return cls(cfg, base)
 
     @classmethod
-    def from_preset(cls, name: str, **overrides: Any) -> "SynerDetect":
+    def from_preset(cls, name: str, **overrides: Any) -> SynerDetect:
         """``SynerDetect.from_preset("tiny", model={"inversion_steps": 5})`` or dotted keys
         ``**{"model.inversion_steps": 5}``."""
-        from .config import merge, nest_dotted
-        from .presets import get_preset
+        from ..config import merge, nest_dotted
+        from ..presets import get_preset
 
         cfg = merge(get_preset(name), nest_dotted(overrides))
         return cls.from_config(cfg)
@@ -464,7 +520,7 @@ class SynerDetect(nn.Module):
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         cfg = copy.deepcopy(self.cfg)
-        doc = {"format": "synerdetect/1", "config": asdict(cfg), "extra": extra or {}}
+        doc = {"format": FORMAT, "config": asdict(cfg), "extra": extra or {}}
         if cfg.model.clip == TINY:
             if not (folder / "base" / "clip" / "config.json").is_file():
                 write_tiny_clip(folder / "base" / "clip", cfg.model.tiny_seed)
@@ -477,23 +533,38 @@ class SynerDetect(nn.Module):
         tmp = folder / (WEIGHTS_NAME + ".tmp")
         save_file(state, str(tmp), metadata={"format": "pt"})
         tmp.replace(folder / WEIGHTS_NAME)
-        (folder / CONFIG_NAME).write_text(json.dumps(doc, indent=2))
+        atomic_write_json(folder / CONFIG_NAME, doc)
         return folder
 
     @classmethod
-    def from_pretrained(cls, folder: str | Path, **overrides: Any) -> "SynerDetect":
+    def from_pretrained(cls, folder: str | Path, **overrides: Any) -> SynerDetect:
         """Load a detector saved by :meth:`save_pretrained`. Base-model paths relative to the folder are
         resolved against it; ``overrides`` (dotted keys) may point them elsewhere."""
-        from .config import merge, nest_dotted
+        from ..config import merge, nest_dotted
 
         folder = Path(folder)
         cfg_path = folder / CONFIG_NAME
         if not cfg_path.is_file():
-            raise FileNotFoundError(f"{folder} is not a SynerDetect checkpoint (no {CONFIG_NAME})")
-        doc = json.loads(cfg_path.read_text())
-        cfg = from_dict(ExperimentConfig, doc["config"])
+            raise CheckpointError(f"{folder} is not a SynerDetect checkpoint (no {CONFIG_NAME})")
+        try:
+            doc = json.loads(cfg_path.read_text())
+            fmt = str(doc.get("format", ""))
+            config = doc["config"]
+        except (OSError, ValueError, KeyError, AttributeError) as e:
+            raise CheckpointError(f"{cfg_path}: not a readable checkpoint config ({type(e).__name__}: {e})") from None
+        family, _, version = fmt.partition("/")
+        if family != "synerdetect" or not version.isdigit():
+            raise CheckpointError(f"{cfg_path}: unknown format {fmt!r} (expected {FORMAT})")
+        if int(version) > FORMAT_VERSION:
+            raise CheckpointError(f"{cfg_path}: format {fmt} is newer than this version of synerdetect understands "
+                                  f"({FORMAT}); upgrade synerdetect")
+        cfg = from_dict(ExperimentConfig, config)
         for key in ("clip", "sd"):
             val = getattr(cfg.model, key)
+            if val.startswith("base/") and not (folder / val).exists() and f"model.{key}" not in overrides:
+                # Said at once: a relative path would otherwise go to a model hub (and retry for a minute).
+                raise CheckpointError(f"{folder}: the base model folder {val}/ is missing (copy the whole checkpoint "
+                                      f"folder, or point model.{key} at the base model)")
             if val and not Path(val).is_absolute() and (folder / val).exists():
                 setattr(cfg.model, key, str(folder / val))
         cfg = merge(cfg, nest_dotted(overrides))

@@ -101,7 +101,7 @@ class ScoreRecord:
         *,
         tau: float = 1.0,
         format: str | None = None,
-    ) -> "ScoreRecord":
+    ) -> ScoreRecord:
         """Build a record from the two class scores (computes ``logit`` and ``prob_fake``)."""
         if not tau > 0:
             raise ValueError(f"tau must be > 0, got {tau!r}")
@@ -113,7 +113,7 @@ class ScoreRecord:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "ScoreRecord":
+    def from_dict(cls, d: Mapping[str, Any]) -> ScoreRecord:
         names = [f.name for f in fields(cls)]
         missing = [n for n in names if n not in d and n != "format"]
         if missing:

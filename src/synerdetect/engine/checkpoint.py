@@ -16,9 +16,12 @@ from typing import Any
 
 import torch
 
+from ..utils import atomic_write_json
+
 OPTIM_TENSORS = "optimizer.safetensors"
 OPTIM_META = "optimizer.json"
 STATE = "trainer_state.json"
+FINAL_STATE = STATE  # a run's final/ folder holds the same files, so a finished run can be extended
 
 
 def save_optimizer(optimizer: torch.optim.Optimizer, folder: Path) -> None:
@@ -34,7 +37,7 @@ def save_optimizer(optimizer: torch.optim.Optimizer, folder: Path) -> None:
             else:
                 scalars.setdefault(str(idx), {})[name] = val
     save_file(tensors, str(folder / OPTIM_TENSORS))
-    (folder / OPTIM_META).write_text(json.dumps({"param_groups": sd["param_groups"], "scalars": scalars}))
+    atomic_write_json(folder / OPTIM_META, {"param_groups": sd["param_groups"], "scalars": scalars}, indent=None)
 
 
 def load_optimizer(optimizer: torch.optim.Optimizer, folder: Path) -> None:
@@ -59,7 +62,7 @@ def save_checkpoint(model, optimizer, state: dict[str, Any], root: Path, keep: i
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     save_optimizer(optimizer, tmp)
-    (tmp / STATE).write_text(json.dumps(state, indent=2))
+    atomic_write_json(tmp / STATE, state)
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
@@ -83,3 +86,59 @@ def latest_checkpoint(root: Path) -> Path | None:
 
 def read_state(folder: Path) -> dict[str, Any]:
     return json.loads((folder / STATE).read_text())
+
+
+def save_final(model, optimizer, state: dict[str, Any], final: Path, *, extra: dict | None = None) -> Path:
+    """The run's ``final/`` folder: the detector (``save_pretrained``) plus the optimiser and trainer state, written
+    beside it and swapped in atomically, so that a finished run can later be extended."""
+    tmp = final.parent / f".tmp-{final.name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, extra=extra)
+    save_optimizer(optimizer, tmp)
+    atomic_write_json(tmp / STATE, state)
+    old = final.parent / f".old-{final.name}-{os.getpid()}"
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def checkpoint_problem(folder: Path) -> str | None:
+    """Why ``folder`` cannot be resumed from (a missing, empty, truncated or garbage file), or None."""
+    from safetensors import safe_open
+
+    from ..model.detector import WEIGHTS_NAME
+
+    for name in (STATE, OPTIM_META):
+        try:
+            json.loads((folder / name).read_text())
+        except (OSError, ValueError) as e:
+            return f"{name}: {type(e).__name__}: {e}"
+    for name in (WEIGHTS_NAME, OPTIM_TENSORS):
+        try:
+            with safe_open(str(folder / name), framework="pt") as f:
+                for k in f.keys():
+                    f.get_slice(k)  # reads the header entry of every tensor; offsets are checked against the size
+        except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
+            return f"{name}: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+        if (folder / name).stat().st_size == 0:
+            return f"{name}: empty file"
+    return None
+
+
+def find_resumable(run_dir: Path) -> tuple[Path | None, list[tuple[Path, str]]]:
+    """The newest state a run can continue from: ``final/`` (a finished run), else the newest periodic checkpoint.
+    Corrupt ones are skipped and returned with the reason, so a caller can say that it fell back."""
+    candidates = []
+    final = run_dir / "final"
+    if (final / STATE).is_file():
+        candidates.append(final)
+    candidates += list(reversed(list_checkpoints(run_dir / "checkpoints")))
+    skipped = []
+    for c in candidates:
+        why = checkpoint_problem(c)
+        if why is None:
+            return c, skipped
+        skipped.append((c, why))
+    return None, skipped
