@@ -464,7 +464,14 @@ class SynerDetect(nn.Module):
     @staticmethod
     def scores(z_v: torch.Tensor, z_n: torch.Tensor, z_t: torch.Tensor) -> torch.Tensor:
         """Eq. 10: s_c = sim(z_v, z_t^c) + sim(z_n, z_t^c), B x 2 (all inputs normalised)."""
-        return torch.einsum("bd,bcd->bc", z_v, z_t) + torch.einsum("bd,bcd->bc", z_n, z_t)
+        sim_v, sim_n = SynerDetect.branch_similarities(z_v, z_n, z_t)
+        return sim_v + sim_n
+
+    @staticmethod
+    def branch_similarities(z_v: torch.Tensor, z_n: torch.Tensor, z_t: torch.Tensor
+                            ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The two terms of Eq. 10, B x 2 each: sim(z_v, z_t^c) (perceptual) and sim(z_n, z_t^c) (generative)."""
+        return torch.einsum("bd,bcd->bc", z_v, z_t), torch.einsum("bd,bcd->bc", z_n, z_t)
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor, *, cached: CachedBatch | None = None) -> dict[str, torch.Tensor]:
@@ -478,11 +485,14 @@ class SynerDetect(nn.Module):
         finally:
             if was_training:
                 self.train(True)
-        s = self.scores(f["z_v"], f["z_n"], f["z_t"])
+        sim_v, sim_n = self.branch_similarities(f["z_v"], f["z_n"], f["z_t"])
+        s = sim_v + sim_n
         logit = s[:, 1] - s[:, 0]
         return {"s_real": s[:, 0], "s_fake": s[:, 1], "logit": logit,
                 "prob_fake": torch.sigmoid(logit / self.mcfg.tau),  # = softmax((s_real, s_fake)/tau)[fake]
-                "label": (logit > 0).long()}
+                "label": (logit > 0).long(),
+                "sim_v_real": sim_v[:, 0], "sim_v_fake": sim_v[:, 1],
+                "sim_n_real": sim_n[:, 0], "sim_n_fake": sim_n[:, 1]}
 
     # ------------------------------------------------------------------ I/O
     @classmethod
