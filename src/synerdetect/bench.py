@@ -135,7 +135,7 @@ def _sharded_build_seconds(paths: list[str], work: Path, nprocs: int, *, preset:
     work.mkdir(parents=True, exist_ok=True)
     sync = work / f"sync-{nprocs}"
     sync.mkdir()
-    spec = {"preset": preset, "overrides": overrides, "paths": paths, "cache_root": str(work / f"cache-{nprocs}"),
+    spec: dict[str, Any] = {"preset": preset, "overrides": overrides, "paths": paths, "cache_root": str(work / f"cache-{nprocs}"),
             "image_size": image_size, "batch_size": batch_size, "sync_dir": str(sync),
             "out": str(work / f"stats-{nprocs}.json")}
     procs = []
@@ -309,7 +309,8 @@ class _Recorder:
 
     def __init__(self, bc: BenchConfig, model):
         mc = model.mcfg
-        self.bc, self.lines = bc, []
+        self.bc = bc
+        self.lines: list[dict[str, Any]] = []
         self.common = {"device": bc.device, "preset": bc.preset, "steps": mc.inversion_steps,
                        "resolution": f"clip{mc.clip_size}/sd{mc.sd_size}/inv{mc.inversion_size or mc.sd_size}",
                        "dtype": mc.dtype, "batch_size": bc.batch_size_}

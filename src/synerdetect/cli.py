@@ -1,4 +1,4 @@
-"""Command line: ``synerdetect {demo,train,evaluate,predict,data,cache,bench,presets}``.
+"""Command line: ``synerdetect {demo,train,evaluate,predict,inspect,data,cache,bench,presets}`` and more.
 
 The command line only parses arguments and prints; the work is done by the library modules.
 """
@@ -174,6 +174,27 @@ def cmd_predict(args) -> int:
     return 0 if rows else 1
 
 
+def cmd_inspect(args) -> int:
+    """Provenance only (C2PA, XMP, PNG text, EXIF): no model is loaded."""
+    from .engine.evaluate import expand_inputs
+    from .provenance import format_inspect_table, inspect_paths
+    from .utils import atomic_write_json, check_output_file
+
+    check_output_file(args.json, "--json")
+    paths, missing = expand_inputs(args.inputs)
+    for item, why in missing:
+        print(f"warning: {_printable(item)}: {why}", file=sys.stderr)
+    if not paths:
+        print("error: no input files", file=sys.stderr)
+        return 2
+    records = inspect_paths(paths, trust_anchors=args.c2pa_trust_anchors)
+    if args.json:
+        atomic_write_json(args.json, {"provenance": records})
+    else:
+        print(format_inspect_table(records))
+    return 0 if any(not r.get("error") for r in records) else 1
+
+
 def cmd_data_check(args) -> int:
     from .data import check_dataset, format_check_report
     from .utils import atomic_write_json, check_output_file
@@ -281,6 +302,14 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--csv", help="write predictions to this CSV file")
     add_scoring_args(pr, batch_size=16, workers=0)
     pr.set_defaults(func=cmd_predict)
+
+    ins = sub.add_parser("inspect", help="provenance evidence only (C2PA, IPTC/XMP, generator metadata, EXIF); "
+                         "no model is loaded")
+    ins.add_argument("inputs", nargs="+", help="files, folders (recursive) and globs")
+    ins.add_argument("--json", help="write the records to this JSON file instead of printing the table")
+    ins.add_argument("--c2pa-trust-anchors", help="PEM file of trusted C2PA root certificates (default: none, so "
+                     "every signer is reported untrusted)")
+    ins.set_defaults(func=cmd_inspect)
 
     da = sub.add_parser("data", help="dataset tools")
     dsub = da.add_subparsers(dest="data_command", required=True)

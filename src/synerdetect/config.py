@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any, get_args, get_origin, get_type_hints
+from typing import Any, cast, get_args, get_origin, get_type_hints
 
 import yaml
 
@@ -210,7 +210,7 @@ def from_dict(cls: type, data: dict[str, Any] | None, where: str = "") -> Any:
         key = f"{where}.{f.name}" if where else f.name
         tp = hints[f.name]
         if is_dataclass(tp):
-            kwargs[f.name] = from_dict(tp, data[f.name], key)
+            kwargs[f.name] = from_dict(cast(type, tp), data[f.name], key)
         else:
             kwargs[f.name] = _coerce(data[f.name], tp, key)
     return cls(**kwargs)

@@ -150,8 +150,8 @@ def build_cache(model, samples: Sequence, cache_root: str | os.PathLike, *, imag
                     bar.update(1)
                 continue
             seen.add(h)
-            e = cache.entries.get(h)
-            if e is not None and (e.noise_pixels is not None) == with_npx:  # else (written by hand): recompute
+            entry = cache.entries.get(h)
+            if entry is not None and (entry.noise_pixels is not None) == with_npx:  # else (written by hand): recompute
                 present.append(h)
             todo.append((p, h))
         bad: set[str] = set()

@@ -124,11 +124,13 @@ class CachedFeatures:
         def batch(ts: list[torch.Tensor]) -> torch.Tensor:
             return torch.stack(ts).to(dev, non_blocking=True)
 
-        lat = batch([g.latents for g in got])
-        inv = batch([g.inverted for g in got])
+        items = [g for g in got if g is not None]
+        lat = batch([g.latents for g in items])
+        inv = batch([g.inverted for g in items])
         npx = None
-        if all(g.noise_pixels is not None for g in got):  # kept in float16 (half the transfer); E_d casts it
-            npx = batch([g.noise_pixels for g in got])
+        pixels = [g.noise_pixels for g in items if g.noise_pixels is not None]
+        if len(pixels) == len(items):  # kept in float16 (half the transfer); E_d casts it
+            npx = batch(pixels)
         got.clear()
         return CachedBatch(lat, inv, npx)
 

@@ -153,7 +153,7 @@ def feature_key(model, *, image_size: int, store_noise_pixels: bool = True) -> t
     m = model.mcfg
     frozen_clip = [(n, p) for n, p in model.E_v.named_parameters() if not p.requires_grad]
     frozen_clip += list(model.text.named_parameters()) + list(model.text.named_buffers())
-    info = {
+    info: dict[str, Any] = {
         "format": CACHE_FORMAT,
         "algorithm_version": ALGORITHM_VERSION,
         "clip_source": str(model.clip_source),
@@ -394,7 +394,7 @@ class FeatureCache:
         if h not in self._verified:
             if list(lat.shape) != list(e.latents) or list(inv.shape) != list(e.inverted):
                 raise ValueError(f"shape {tuple(lat.shape)}/{tuple(inv.shape)} != indexed {e.latents}/{e.inverted}")
-            if npx is not None and (list(npx.shape) != list(e.noise_pixels)
+            if npx is not None and (list(npx.shape) != list(e.noise_pixels or [])
                                     or str(npx.dtype).replace("torch.", "") != e.noise_pixels_dtype):
                 raise ValueError(f"noise_pixels {tuple(npx.shape)} {npx.dtype} != indexed {e.noise_pixels} "
                                  f"{e.noise_pixels_dtype}")
@@ -463,7 +463,7 @@ class FeatureCache:
         npx = None if noise_pixels is None else noise_pixels.detach().to("cpu", NOISE_PIXELS_DTYPE)
         np_dtype = str(NOISE_PIXELS_DTYPE).replace("torch.", "")
         tensors: dict[str, torch.Tensor] = {}
-        records = []
+        records: list[dict[str, Any]] = []
         name = f"r{self.rank:04d}-{time.time_ns():x}-{os.getpid()}-{uuid.uuid4().hex[:6]}.safetensors"
         for i, h in enumerate(hashes):
             li, ii = lat[i].clone().contiguous(), inv[i].clone().contiguous()
@@ -539,7 +539,7 @@ def remove_stale_keys(root: str | os.PathLike, keep: Iterable[str]) -> list[str]
     import shutil
 
     keep = set(keep)
-    removed = []
+    removed: list[str] = []
     root = Path(root)
     if not root.is_dir():
         return removed

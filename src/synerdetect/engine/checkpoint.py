@@ -135,7 +135,7 @@ def find_resumable(run_dir: Path) -> tuple[Path | None, list[tuple[Path, str]]]:
     if (final / STATE).is_file():
         candidates.append(final)
     candidates += list(reversed(list_checkpoints(run_dir / "checkpoints")))
-    skipped = []
+    skipped: list[tuple[Path, str]] = []
     for c in candidates:
         why = checkpoint_problem(c)
         if why is None:

@@ -50,7 +50,7 @@ def iter_scores(model, samples: Sequence[Sample], *, image_size: int, batch_size
                 errors: list | None = None, feature_lookup: Callable | None = None) -> Iterable[ScoredBatch]:
     """Yield model outputs for this rank's slice of ``samples``; unreadable files go to ``errors``."""
     rank, world = rank_world()
-    transform = EvalTransform(image_size)
+    transform: Callable = EvalTransform(image_size)
     if perturbation is not None:
         transform = PerturbedTransform(transform, perturbation)
     ds = ImageDataset(samples, transform, seed=0)

@@ -132,8 +132,8 @@ def train(cfg: ExperimentConfig, *, resume: str = "auto", progress: bool = True,
     samples = load_labelled(cfg.data.train, cfg.data.train_layout, cfg.data.train_split, cfg.data.train_generators)
     size = loader_image_size(cfg)
     d = cfg.data
-    transform = TrainTransform(size, flip=d.flip, blur_prob=d.blur_prob, blur_sigma=tuple(d.blur_sigma),
-                               jpeg_prob=d.jpeg_prob, jpeg_quality=tuple(d.jpeg_quality))
+    transform = TrainTransform(size, flip=d.flip, blur_prob=d.blur_prob, blur_sigma=(d.blur_sigma[0], d.blur_sigma[1]),
+                               jpeg_prob=d.jpeg_prob, jpeg_quality=(d.jpeg_quality[0], d.jpeg_quality[1]))
     ds = ImageDataset(samples, transform, seed=t.seed)
     sampler = BalancedBatchSampler(ds.labels, per_rank, seed=t.seed, num_replicas=world, rank=rank)
     loader = DataLoader(ds, batch_sampler=sampler, collate_fn=collate, num_workers=t.num_workers)

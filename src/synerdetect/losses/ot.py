@@ -247,7 +247,7 @@ class _SqrtmPSD(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, a: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(ctx, a: Tensor) -> Tensor:
         a = 0.5 * (a + a.transpose(-1, -2))
         lam, v = torch.linalg.eigh(a)
         s = lam.clamp_min(0).sqrt()
@@ -256,7 +256,7 @@ class _SqrtmPSD(torch.autograd.Function):
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, grad: Tensor) -> Tensor:  # type: ignore[override]
+    def backward(ctx, grad: Tensor) -> Tensor:
         v, s = ctx.saved_tensors
         g = 0.5 * (grad + grad.transpose(-1, -2))  # forward symmetrises its input
         gt = v.transpose(-1, -2) @ g @ v

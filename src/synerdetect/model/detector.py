@@ -14,6 +14,7 @@ import json
 import logging
 from dataclasses import asdict
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import torch
@@ -100,7 +101,7 @@ class VisionEncoder(nn.Module):
 def _add_lora(module: nn.Module, cfg: ModelConfig, name: str) -> nn.Module:
     from peft import LoraConfig, inject_adapter_in_model
 
-    lcfg = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+    lcfg = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha,  # type: ignore[arg-type]  # peft accepts a float lora_dropout=cfg.lora_dropout,
                       target_modules=list(cfg.lora_targets))
     try:
         return inject_adapter_in_model(lcfg, module, adapter_name="default")
@@ -121,6 +122,16 @@ def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
 
 
 class SynerDetect(nn.Module):
+    # Declared for the type checker (nn.Module's __getattr__ would type them Tensor | Module).
+    E_v: nn.Module
+    E_d: nn.Module
+    unet: Any
+    vae: Any
+    clip_mean: torch.Tensor
+    clip_std: torch.Tensor
+    empty_context: torch.Tensor
+    _unet_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None
+
     def __init__(self, cfg: ExperimentConfig, base: BaseModels):
         super().__init__()
         self.cfg = cfg
@@ -412,6 +423,7 @@ class SynerDetect(nn.Module):
         if cached.noise_pixels is not None and self.adapter is None:
             z_n = self.E_d(cached.noise_pixels.to(self.compute_dtype))
         else:
+            assert cached.inverted is not None  # set just above when it was missing
             z_n = self.encode_noise(cached.inverted)
         return {"x_clip": x_clip, "z_v": z_v, "z_t": z_t, "z_n": z_n, "inverted": cached.inverted,
                 "latents": cached.latents}
@@ -530,7 +542,7 @@ class SynerDetect(nn.Module):
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         cfg = copy.deepcopy(self.cfg)
-        doc = {"format": FORMAT, "config": asdict(cfg), "extra": extra or {}}
+        doc: dict[str, Any] = {"format": FORMAT, "config": asdict(cfg), "extra": extra or {}}
         if cfg.model.clip == TINY:
             if not (folder / "base" / "clip" / "config.json").is_file():
                 write_tiny_clip(folder / "base" / "clip", cfg.model.tiny_seed)

@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -97,12 +99,15 @@ class VisualAwareTuner(nn.Module):
             kv.append(self.ln_zv(self.zv_proj(z_v)).unsqueeze(1))
         if self.use_local:
             kv.append(self.ln_local(self.cconv(x01)))
-        kv = torch.cat(kv, dim=1)
-        out, _ = self.attn(self.ln_q(ctx), kv, kv, need_weights=False)
+        kv_all = torch.cat(kv, dim=1)
+        out, _ = self.attn(self.ln_q(ctx), kv_all, kv_all, need_weights=False)
         return ctx + out
 
 
 class PromptTextEncoder(nn.Module):
+    text_model: Any  # transformers CLIPTextTransformer
+    token_ids: torch.Tensor
+    eos_pos: torch.Tensor
     """Frozen CLIP text tower fed with learned context embeddings in place of placeholder tokens.
 
     transformers' CLIPTextModel only takes token ids, so the embedding/encoder/pooling steps are

@@ -6,6 +6,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -40,10 +41,10 @@ class BaseModelError(RuntimeError):
 
 @dataclass
 class BaseModels:
-    clip: torch.nn.Module  # transformers CLIPModel
-    tokenizer: object  # CLIPTokenizer of the CLIP model
-    unet: torch.nn.Module  # diffusers UNet2DConditionModel
-    vae: torch.nn.Module  # diffusers AutoencoderKL
+    clip: Any  # transformers CLIPModel
+    tokenizer: Any  # CLIPTokenizer of the CLIP model
+    unet: Any  # diffusers UNet2DConditionModel
+    vae: Any  # diffusers AutoencoderKL
     scheduler_config: dict  # DDIM-compatible scheduler config from the SD folder
     empty_context: torch.Tensor  # 1 x L x D_sd: SD's own text encoder on the empty prompt
     clip_source: str = ""
@@ -133,7 +134,7 @@ def write_tiny_sd(folder: str | Path, seed: int = 0, prediction_type: str = "eps
     tok.model_max_length = 77
     if prediction_type != "epsilon":
         sched = type(sched).from_config(sched.config, prediction_type=prediction_type)
-    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=tok, unet=unet, scheduler=sched,
+    pipe: Any = StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=tok, unet=unet, scheduler=sched,
                                    safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     pipe.save_pretrained(folder)
     for f in tok_dir.iterdir():
@@ -239,7 +240,7 @@ def load_clip(spec: str, *, tiny_seed: int = 0):
         raise BaseModelError(f"could not load CLIP from {spec!r}: {e}. Pass a local transformers CLIP folder "
                              "(config.json, model.safetensors, tokenizer files) or a reachable hub id.") from e
     if tok.model_max_length > 10_000:
-        tok.model_max_length = model.config.text_config.max_position_embeddings
+        tok.model_max_length = model.config.text_config.max_position_embeddings  # type: ignore[union-attr]
     return model, tok
 
 
@@ -255,8 +256,9 @@ def load_sd(spec: str, *, tiny_seed: int = 0):
         vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2,
                             block_out_channels=(128, 256, 512, 512), sample_size=512,
                             down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
-        sched = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
-                              set_alpha_to_one=False, steps_offset=1, prediction_type="epsilon")
+        sched: Any = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                   clip_sample=False, set_alpha_to_one=False, steps_offset=1,
+                                   prediction_type="epsilon")
         # Random weights anyway: a random empty-prompt context stands in for the 340M-param text tower.
         g = torch.Generator().manual_seed(tiny_seed)
         return unet, vae, dict(sched.config), torch.randn(1, 77, 1024, generator=g)

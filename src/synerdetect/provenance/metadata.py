@@ -1,0 +1,426 @@
+"""Unsigned metadata that generators and cameras write: XMP, PNG text chunks, EXIF, JPEG comments.
+
+None of this is signed: it is what a file *declares*, and anyone can write or strip it.
+
+* XMP: ``Iptc4xmpExt:DigitalSourceType`` (IPTC digital source type), the IPTC 2023.2 AI properties
+  (``AISystemUsed``, ``AISystemVersionUsed``, ``AIPromptInformation``, ``AIPromptWriterName``) and
+  ``xmp:CreatorTool``. Packets come from Pillow (``img.info["xmp"]`` for JPEG/WebP, TIFF tag 700) or the
+  PNG iTXt chunk ``XML:com.adobe.xmp`` and are parsed with :mod:`xml.etree.ElementTree`; packets that
+  declare a DOCTYPE or entities are refused outright.
+* PNG text chunks (tEXt / zTXt / iTXt), walked directly from the bytes so that chunks after the image data
+  are seen without decoding pixels; zTXt/iTXt inflation is bounded. Recognised generators: AUTOMATIC1111 /
+  Forge / SD.Next / Civitai-style ``parameters``, ComfyUI ``prompt`` / ``workflow``, SwarmUI
+  (``sui_image_params``), NovelAI (``Software: NovelAI``, ``Comment`` JSON), InvokeAI
+  (``invokeai_metadata``, ``invokeai_graph``, ``invokeai_workflow``, ``sd-metadata``, ``Dream``), Fooocus
+  (``fooocus_scheme``, JSON ``parameters``), RuinedFooocus, Easy Diffusion, Tensor.Art
+  (``generation_data``), Stability Matrix (``smproj``), plus a ``Software`` chunk naming an AI generator.
+* EXIF (Pillow ``getexif()``): ``Software`` naming an AI generator (see :mod:`.vocab`); ``Make`` /
+  ``Model`` of a camera as capture evidence (unless they carry ComfyUI's ``prompt:`` / ``workflow:`` JSON
+  or name an AI generator); generator parameters in ``UserComment`` / ``ImageDescription`` (A1111, Fooocus,
+  SwarmUI, NovelAI and InvokeAI JPEG/WebP exports).
+* JPEG ``COM`` comments holding generator parameters (source ``"jpeg_comment"``).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import xml.etree.ElementTree as ET
+import zlib
+from typing import Any
+
+from synerdetect.provenance.vocab import classify_source_type, match_ai_software
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+MAX_VALUE_CHARS = 2000  # longest evidence value kept
+MAX_TEXT_BYTES = 4 * 1024 * 1024  # longest (inflated) text chunk analysed
+MAX_TEXT_TOTAL = 16 * 1024 * 1024  # all PNG text inflated per file
+MAX_PNG_CHUNKS = 10_000
+MAX_XMP_BYTES = 2 * 1024 * 1024
+
+_IPTC_AI_PROPERTIES = ("AISystemUsed", "AISystemVersionUsed", "AIPromptInformation", "AIPromptWriterName")
+_RDF_NS = "http://www.w3.org/1999/02/22-rdf-syntax-ns#"
+
+# PNG text keys whose mere presence names a generator.
+_PNG_KEY_GENERATORS = {
+    "invokeai_metadata": "InvokeAI",
+    "invokeai_graph": "InvokeAI",
+    "invokeai_workflow": "InvokeAI",
+    "sd-metadata": "InvokeAI",
+    "dream": "InvokeAI",
+    "fooocus_scheme": "Fooocus",
+    "generation_data": "Tensor.Art",
+    "smproj": "Stability Matrix",
+    "use_stable_diffusion_model": "Easy Diffusion",
+    "negative_prompt": "Easy Diffusion",
+}
+
+
+def clip(value: object, limit: int = MAX_VALUE_CHARS) -> str:
+    """``value`` as a string of at most ``limit`` characters (marked when cut)."""
+    text = value if isinstance(value, str) else str(value)
+    if len(text) <= limit:
+        return text
+    marker = " [truncated]"
+    return text[: limit - len(marker)] + marker
+
+
+def _item(source: str, field: str, value: object, kind: str, generator: str | None = None) -> dict[str, Any]:
+    item: dict[str, Any] = {"source": source, "field": field, "value": clip(value), "kind": kind}
+    if generator:
+        item["generator"] = generator
+    return item
+
+
+# ----------------------------------------------------------------------------------------------------
+# Generator parameters in free text / JSON
+# ----------------------------------------------------------------------------------------------------
+
+
+def _json_object(text: str) -> dict[str, Any] | None:
+    if not text.startswith("{"):
+        return None
+    try:
+        obj = json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def _is_comfy_prompt_graph(obj: dict[str, Any]) -> bool:
+    return any(isinstance(v, dict) and "class_type" in v for v in list(obj.values())[:1000])
+
+
+def _is_comfy_workflow(obj: dict[str, Any]) -> bool:
+    return isinstance(obj.get("nodes"), list) and ("links" in obj or "last_node_id" in obj or "version" in obj)
+
+
+def detect_generator_text(text: str) -> str | None:
+    """The generator whose parameter block ``text`` is (A1111-style text or a generator's JSON), or None."""
+    t = text.strip().lstrip("\ufeff")
+    if not t:
+        return None
+    if "sui_image_params" in t or "swarm_version" in t:
+        return "SwarmUI"
+    obj = _json_object(t)
+    if obj is not None:
+        keys = set(obj)
+        low = {str(k).lower() for k in keys}
+        if keys & {"invokeai_metadata", "invokeai_graph", "sd-metadata"}:
+            return "InvokeAI"
+        if "prompt" in keys and "workflow" in keys:
+            return "ComfyUI"
+        if str(obj.get("software", "")).lower() == "ruinedfooocus":
+            return "RuinedFooocus"
+        if "use_stable_diffusion_model" in keys:
+            return "Easy Diffusion"
+        if keys & {"v4_prompt", "noise_schedule", "uncond_scale"} or obj.get("Software") == "NovelAI":
+            return "NovelAI"
+        if "fooocus" in str(obj.get("version", "")).lower() or ("prompt" in keys and "base_model" in keys):
+            return "Fooocus"
+        if _is_comfy_prompt_graph(obj) or _is_comfy_workflow(obj):
+            return "ComfyUI"
+        if {"steps", "seed"} <= low and ("sampler" in low or "cfg_scale" in low or "scale" in low):
+            return "diffusion generator (JSON parameters)"
+        return None
+    if re.search(r"\bSteps:\s*\d+", t) and re.search(r"\b(Sampler|Seed|CFG scale):", t):
+        version = re.search(r"\bVersion:\s*([^\s,]+)", t)
+        if re.search(r"\bApp:\s*SD\.Next", t):
+            return "SD.Next"
+        if version and re.match(r"f\d", version.group(1)):
+            return "Forge"
+        if version and version.group(1) == "ComfyUI":
+            return "ComfyUI"
+        if "Civitai resources:" in t:
+            return "Civitai"
+        return "AUTOMATIC1111"
+    # InvokeAI 1.x "Dream" command line: "a prompt" -s 50 -S 42 -W 512 -H 512 -C 7.5 -A k_lms
+    if re.match(r'^".*"\s+(-[sSWHCA]\s*\S+\s*){3,}', t, re.DOTALL):
+        return "InvokeAI"
+    return None
+
+
+# ----------------------------------------------------------------------------------------------------
+# PNG text chunks
+# ----------------------------------------------------------------------------------------------------
+
+
+def _inflate(data: bytes, limit: int) -> bytes | None:
+    try:
+        inflater = zlib.decompressobj()
+        return inflater.decompress(data, limit)
+    except zlib.error:
+        return None
+
+
+def iter_png_text(data: bytes) -> list[tuple[str, str]]:
+    """``(keyword, text)`` of every tEXt / zTXt / iTXt chunk of a PNG, bounded in count and size."""
+    out: list[tuple[str, str]] = []
+    if not data.startswith(PNG_SIGNATURE):
+        return out
+    pos, budget, chunks = len(PNG_SIGNATURE), MAX_TEXT_TOTAL, 0
+    while pos + 8 <= len(data) and chunks < MAX_PNG_CHUNKS and budget > 0:
+        chunks += 1
+        length = int.from_bytes(data[pos : pos + 4], "big")
+        ctype = data[pos + 4 : pos + 8]
+        start, end = pos + 8, pos + 8 + length
+        if end > len(data):
+            break
+        pos = end + 4  # skip the CRC
+        if ctype == b"IEND":
+            break
+        if ctype not in (b"tEXt", b"zTXt", b"iTXt"):
+            continue
+        body = data[start:end]
+        key_raw, sep, rest = body.partition(b"\0")
+        if not sep or not key_raw or len(key_raw) > 79:
+            continue
+        key = key_raw.decode("latin-1")
+        raw: bytes | None
+        if ctype == b"tEXt":
+            raw, encoding = rest[:MAX_TEXT_BYTES], "latin-1"
+        elif ctype == b"zTXt":
+            raw, encoding = _inflate(rest[1:], min(MAX_TEXT_BYTES, budget)), "latin-1"
+        else:
+            if len(rest) < 2:
+                continue
+            compressed = rest[0] == 1
+            parts = rest[2:].split(b"\0", 2)  # language tag, translated keyword, text
+            if len(parts) < 3:
+                continue
+            raw = _inflate(parts[2], min(MAX_TEXT_BYTES, budget)) if compressed else parts[2][:MAX_TEXT_BYTES]
+            encoding = "utf-8"
+        if raw is None:
+            continue
+        budget -= len(raw)
+        out.append((key, raw.decode(encoding, errors="replace")))
+    return out
+
+
+def png_text_evidence(chunks: list[tuple[str, str]]) -> list[dict[str, Any]]:
+    """Evidence from PNG text chunks (the XMP chunk excluded: see :func:`xmp_evidence`)."""
+    evidence: list[dict[str, Any]] = []
+    keys = {k for k, _ in chunks}
+    for key, text in chunks:
+        low = key.lower()
+        if key == "XML:com.adobe.xmp":
+            continue
+        generator: str | None = None
+        if low in _PNG_KEY_GENERATORS:
+            generator = _PNG_KEY_GENERATORS[low]
+        elif low == "parameters":
+            generator = detect_generator_text(text)
+            if generator is None:
+                evidence.append(_item("png_text", key, text, "info"))
+                continue
+        elif low == "prompt":
+            obj = _json_object(text.strip())
+            if obj is not None and "sui_image_params" in text:
+                generator = "SwarmUI"
+            elif obj is not None and _is_comfy_prompt_graph(obj):
+                generator = "ComfyUI"
+            else:
+                generator = detect_generator_text(text)
+            if generator is None:
+                evidence.append(_item("png_text", key, text, "info"))
+                continue
+        elif low == "workflow":
+            obj = _json_object(text.strip())
+            if obj is not None and _is_comfy_workflow(obj):
+                generator = "ComfyUI"
+            else:
+                evidence.append(_item("png_text", key, text, "info"))
+                continue
+        elif low in ("comment", "description"):
+            generator = detect_generator_text(text)
+            if generator is None:
+                continue
+        elif low in ("software", "source"):
+            generator = match_ai_software(text)
+            if generator is None:
+                if low == "software":
+                    evidence.append(_item("png_text", key, text, "info"))
+                continue
+        elif low == "title" and re.search(r"\bai[\s-]generated\b", text, re.IGNORECASE):
+            generator = "NovelAI" if "Software" in keys else None
+            evidence.append(_item("png_text", key, text, "ai", generator))
+            continue
+        else:
+            continue
+        evidence.append(_item("png_text", key, text, "ai", generator))
+    return evidence
+
+
+# ----------------------------------------------------------------------------------------------------
+# XMP
+# ----------------------------------------------------------------------------------------------------
+
+
+def _local(name: str) -> str:
+    return name.rsplit("}", 1)[-1].rsplit(":", 1)[-1]
+
+
+def _element_value(el: ET.Element) -> str | None:
+    resource = el.get(f"{{{_RDF_NS}}}resource")
+    if resource:
+        return resource.strip()
+    items = [li.text.strip() for li in el.iter(f"{{{_RDF_NS}}}li") if li.text and li.text.strip()]
+    if items:
+        return "; ".join(items)
+    text = (el.text or "").strip()
+    return text or None
+
+
+def parse_xmp(packet: bytes | str) -> list[tuple[str, str]]:
+    """``(property, value)`` pairs of interest from one XMP packet; [] when it cannot be parsed safely."""
+    raw = packet.encode("utf-8") if isinstance(packet, str) else bytes(packet)
+    if len(raw) > MAX_XMP_BYTES:
+        return []
+    if b"<!DOCTYPE" in raw or b"<!ENTITY" in raw:
+        return []  # no DTDs: rules out entity expansion attacks
+    start = raw.find(b"<")
+    end = raw.rfind(b">")
+    if start < 0 or end < start:
+        return []
+    try:
+        root = ET.fromstring(raw[start : end + 1])
+    except ET.ParseError:
+        return []
+    wanted = {"DigitalSourceType", "CreatorTool", *_IPTC_AI_PROPERTIES}
+    out: list[tuple[str, str]] = []
+    for el in root.iter():
+        if not isinstance(el.tag, str):
+            continue
+        for attr, value in el.attrib.items():
+            if _local(attr) in wanted and value.strip():
+                out.append((_local(attr), value.strip()))
+        name = _local(el.tag)
+        if name in wanted and (text := _element_value(el)):
+            out.append((name, text))
+    return out
+
+
+def xmp_evidence(packets: list[bytes | str]) -> list[dict[str, Any]]:
+    evidence: list[dict[str, Any]] = []
+    for packet in packets:
+        for prop, value in parse_xmp(packet):
+            if prop == "DigitalSourceType":
+                evidence.append(_item("xmp", "Iptc4xmpExt:DigitalSourceType", value, classify_source_type(value)))
+            elif prop == "CreatorTool":
+                generator = match_ai_software(value)
+                evidence.append(_item("xmp", "xmp:CreatorTool", value, "ai" if generator else "info", generator))
+            else:
+                evidence.append(_item("xmp", f"Iptc4xmpExt:{prop}", value, "ai"))
+    return evidence
+
+
+# ----------------------------------------------------------------------------------------------------
+# EXIF and JPEG comments
+# ----------------------------------------------------------------------------------------------------
+
+_EXIF_MAKE, _EXIF_MODEL, _EXIF_SOFTWARE, _EXIF_DESCRIPTION = 0x010F, 0x0110, 0x0131, 0x010E
+_EXIF_IFD, _EXIF_USER_COMMENT = 0x8769, 0x9286
+
+
+def _printable_ratio(text: str) -> float:
+    if not text:
+        return 0.0
+    return sum(1 for c in text if c.isprintable() or c in "\n\r\t") / len(text)
+
+
+def decode_user_comment(raw: object) -> str:
+    """Decode an EXIF UserComment (8-byte charset header + payload; piexif writes UTF-16 for UNICODE)."""
+    if isinstance(raw, str):
+        return raw.strip("\0 ")
+    if not isinstance(raw, bytes | bytearray):
+        return ""
+    raw = bytes(raw[:MAX_TEXT_BYTES])
+    head, body = raw[:8], raw[8:]
+    if head.startswith(b"UNICODE"):
+        candidates = [body.decode(enc, errors="replace") for enc in ("utf-16-be", "utf-16-le")]
+        ascii_like = [sum(1 for c in cand if " " <= c <= "~") for cand in candidates]
+        text = candidates[0] if ascii_like[0] >= ascii_like[1] else candidates[1]
+    elif head.startswith(b"ASCII") or head == b"\0" * 8:
+        text = body.decode("utf-8", errors="replace")
+    else:
+        text = raw.decode("utf-8", errors="replace")
+    return text.strip("\0 ")
+
+
+def _exif_text(value: object) -> str:
+    if isinstance(value, bytes | bytearray):
+        return bytes(value[:MAX_TEXT_BYTES]).decode("utf-8", errors="replace").strip("\0 ")
+    return str(value).strip("\0 ") if value is not None else ""
+
+
+def exif_evidence(img: Any) -> list[dict[str, Any]]:
+    try:
+        exif = img.getexif()
+    except Exception:  # malformed EXIF is absence of evidence, not an error
+        return []
+    if not exif:
+        return []
+    evidence: list[dict[str, Any]] = []
+    software = _exif_text(exif.get(_EXIF_SOFTWARE))
+    if software:
+        generator = match_ai_software(software)
+        evidence.append(_item("exif", "Software", software, "ai" if generator else "info", generator))
+    for tag, field in ((_EXIF_MAKE, "Make"), (_EXIF_MODEL, "Model")):
+        value = _exif_text(exif.get(tag))
+        if not value:
+            continue
+        if re.match(r"^(prompt|workflow):\s*\{", value):  # ComfyUI WebP/JPEG savers put their graphs here
+            evidence.append(_item("exif", field, value, "ai", "ComfyUI"))
+        elif (generator := match_ai_software(value) or detect_generator_text(value)) is not None:
+            evidence.append(_item("exif", field, value, "ai", generator))
+        elif _printable_ratio(value) > 0.9 and len(value) <= 200:
+            evidence.append(_item("exif", field, value, "capture"))
+    description = _exif_text(exif.get(_EXIF_DESCRIPTION))
+    if description and (generator := detect_generator_text(description)):
+        evidence.append(_item("exif", "ImageDescription", description, "ai", generator))
+    try:
+        sub = exif.get_ifd(_EXIF_IFD)
+    except Exception:
+        sub = {}
+    comment = decode_user_comment(sub.get(_EXIF_USER_COMMENT)) if sub else ""
+    if comment and (generator := detect_generator_text(comment)):
+        evidence.append(_item("exif", "UserComment", comment, "ai", generator))
+    return evidence
+
+
+def comment_evidence(img: Any) -> list[dict[str, Any]]:
+    comment = getattr(img, "info", {}).get("comment")
+    text = _exif_text(comment) if comment else ""
+    if text and (generator := detect_generator_text(text)):
+        return [_item("jpeg_comment", "COM", text, "ai", generator)]
+    return []
+
+
+def xmp_packets(data: bytes, img: Any, png_chunks: list[tuple[str, str]]) -> list[bytes | str]:
+    packets: list[bytes | str] = [text for key, text in png_chunks if key == "XML:com.adobe.xmp"]
+    if img is not None and not data.startswith(PNG_SIGNATURE):
+        info = getattr(img, "info", {}) or {}
+        for key in ("xmp", "XML:com.adobe.xmp"):
+            if isinstance(info.get(key), bytes | str) and info[key]:
+                packets.append(info[key])
+                break
+        tags = getattr(img, "tag_v2", None)
+        if not packets and tags is not None:
+            try:
+                tiff_xmp = tags.get(700)
+            except Exception:
+                tiff_xmp = None
+            if isinstance(tiff_xmp, bytes | str) and tiff_xmp:
+                packets.append(tiff_xmp)
+    return packets
+
+
+def collect_metadata(data: bytes, img: Any) -> list[dict[str, Any]]:
+    """All unsigned-metadata evidence of one file (``img`` is the Pillow image, or None if unreadable)."""
+    chunks = iter_png_text(data)
+    evidence = xmp_evidence(xmp_packets(data, img, chunks))
+    evidence += png_text_evidence(chunks)
+    if img is not None:
+        evidence += exif_evidence(img)
+        evidence += comment_evidence(img)
+    return evidence
