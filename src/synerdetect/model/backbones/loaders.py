@@ -58,7 +58,7 @@ class BaseModels:
 def _tiny_clip_config(vocab_size: int):
     from transformers import CLIPConfig
 
-    # bos/eos/pad must lie inside the small vocabulary (DESIGN.md 6); EOT pooling uses eos.
+    # bos/eos/pad must lie inside the small vocabulary; EOT pooling uses eos.
     text = dict(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                 num_attention_heads=4, max_position_embeddings=77, bos_token_id=vocab_size - 2,
                 eos_token_id=vocab_size - 1, pad_token_id=vocab_size - 1, hidden_act="gelu")
