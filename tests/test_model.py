@@ -154,8 +154,10 @@ def test_cmid_loss_equation_2_by_hand(tmp_path, prediction_type):
     ctx = model.empty_context + model.cond_proj(c).unsqueeze(1)
     with torch.no_grad():
         pred = model.unet(noisy, t, encoder_hidden_states=ctx).sample
-    target = eps if prediction_type == "epsilon" else ab.sqrt() * eps - (1 - ab).sqrt() * z0
-    expected = ((pred - target) ** 2).mean()
+    # Eq. 2 is an epsilon-MSE for both kinds of UNet: a v output is converted to epsilon by the closed form
+    # v = sqrt(a) eps - sqrt(1 - a) z0 and x_t = sqrt(a) z0 + sqrt(1 - a) eps  =>  eps = sqrt(1 - a) x_t + sqrt(a) v
+    eps_pred = pred if prediction_type == "epsilon" else (1 - ab).sqrt() * noisy + ab.sqrt() * pred
+    expected = ((eps_pred - eps) ** 2).mean()
     torch.testing.assert_close(loss.detach(), expected, atol=1e-5, rtol=1e-5)
     losses = model.compute_losses(*batch(4))
     assert torch.isfinite(losses["total"])
@@ -366,3 +368,16 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     assert grads[0].keys() == grads[1].keys() and any("E_v" in k and "lora" in k for k in grads[1])
     for k in grads[0]:
         torch.testing.assert_close(grads[0][k], grads[1][k], atol=1e-5, rtol=1e-4, msg=k)
+
+
+def test_sd_size_off_the_unets_native_size_warns(caplog):
+    """The tiny UNet's sample_size is 8 latents x VAE factor 8 = 64 px; 128 px runs it off its resolution."""
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="synerdetect"):
+        SynerDetect.from_preset("tiny", **{"model.sd_size": 128, "model.inversion_steps": 1})
+    assert any("native size 64 px" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="synerdetect"):
+        SynerDetect.from_preset("tiny", **{"model.inversion_steps": 1})
+    assert not any("native size" in r.getMessage() for r in caplog.records)

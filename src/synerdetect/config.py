@@ -71,9 +71,11 @@ class LossConfig:
     gmm_iters: int = 10
     sinkhorn_eps: float = 0.05  # eta of Eq. 5
     sinkhorn_iters: int = 200
-    pot_sample_term: str = "routed"  # "routed" | "literal" (docs/method.md)
-    # Eq. 7 negatives also include the image's own other-class prompt (docs/method.md); false = literal Eq. 7.
-    dcl_class_negative: bool = True
+    # Eq. 6's sample term: "literal" (as written, the paper preset) | "routed" (recommended; docs/method.md)
+    pot_sample_term: str = "literal"
+    # Eq. 7 negatives also include the image's own other-class prompt (recommended; docs/method.md);
+    # false = literal Eq. 7 (the paper preset).
+    dcl_class_negative: bool = False
     use_cmid: bool = True  # Table 5b "w/o CMID"
     use_ot_dcl: bool = True  # Table 5b "w/o OT-DCL": replaced by cross-entropy on Eq. 10 scores
     use_pot: bool = True  # Table 5b "w/o POT"

@@ -182,6 +182,10 @@ class SynerDetect(nn.Module):
 
     # ------------------------------------------------------------------ set-up
     def _check_dims(self, base: BaseModels) -> None:
+        native = int(base.unet.config.sample_size) * 2 ** (len(base.vae.config.block_out_channels) - 1)
+        if self.mcfg.sd_size != native:
+            log.warning("model.sd_size=%d differs from the UNet's native size %d px (sample_size x VAE factor): "
+                        "the frozen SD runs off its training resolution", self.mcfg.sd_size, native)
         problems = dimension_problems(self.mcfg, base.clip.config, dict(base.unet.config), dict(base.vae.config),
                                       base.empty_context.shape[-1])
         if problems:
@@ -382,10 +386,11 @@ class SynerDetect(nn.Module):
         ctx = self.sd_context(c)
         pred = self._unet(noisy.to(self.compute_dtype), t, ctx.to(self.compute_dtype)).float()
         if self.prediction_type == "v_prediction":
-            target = self.noise_scheduler.get_velocity(latents, noise, t)
-        else:
-            target = noise
-        return F.mse_loss(pred, target)
+            # Eq. 2 is an epsilon-MSE: convert v to epsilon (eps = sqrt(1 - a) x_t + sqrt(a) v) rather than taking
+            # a v-MSE, which would reweight the timesteps by 1 / (1 - a).
+            ab = self.noise_scheduler.alphas_cumprod.to(dev)[t].float().view(-1, 1, 1, 1)
+            pred = (1 - ab).sqrt() * noisy + ab.sqrt() * pred
+        return F.mse_loss(pred, noise)
 
     # ------------------------------------------------------------------ contract
     def perceptual(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
