@@ -11,7 +11,6 @@ from typing import Any
 import yaml
 
 from .config import (
-    CacheConfig,
     ConfigError,
     ExperimentConfig,
     LossConfig,
