@@ -76,6 +76,8 @@ class LossConfig:
     # Eq. 7 negatives also include the image's own other-class prompt (recommended; docs/method.md);
     # false = literal Eq. 7 (the paper preset).
     dcl_class_negative: bool = False
+    # Under DDP, Eq. 7's negatives and the GMM see the whole global batch (gathered), not each process's share.
+    gather_across_processes: bool = True
     use_cmid: bool = True  # Table 5b "w/o CMID"
     use_ot_dcl: bool = True  # Table 5b "w/o OT-DCL": replaced by cross-entropy on Eq. 10 scores
     use_pot: bool = True  # Table 5b "w/o POT"

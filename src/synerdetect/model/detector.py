@@ -109,6 +109,29 @@ def _add_lora(module: nn.Module, cfg: ModelConfig, name: str) -> nn.Module:
         raise ConfigError(f"LoRA on {name}: {e} (model.lora_targets={cfg.lora_targets})") from e
 
 
+def _world_size() -> int:
+    dist = torch.distributed
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def _gather_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """All processes' ``x`` concatenated in rank order; the local slice keeps its gradient (the others are
+    constants here: their gradients flow in their own processes)."""
+    world = _world_size()
+    if world == 1:
+        return x
+    dist = torch.distributed
+    parts = [torch.empty_like(x) for _ in range(world)]
+    dist.all_gather(parts, x.detach().contiguous())
+    parts[dist.get_rank()] = x
+    return torch.cat(parts)
+
+
+def _scale_grad(loss: torch.Tensor, factor: int) -> torch.Tensor:
+    """``loss`` with its value unchanged and its gradient multiplied by ``factor``."""
+    return loss if factor == 1 else loss * factor - loss.detach() * (factor - 1)
+
+
 def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
     if x.shape[-2:] == (size, size):
         return x
@@ -460,15 +483,24 @@ class SynerDetect(nn.Module):
             out["cr"] = zero
         if lc.use_ot_dcl:
             other = z_t[idx, 1 - labels] if lc.dcl_class_negative else None
-            out["dcl"] = dcl_loss_two_views(z_t_label, z_v, z_n, labels, self.mcfg.tau, other)
+            # Under DDP the batch-level terms (Eq. 7's negatives, the GMM of Eq. 3) see the global batch, so the
+            # loss does not depend on the number of processes.
+            world = _world_size() if lc.gather_across_processes and self.training else 1
+            gather = _gather_with_grad if world > 1 else (lambda t: t)
+            g_anchor, g_v, g_n, g_labels = (gather(t) for t in (z_t_label, z_v, z_n, labels))
+            g_other = gather(other) if other is not None else None
+            dcl = dcl_loss_two_views(g_anchor, g_v, g_n, g_labels, self.mcfg.tau, g_other)
             if lc.use_pot:
                 # GMM/EM and W2 in fp32 even under mixed-precision autocast (docs/method.md)
                 with torch.autocast(device_type=z_v.device.type, enabled=False):
-                    out["pot"], _ = pot_loss(z_n.float(), z_v.float(), k=lc.gmm_components, eps=lc.sinkhorn_eps,
-                                             covariance=lc.gmm_covariance, sample_term=lc.pot_sample_term,
-                                             em_iters=lc.gmm_iters, sinkhorn_iters=lc.sinkhorn_iters)
+                    pot, _ = pot_loss(g_n.float(), g_v.float(), k=lc.gmm_components, eps=lc.sinkhorn_eps,
+                                      covariance=lc.gmm_covariance, sample_term=lc.pot_sample_term,
+                                      em_iters=lc.gmm_iters, sinkhorn_iters=lc.sinkhorn_iters)
             else:
-                out["pot"] = zero
+                pot = zero
+            # Each process back-propagates through its own samples only and DDP averages the gradients over the
+            # processes: scale the gradient (not the value) by the world size so it equals the one-process gradient.
+            out["dcl"], out["pot"] = _scale_grad(dcl, world), _scale_grad(pot, world)
             out["ot_dcl"] = out["dcl"] + lc.alpha * out["pot"]
         else:
             # Table 5b "w/o OT-DCL": plain cross-entropy on the Eq. 10 scores replaces L_OT-DCL.
