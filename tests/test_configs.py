@@ -23,6 +23,7 @@ LSUN_20 = ["airplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat",
 # name -> expected (train layout, train generators, test layout, test split)
 PROTOCOLS = {
     "aigcdetect_progan": ("cnndetection", LSUN_20, "cnndetection", "test"),
+    "aigcdetect_progan4": ("cnndetection", ["car", "cat", "chair", "horse"], "cnndetection", "test"),
     "robustness": ("cnndetection", LSUN_20, "cnndetection", "test"),
     "ablation_modules": ("cnndetection", LSUN_20, "cnndetection", "test"),
     "ablation_tuner": ("cnndetection", LSUN_20, "cnndetection", "test"),
