@@ -381,3 +381,16 @@ def test_sd_size_off_the_unets_native_size_warns(caplog):
     with caplog.at_level(logging.WARNING, logger="synerdetect"):
         SynerDetect.from_preset("tiny", **{"model.inversion_steps": 1})
     assert not any("native size" in r.getMessage() for r in caplog.records)
+
+
+def test_perceptual_mode_is_the_clip_branch_of_eq_10(tiny_model):
+    x, _ = batch(4)
+    full = tiny_model.predict(x)
+    per = tiny_model.predict(x, mode="perceptual")
+    # the perceptual margin is exactly the first term of Eq. 10, computed by the full path too
+    torch.testing.assert_close(per["logit"], full["sim_v_fake"] - full["sim_v_real"], rtol=0, atol=1e-6)
+    torch.testing.assert_close(full["logit"], (full["sim_v_fake"] + full["sim_n_fake"])
+                               - (full["sim_v_real"] + full["sim_n_real"]), rtol=0, atol=1e-6)
+    assert torch.isnan(per["sim_n_real"]).all()
+    with pytest.raises(InputError, match="mode"):
+        tiny_model.predict(x, mode="fast")

@@ -523,19 +523,33 @@ class SynerDetect(nn.Module):
         return torch.einsum("bd,bcd->bc", z_v, z_t), torch.einsum("bd,bcd->bc", z_n, z_t)
 
     @torch.no_grad()
-    def predict(self, images: torch.Tensor, *, cached: CachedBatch | None = None) -> dict[str, torch.Tensor]:
-        """Eq. 10 per image: s_real, s_fake, logit = s_fake - s_real, prob_fake, label (1 = fake). No label is used."""
+    def predict(self, images: torch.Tensor, *, cached: CachedBatch | None = None, mode: str = "full"
+                ) -> dict[str, torch.Tensor]:
+        """Eq. 10 per image: s_real, s_fake, logit = s_fake - s_real, prob_fake, label (1 = fake), and the two branch
+        similarities sim_v_* / sim_n_*. No label is used.
+
+        ``mode="perceptual"`` computes the CLIP branch only (no VAE, no inversion): s_c = sim(z_v, z_t^c) and the
+        generative similarities are NaN. The cascade (engine/cascade.py) uses it to decide which images need the
+        inversion."""
+        if mode not in ("full", "perceptual"):
+            raise InputError(f"mode must be 'full' or 'perceptual', got {mode!r}")
         self.check_inputs(images)
         was_training = self.training
         if was_training:  # walking ~20k modules to flip modes costs ~8% of a tiny batch: only when needed
             self.eval()
         try:
-            f = self.features(images, cached=cached)
+            if mode == "full":
+                f = self.features(images, cached=cached)
+                sim_v, sim_n = self.branch_similarities(f["z_v"], f["z_n"], f["z_t"])
+                s = sim_v + sim_n
+            else:
+                _, z_v, z_t = self.perceptual(images)
+                sim_v = torch.einsum("bd,bcd->bc", z_v, z_t)
+                sim_n = torch.full_like(sim_v, float("nan"))
+                s = sim_v
         finally:
             if was_training:
                 self.train(True)
-        sim_v, sim_n = self.branch_similarities(f["z_v"], f["z_n"], f["z_t"])
-        s = sim_v + sim_n
         logit = s[:, 1] - s[:, 0]
         return {"s_real": s[:, 0], "s_fake": s[:, 1], "logit": logit,
                 "prob_fake": torch.sigmoid(logit / self.mcfg.tau),  # = softmax((s_real, s_fake)/tau)[fake]

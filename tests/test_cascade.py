@@ -1,0 +1,87 @@
+"""The cascade over Eq. 10: the fitted band against a brute-force search, and cascade scoring against running
+the perceptual and full paths separately."""
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from synerdetect.engine.cascade import CascadeError, cascade_curve, cascade_predict, cascade_stats, fit_cascade_band
+
+
+def _brute_force(m, f, target):
+    """Every interval [lo, hi] with lo <= 0 <= hi whose ends are 0 or a margin; the narrowest that reaches the
+    target agreement (ties: fewest images inside)."""
+    ends = sorted(set([0.0, *m.tolist()]))
+    best = None
+    for lo, hi in itertools.product([e for e in ends if e <= 0], [e for e in ends if e >= 0]):
+        inside = (m >= lo) & (m <= hi)
+        agree = np.mean(np.where(inside, f > 0, m > 0) == (f > 0))
+        if agree >= target - 1e-12:
+            key = (hi - lo, int(inside.sum()))
+            if best is None or key < best:
+                best = key
+    return best
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("target", [1.0, 0.95, 0.9])
+def test_band_is_the_narrowest_by_brute_force(seed, target):
+    rng = np.random.default_rng(seed)
+    n = 40
+    m = rng.normal(0, 1, n)
+    f = m + rng.normal(0, 0.8, n)  # the full logit mostly agrees with the perceptual margin
+    got = fit_cascade_band(m, f, target_agreement=target)
+    lo, hi = got["band"]
+    width, inside = _brute_force(m, f, target)
+    assert hi - lo == pytest.approx(width)
+    assert int(((m >= lo) & (m <= hi)).sum()) == inside
+    assert got["agreement"] >= target - 1e-12
+
+
+def test_stats_and_curve_by_hand():
+    m = np.array([-2.0, -0.5, 0.1, 0.4, 3.0])
+    f = np.array([-1.0, 0.2, -0.3, 0.5, 2.0])
+    y = np.array([0, 1, 0, 1, 1])
+    st = cascade_stats(m, f, (-0.6, 0.2), y)
+    # inside: -0.5 (full says fake) and 0.1 (full says real); outside: -2 real, 0.4 fake, 3 fake
+    assert st["share_inverted"] == pytest.approx(0.4)
+    assert st["agreement"] == 1.0
+    assert st["acc_cascade"] == st["acc_full"] == 1.0 and st["acc_perceptual"] == pytest.approx(0.6)
+    curve = cascade_curve(m, f, y, half_widths=[0.0, 1.0])
+    assert [c["share_inverted"] for c in curve] == [0.0, pytest.approx(0.6)]
+    with pytest.raises(CascadeError):
+        fit_cascade_band(m, f[:3])
+
+
+def test_cascade_predict_regroups_and_decides_like_the_two_paths(tiny_model):
+    g = torch.Generator().manual_seed(0)
+    batches = [(torch.rand(3, 3, 64, 64, generator=g), [f"b{b}i{i}" for i in range(3)]) for b in range(4)]
+    x = torch.cat([b[0] for b in batches])
+    ids = [i for b in batches for i in b[1]]
+    per = tiny_model.predict(x, mode="perceptual")["logit"]
+    full = tiny_model.predict(x)["logit"]
+    lo, hi = float(per.quantile(0.25)), float(per.quantile(0.75))
+    sizes = []
+    real_predict = tiny_model.predict
+
+    def spy(images, **kw):
+        if kw.get("mode", "full") == "full":
+            sizes.append(len(images))
+        return real_predict(images, **kw)
+
+    tiny_model.predict = spy
+    try:
+        got = {i: (o, how) for i, o, how in cascade_predict(tiny_model, batches, (lo, hi), batch_size=4)}
+    finally:
+        del tiny_model.predict
+    assert set(got) == set(ids)
+    inside = [(lo <= float(per[k]) <= hi) for k in range(len(ids))]
+    assert sum(sizes) == sum(inside) and all(s == 4 for s in sizes[:-1])  # full batches, remainder last
+    for k, ident in enumerate(ids):
+        out, how = got[ident]
+        assert how == ("full" if inside[k] else "perceptual")
+        expected = full[k] if inside[k] else per[k]
+        assert out["logit"] == pytest.approx(float(expected), abs=1e-5)
+        assert out["perceptual_logit"] == pytest.approx(float(per[k]), abs=1e-6)
