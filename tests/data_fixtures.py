@@ -5,15 +5,15 @@ from __future__ import annotations
 import io
 import struct
 import zlib
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 from PIL import Image
 
 _EXT_FORMAT = {
     ".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".webp": "WEBP", ".bmp": "BMP",
-    ".tif": "TIFF", ".tiff": "TIFF", ".gif": "GIF",
+    ".tif": "TIFF", ".tiff": "TIFF", ".gif": "GIF", ".jfif": "JPEG", ".avif": "AVIF",
 }
 
 

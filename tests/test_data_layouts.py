@@ -107,7 +107,8 @@ def test_cnndetection_generator_root_without_split(tmp_path):
 def test_labels_from_names_not_alphabetical_order(tmp_path):
     # 'fake' < 'real' alphabetically, yet fake = 1; also mixed 0_real/1_fake vs real/fake names
     root = tmp_path / "ds"
-    make_tree(root, ["test/gen/fake/f.png", "test/gen/real/r.png", "test/gen2/1_fake/f2.png", "test/gen2/0_real/r2.png"])
+    make_tree(root, ["test/gen/fake/f.png", "test/gen/real/r.png",
+                     "test/gen2/1_fake/f2.png", "test/gen2/0_real/r2.png"])
     names = _by_name(discover(root))
     assert (names["f.png"].label, names["r.png"].label) == (1, 0)
     assert (names["f2.png"].label, names["r2.png"].label) == (1, 0)
@@ -246,7 +247,8 @@ def test_manifest_jsonl_and_json(tmp_path):
     jl = tmp_path / "m.jsonl"
     jl.write_text("\n".join(json.dumps(r) for r in rows) + "\n\n")
     s = discover(jl)
-    assert [(x.label, x.generator, x.split) for x in s] == [(0, "g1", "train"), (1, "g2", "test"), (1, "unknown", "test")]
+    assert [(x.label, x.generator, x.split) for x in s] == [
+        (0, "g1", "train"), (1, "g2", "test"), (1, "unknown", "test")]
     assert s[0].path == str(tmp_path / "x" / "1.png")
     assert [x.label for x in discover(jl, split="test")] == [1, 1]  # split column filters
     js = tmp_path / "m.json"
@@ -273,7 +275,8 @@ def test_manifest_without_labels_is_unlabelled(tmp_path):
 
 
 def test_parse_label():
-    for v, want in [(0, 0), (1, 1), ("real", 0), ("FAKE", 1), ("nature", 0), ("ai", 1), ("0_real", 0), ("1_fake", 1), (1.0, 1)]:
+    for v, want in [(0, 0), (1, 1), ("real", 0), ("FAKE", 1), ("nature", 0), ("ai", 1), ("0_real", 0),
+                    ("1_fake", 1), (1.0, 1)]:
         assert parse_label(v) == want
     for bad in [2, -1, "x", True, None, "", 0.5]:
         with pytest.raises(ValueError):

@@ -19,7 +19,9 @@ def _check(x: torch.Tensor, size: int):
     assert float(x.min()) >= 0.0 and float(x.max()) <= 1.0
 
 
-@pytest.mark.parametrize("rng_factory", [random.Random, np.random.default_rng, lambda s: torch.Generator().manual_seed(s)])
+@pytest.mark.parametrize(
+    "rng_factory", [random.Random, np.random.default_rng, lambda s: torch.Generator().manual_seed(s)]
+)
 def test_train_shape_range_determinism(rng_factory):
     img = noise_image(100, 80, seed=1)
     t = TrainTransform(64, blur_prob=0.5, jpeg_prob=0.5)

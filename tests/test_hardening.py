@@ -272,3 +272,30 @@ def test_overrides_may_follow_options(monkeypatch):
     assert args.overrides == ["train.epochs=2", "loss.alpha=0.3"] and args.no_progress
     with pytest.raises(SystemExit):
         parse_args(["train", "--bogus"])
+
+
+def test_predict_inputs_scan_a_deep_tree_and_cache_hash_refuses_a_fifo(tmp_path):
+    import sys
+
+    from PIL import Image
+
+    from synerdetect.cache import content_hash
+    from synerdetect.engine.evaluate import expand_inputs
+
+    deep = leaf = tmp_path / "d"
+    deep.mkdir()
+    for _ in range(1200):  # one level at a time (pathlib/os.makedirs recurse per level)
+        leaf = leaf / "a"
+        os.mkdir(leaf)
+    Image.new("RGB", (8, 8)).save(leaf / "x.png")
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(400)  # a recursive scan would fail far before 1200 levels
+    try:
+        paths, missing = expand_inputs([str(deep)])
+    finally:
+        sys.setrecursionlimit(limit)
+    assert [p.rsplit("/", 1)[-1] for p in paths] == ["x.png"] and not missing
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    with pytest.raises(OSError, match="FIFO"):
+        content_hash(fifo)  # would block forever on open() before

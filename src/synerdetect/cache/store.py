@@ -77,9 +77,15 @@ class CacheError(RuntimeError):
 
 # ============================================================================ hashing
 def content_hash(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
-    """sha256 (hex) of the file's bytes, read in chunks."""
+    """sha256 (hex) of the file's bytes, read in chunks. A FIFO, socket or device raises OSError (never waits)."""
+    from ..data.imageio import UnreadableImage, open_regular_file
+
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    try:
+        f = open_regular_file(path)
+    except UnreadableImage as e:
+        raise OSError(e.reason) from None  # the callers report OSError as an unreadable file
+    with f:
         while True:
             b = f.read(chunk_size)
             if not b:

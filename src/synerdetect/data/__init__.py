@@ -24,9 +24,11 @@ from .imageio import (
     is_image_file,
     load_image,
     load_image_with_format,
+    open_regular_file,
 )
 from .layouts import (
     LAYOUTS,
+    AmbiguousLayoutError,
     LayoutError,
     ManifestError,
     Sample,
@@ -37,9 +39,10 @@ from .layouts import (
     parse_label,
 )
 from .sampling import BalancedBatchSampler, ShardedEvalSampler
-from .transforms import EvalTransform, TrainTransform, pil_to_tensor
+from .transforms import MAX_RESIZE_ASPECT, EvalTransform, TrainTransform, pil_to_tensor
 
 __all__ = [
+    "AmbiguousLayoutError",
     "BalancedBatchSampler",
     "DEFAULT_MAX_PIXELS",
     "EvalTransform",
@@ -47,6 +50,7 @@ __all__ = [
     "ImageDataset",
     "LAYOUTS",
     "LayoutError",
+    "MAX_RESIZE_ASPECT",
     "ManifestError",
     "Sample",
     "ShardedEvalSampler",
@@ -63,6 +67,7 @@ __all__ = [
     "is_image_file",
     "load_image",
     "load_image_with_format",
+    "open_regular_file",
     "parse_label",
     "pil_to_tensor",
 ]

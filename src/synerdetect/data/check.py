@@ -13,9 +13,20 @@ the GIL while decoding) and returns a JSON-serialisable report::
       "bad_files": [{"path", "reason", "generator", "label"}],            # sorted by path
       "min_side": int | None, "max_side": int | None,                      # over readable files
       "small": int,                                                        # readable, shorter side < 224
+      "warnings": [str],   # e.g. files listed twice in a manifest (kept once), ignored folders
     }
 
 :func:`format_check_report` renders it as Markdown.
+
+A tree whose labels would be silently wrong (class folders inside class
+folders, a generator folder named like a class, genimage and cnndetection
+layouts mixed in one tree) is not checked image by image: ``check_dataset``
+raises the same :class:`~synerdetect.data.layouts.AmbiguousLayoutError` as
+:func:`~synerdetect.data.layouts.discover`, whose one-line message names the
+folder and how to proceed; a manifest with contradictory labels or not in UTF-8
+raises :class:`~synerdetect.data.layouts.ManifestError` likewise.  FIFOs,
+sockets and devices are reported as unreadable files (``"not a regular file
+(FIFO)"``), never opened.
 """
 
 from __future__ import annotations
@@ -28,7 +39,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from .imageio import DEFAULT_MAX_PIXELS, UnreadableImage, load_image_with_format
-from .layouts import Sample, detect_layout, discover
+from .layouts import Sample, detect_layout, discover_with_warnings
 
 __all__ = ["check_dataset", "format_check_report"]
 
@@ -87,7 +98,7 @@ def check_dataset(
         progress: show a tqdm progress bar.
     """
     resolved = detect_layout(root) if str(layout).strip().lower() == "auto" else str(layout)
-    samples = discover(root, layout=resolved, split=split)
+    samples, warnings = discover_with_warnings(root, layout=resolved, split=split)
     workers = _default_workers() if workers is None else int(workers)
 
     counts: dict[str, dict[str, dict[str, int]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(int)))
@@ -136,6 +147,7 @@ def check_dataset(
         "min_side": min_side,
         "max_side": max_side,
         "small": small,
+        "warnings": list(warnings),
     }
 
 
@@ -143,12 +155,35 @@ def _md_escape(text: str) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
+def _visible(text: str) -> str:
+    """Control characters (newline, tab...) spelled out, so a file name cannot break a report line."""
+    out = []
+    for ch in str(text):
+        if ch == "\n":
+            out.append("\\n")
+        elif ch == "\r":
+            out.append("\\r")
+        elif ch == "\t":
+            out.append("\\t")
+        elif ord(ch) < 32 or ord(ch) == 127:
+            out.append(f"\\x{ord(ch):02x}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def _md_code(text: str) -> str:
+    """``text`` as an inline code span (control characters escaped; backticks fenced)."""
+    text = _visible(text)
+    return f"`` {text} ``" if "`" in text else f"`{text}`"
+
+
 def format_check_report(report: dict[str, Any], *, max_bad: int | None = None) -> str:
     """Markdown summary: per generator x class table with one column per format,
     totals, then the unreadable files with reasons (all, or the first ``max_bad``)."""
     fmts = list(report.get("formats", []))
     lines = [
-        f"# Dataset check: `{report.get('root')}`",
+        f"# Dataset check: {_md_code(str(report.get('root')))}",
         "",
         f"- layout: `{report.get('layout')}`, split: `{report.get('split')}`",
         f"- files: {report.get('total', 0)} total, {report.get('readable', 0)} readable, "
@@ -176,7 +211,8 @@ def format_check_report(report: dict[str, Any], *, max_bad: int | None = None) -
             cells["total"] = sum(cells.values())
             for k, v in cells.items():
                 col_tot[k] += v
-            lines.append(f"| {_md_escape(gen)} | {cls} | " + " | ".join(str(cells[k]) for k in header[2:]) + " |")
+            row = " | ".join(str(cells[k]) for k in header[2:])
+            lines.append(f"| {_md_escape(_visible(gen))} | {cls} | {row} |")
     lines.append("| **total** | | " + " | ".join(f"**{col_tot[k]}**" for k in header[2:]) + " |")
 
     bad = report.get("bad_files", [])
@@ -186,7 +222,11 @@ def format_check_report(report: dict[str, Any], *, max_bad: int | None = None) -
     else:
         shown = bad if max_bad is None else bad[:max_bad]
         for b in shown:
-            lines.append(f"- `{b['path']}`: {_md_escape(b['reason'])}")
+            lines.append(f"- {_md_code(b['path'])}: {_md_escape(_visible(b['reason']))}")
         if len(shown) < len(bad):
             lines.append(f"- ... and {len(bad) - len(shown)} more")
+    warnings = report.get("warnings") or []
+    if warnings:
+        lines += ["", f"## Warnings ({len(warnings)})", ""]
+        lines += [f"- {_md_escape(_visible(w))}" for w in warnings]
     return "\n".join(lines) + "\n"

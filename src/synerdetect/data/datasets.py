@@ -19,7 +19,8 @@ wrapper); ``__getitem__`` accepts them and then ignores ``self.epoch``.
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch

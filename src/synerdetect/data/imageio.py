@@ -6,8 +6,9 @@ a blank/zero image for a failure.
 
 What is handled:
 
-* formats: JPEG, PNG, WebP, BMP, TIFF, GIF (first frame; also the first frame of
-  multi-page TIFF / animated PNG / WebP);
+* formats: JPEG (also ``.jfif``), PNG, WebP, AVIF (when Pillow is built with
+  it, as the official wheels are), BMP, TIFF, GIF (first frame; also the first
+  frame of multi-page TIFF / animated PNG / WebP);
 * modes: ``1``, ``L``, ``P`` (with/without transparency), ``LA``/``La``/``PA``,
   ``RGBA``/``RGBa`` (alpha composited on **white**), ``CMYK`` (Pillow's
   conversion, no ICC colour management, like the reference CNNDetection/UniFD
@@ -21,9 +22,16 @@ What is handled:
   header *before* decoding; Pillow's own ``DecompressionBombWarning`` is turned
   into an error and ``DecompressionBombError`` is reported as unreadable.
 
-Failures (missing file, directory, empty file, non-image, truncated/corrupt
-data, bomb, unsupported mode) raise :class:`UnreadableImage` with ``.path`` and
-``.reason``.
+Failures (missing file, broken symbolic link, directory, empty file, non-image,
+truncated/corrupt data, bomb, unsupported mode) raise :class:`UnreadableImage`
+with ``.path`` and ``.reason``.
+
+Only regular files are read.  A FIFO, socket or device (``"not a regular file
+(FIFO)"`` ...) is refused from its ``stat`` *before* it is opened, and the file
+is opened non-blocking and checked again with ``fstat`` (no window in which a
+file swapped for a FIFO could block), so nothing here waits forever on a
+special file.  :func:`open_regular_file` offers the same to other readers
+(e.g. code hashing image files).
 
 Note: Pillow's global ``ImageFile.LOAD_TRUNCATED_IMAGES`` must stay ``False``
 (the default) for truncated files to be detected; if some other code sets it,
@@ -34,10 +42,10 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 import threading
 import warnings
-from pathlib import Path
-from typing import Union
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
@@ -47,14 +55,16 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "UnreadableImage",
     "image_format",
+    "file_kind",
     "is_image_file",
     "load_image",
     "load_image_with_format",
+    "open_regular_file",
 ]
 
 logger = logging.getLogger(__name__)
 
-PathLike = Union[str, os.PathLike]
+PathLike = str | os.PathLike
 
 #: Default pixel cap (width * height), Pillow's own default warning threshold
 #: (~89.5 MPix, e.g. 9459 x 9459).  4K/8K photographs are far below it.
@@ -62,7 +72,7 @@ DEFAULT_MAX_PIXELS: int = 89_478_485
 
 #: File extensions treated as images (lower case, with dot).
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
-    {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
+    {".jpg", ".jpeg", ".jfif", ".png", ".webp", ".avif", ".bmp", ".tif", ".tiff", ".gif"}
 )
 
 _EXT_TO_FORMAT = {
@@ -72,6 +82,7 @@ _EXT_TO_FORMAT = {
     ".jfif": "JPEG",
     ".png": "PNG",
     ".webp": "WEBP",
+    ".avif": "AVIF",
     ".bmp": "BMP",
     ".dib": "BMP",
     ".tif": "TIFF",
@@ -120,12 +131,13 @@ def image_format(path: PathLike) -> str:
     or ``"UNKNOWN"`` without one).
     """
     try:
-        with _OPEN_LOCK, warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            im = Image.open(path)
-        with im:
-            if im.format:
-                return str(im.format)
+        with open_regular_file(path) as f:  # a FIFO would block Image.open(path) forever
+            with _OPEN_LOCK, warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                im = Image.open(f)
+            with im:
+                if im.format:
+                    return str(im.format)
     except Exception:  # noqa: BLE001 - any failure -> extension fallback
         pass
     return _format_from_extension(path)
@@ -160,12 +172,18 @@ def load_image_with_format(
 ) -> tuple[Image.Image, str]:
     """Like :func:`load_image` but also returns the detected container format."""
     path_s = os.fspath(path)
-    _check_file(path_s)
+    with open_regular_file(path_s) as f:
+        if os.fstat(f.fileno()).st_size == 0:
+            raise UnreadableImage(path_s, "empty file (0 bytes)")
+        return _load_open_file(f, path_s, max_pixels)
+
+
+def _load_open_file(f: BinaryIO, path_s: str, max_pixels: int | None) -> tuple[Image.Image, str]:
     _warn_if_truncated_flag()
     try:
         with _OPEN_LOCK, warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            im = Image.open(path_s)
+            im = Image.open(f)
     except UnidentifiedImageError:
         raise UnreadableImage(path_s, "not an image or unsupported format (cannot identify image file)") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
@@ -209,17 +227,64 @@ def _describe(e: BaseException) -> str:
     return f"{type(e).__name__}: {msg}" if msg else type(e).__name__
 
 
-def _check_file(path: str) -> None:
+def file_kind(mode: int) -> str:
+    """Human name of the file type in a ``st_mode`` (``"regular file"``, ``"FIFO"``, ``"socket"``...)."""
+    if stat.S_ISREG(mode):
+        return "regular file"
+    if stat.S_ISDIR(mode):
+        return "directory"
+    if stat.S_ISFIFO(mode):
+        return "FIFO"
+    if stat.S_ISSOCK(mode):
+        return "socket"
+    if stat.S_ISCHR(mode):
+        return "character device"
+    if stat.S_ISBLK(mode):
+        return "block device"
+    return "special file"
+
+
+_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_BINARY", 0)
+
+
+def open_regular_file(path: PathLike) -> BinaryIO:
+    """Open ``path`` for binary reading if, and only if, it is a regular file.
+
+    The type is checked with ``os.stat`` before opening (so a FIFO is never
+    opened), the file is opened non-blocking and checked again with
+    ``os.fstat`` on the open descriptor (a file swapped for a FIFO in between
+    cannot block either), then switched back to blocking reads.
+
+    Raises:
+        UnreadableImage: ``"file not found"``, ``"broken symbolic link"``,
+            ``"not a regular file (FIFO)"`` (``socket``, ``character device``,
+            ``block device``, ``directory``), or ``"cannot open: ..."``.
+    """
+    path_s = os.fspath(path)
     try:
-        st = os.stat(path)
+        st = os.stat(path_s)
     except FileNotFoundError:
-        raise UnreadableImage(path, "file not found") from None
+        raise UnreadableImage(path_s, "broken symbolic link" if os.path.islink(path_s) else "file not found") from None
     except OSError as e:
-        raise UnreadableImage(path, f"cannot stat file: {_describe(e)}") from None
-    if not Path(path).is_file():
-        raise UnreadableImage(path, "not a regular file")
-    if st.st_size == 0:
-        raise UnreadableImage(path, "empty file (0 bytes)")
+        raise UnreadableImage(path_s, f"cannot stat file: {_describe(e)}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise UnreadableImage(path_s, f"not a regular file ({file_kind(st.st_mode)})")
+    try:
+        fd = os.open(path_s, _OPEN_FLAGS)
+    except FileNotFoundError:
+        raise UnreadableImage(path_s, "file not found") from None
+    except OSError as e:
+        raise UnreadableImage(path_s, f"cannot open: {_describe(e)}") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise UnreadableImage(path_s, f"not a regular file ({file_kind(mode)})")
+        if _OPEN_FLAGS & getattr(os, "O_NONBLOCK", 0):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def _warn_if_truncated_flag() -> None:

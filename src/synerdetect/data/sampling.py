@@ -38,7 +38,7 @@
 from __future__ import annotations
 
 import math
-from typing import Iterator, Sequence, Sized
+from collections.abc import Iterator, Sequence, Sized
 
 import numpy as np
 import torch
@@ -214,4 +214,5 @@ class ShardedEvalSampler(Sampler[int]):
         return self.stop - self.start
 
     def __repr__(self) -> str:
-        return f"ShardedEvalSampler(n={self.n}, num_replicas={self.num_replicas}, rank={self.rank}, slice=[{self.start}, {self.stop}))"
+        return (f"ShardedEvalSampler(n={self.n}, num_replicas={self.num_replicas}, rank={self.rank}, "
+                f"slice=[{self.start}, {self.stop}))")

@@ -31,6 +31,35 @@ compressed "in the wild".
 Evaluation: resize the shorter side to ``size`` (bicubic, antialiased) then
 centre crop (``EvalTransform(size, resize=False)`` only centre-crops, upscaling
 images smaller than ``size``).
+
+Bounded work for extreme shapes
+-------------------------------
+"Resize the shorter side to ``size``, then crop" materialises the whole
+resized image first: a 317-byte 1 x 60000 PNG passes the pixel cap (60 000
+pixels) and then becomes a 64 x 3 840 000 image at ``size=64`` (~1 GB) or
+224 x 13 440 000 at ``size=224`` (~12 GB).  So the work is bounded by what is
+*produced*, not by what the file declares:
+
+* while the resized image would have an aspect ratio of at most
+  :data:`MAX_RESIZE_ASPECT` (4:1, i.e. at most ``4 * size * size`` pixels), the
+  whole image is resized then cropped exactly as before, so the output for
+  ordinary images (4:3, 3:2, 16:9, 21:9, up to 4:1 panoramas) is bit-identical
+  to earlier releases;
+* beyond it, the crop box is computed in source coordinates and only that box
+  (plus the bicubic filter's support) is cropped from the source and resized
+  (Pillow ``resize(..., box=...)``): the intermediate is ``size x size``.
+  Centre and random crop positions are the same as before (random positions are
+  drawn in resized coordinates, uniformly over the whole long side); pixel
+  values equal the resize-then-crop result up to rounding (at most a few levels
+  of 255);
+* ``TrainTransform(crop="resize")`` squashes such images in two passes, long
+  side first, so no intermediate is ``size x long side``.
+
+No image is rejected for its aspect ratio: a tall screenshot or a comic strip
+has a perfectly ordinary centre crop, and a 1-pixel-wide strip is upscaled like
+any image smaller than ``size``.  (What decoding may cost is bounded earlier by
+``load_image(max_pixels=...)``; blur/JPEG augmentation runs on the native image,
+so its cost is bounded by that cap too.)
 """
 
 from __future__ import annotations
@@ -38,17 +67,23 @@ from __future__ import annotations
 import io
 import math
 import random
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image, ImageFilter
 
-__all__ = ["EvalTransform", "RngLike", "TrainTransform", "pil_to_tensor"]
+__all__ = ["MAX_RESIZE_ASPECT", "EvalTransform", "RngLike", "TrainTransform", "pil_to_tensor"]
 
-RngLike = Union[random.Random, np.random.Generator, torch.Generator, None]
+RngLike = random.Random | np.random.Generator | torch.Generator | None
 
 _BICUBIC = Image.Resampling.BICUBIC
+_BICUBIC_SUPPORT = 2.0  # Pillow's bicubic kernel radius, in output pixels (source pixels when upscaling)
+
+#: Aspect ratio (long side / short side) up to which an image is resized whole
+#: before cropping (the historical, bit-identical path); beyond it only the crop
+#: box is resized.  See "Bounded work for extreme shapes" in the module docstring.
+MAX_RESIZE_ASPECT: float = 4.0
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -80,30 +115,56 @@ def pil_to_tensor(img: Image.Image) -> torch.Tensor:
     return torch.from_numpy(arr).permute(2, 0, 1).contiguous().to(torch.float32).div_(255.0)
 
 
-def _upscale_if_small(img: Image.Image, size: int) -> Image.Image:
-    w, h = img.size
-    short = min(w, h)
-    if short >= size:
-        return img
-    return _resize_short(img, size)
-
-
-def _resize_short(img: Image.Image, size: int) -> Image.Image:
-    w, h = img.size
+def _short_side_to(w: int, h: int, size: int) -> tuple[int, int]:
+    """Size of a ``w x h`` image resized so that its shorter side is ``size`` (aspect ratio kept)."""
     if min(w, h) == size:
-        return img
+        return w, h
     if w <= h:
-        nw, nh = size, max(size, int(round(h * size / w)))
-    else:
-        nw, nh = max(size, int(round(w * size / h))), size
-    return img.resize((nw, nh), _BICUBIC)
+        return size, max(size, int(round(h * size / w)))
+    return max(size, int(round(w * size / h))), size
 
 
-def _center_crop(img: Image.Image, size: int) -> Image.Image:
+def _center_offset(n: int, size: int) -> int:
+    return int(round((n - size) / 2.0))
+
+
+def _resized_crop(img: Image.Image, resized: tuple[int, int], box: tuple[int, int, int, int]) -> Image.Image:
+    """``img.resize(resized, BICUBIC).crop(box)``, without materialising a large resized image.
+
+    Up to :data:`MAX_RESIZE_ASPECT` that is literally what happens (bit-identical
+    to the historical transform).  Beyond it, ``box`` is mapped to source
+    coordinates, the source is cropped to that region plus the filter support
+    (an exact pixel copy, which also keeps Pillow's float32 box coordinates
+    small and precise), and only that region is resized to the box size.
+    """
     w, h = img.size
-    left = int(round((w - size) / 2.0))
-    top = int(round((h - size) / 2.0))
-    return img.crop((left, top, left + size, top + size))
+    nw, nh = resized
+    if (nw, nh) == (w, h):
+        return img.crop(box)
+    if max(nw, nh) <= MAX_RESIZE_ASPECT * min(nw, nh):
+        return img.resize((nw, nh), _BICUBIC).crop(box)
+    left, top, right, bottom = box
+    sx, sy = w / nw, h / nh  # source pixels per resized pixel
+    fx0, fy0 = left * sx, top * sy
+    fx1, fy1 = min(float(w), right * sx), min(float(h), bottom * sy)  # no 1-ulp overshoot past the edge
+    mx = math.ceil(_BICUBIC_SUPPORT * max(sx, 1.0)) + 1
+    my = math.ceil(_BICUBIC_SUPPORT * max(sy, 1.0)) + 1
+    x0, y0 = max(0, math.floor(fx0) - mx), max(0, math.floor(fy0) - my)
+    x1, y1 = min(w, math.ceil(fx1) + mx), min(h, math.ceil(fy1) + my)
+    region = img.crop((x0, y0, x1, y1))
+    return region.resize((right - left, bottom - top), _BICUBIC, box=(fx0 - x0, fy0 - y0, fx1 - x0, fy1 - y0))
+
+
+def _squash(img: Image.Image, size: int) -> Image.Image:
+    """Resize the whole image to ``size x size`` (aspect ratio not kept)."""
+    w, h = img.size
+    if (w, h) == (size, size):
+        return img
+    if max(w, h) <= MAX_RESIZE_ASPECT * min(w, h):
+        return img.resize((size, size), _BICUBIC)
+    # long side first: the intermediate is (short side x size), never (size x long side)
+    first = (w, size) if h > w else (size, h)
+    return img.resize(first, _BICUBIC).resize((size, size), _BICUBIC)
 
 
 def _jpeg(img: Image.Image, quality: int) -> Image.Image:
@@ -195,16 +256,16 @@ class TrainTransform:
 
         s = self.size
         if self.crop == "resize":
-            img = img.resize((s, s), _BICUBIC) if img.size != (s, s) else img
+            img = _squash(img, s)
         else:
-            img = _upscale_if_small(img, s)
+            w, h = img.size
+            nw, nh = _short_side_to(w, h, s) if min(w, h) < s else (w, h)  # only upscale
             if self.crop == "center":
-                img = _center_crop(img, s)
+                x, y = _center_offset(nw, s), _center_offset(nh, s)
             else:
-                w, h = img.size
-                x = _pick_int(u_crop_x, 0, w - s)
-                y = _pick_int(u_crop_y, 0, h - s)
-                img = img.crop((x, y, x + s, y + s))
+                x = _pick_int(u_crop_x, 0, nw - s)
+                y = _pick_int(u_crop_y, 0, nh - s)
+            img = _resized_crop(img, (nw, nh), (x, y, x + s, y + s))
 
         if self.flip and u_flip < 0.5:
             img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
@@ -230,8 +291,11 @@ class EvalTransform:
     def __call__(self, img: Image.Image, rng: RngLike = None) -> torch.Tensor:
         if img.mode != "RGB":
             img = img.convert("RGB")
-        img = _resize_short(img, self.size) if self.resize else _upscale_if_small(img, self.size)
-        return pil_to_tensor(_center_crop(img, self.size))
+        s = self.size
+        w, h = img.size
+        nw, nh = _short_side_to(w, h, s) if self.resize or min(w, h) < s else (w, h)
+        x, y = _center_offset(nw, s), _center_offset(nh, s)
+        return pil_to_tensor(_resized_crop(img, (nw, nh), (x, y, x + s, y + s)))
 
     def __repr__(self) -> str:
         return f"EvalTransform(size={self.size}, resize={self.resize})"
