@@ -135,9 +135,9 @@ def _sharded_build_seconds(paths: list[str], work: Path, nprocs: int, *, preset:
     work.mkdir(parents=True, exist_ok=True)
     sync = work / f"sync-{nprocs}"
     sync.mkdir()
-    spec: dict[str, Any] = {"preset": preset, "overrides": overrides, "paths": paths, "cache_root": str(work / f"cache-{nprocs}"),
-            "image_size": image_size, "batch_size": batch_size, "sync_dir": str(sync),
-            "out": str(work / f"stats-{nprocs}.json")}
+    spec: dict[str, Any] = {"preset": preset, "overrides": overrides, "paths": paths,
+                            "cache_root": str(work / f"cache-{nprocs}"), "image_size": image_size,
+                            "batch_size": batch_size, "sync_dir": str(sync), "out": str(work / f"stats-{nprocs}.json")}
     procs = []
     for r in range(nprocs):
         env = dict(os.environ, RANK=str(r), WORLD_SIZE=str(nprocs), LOCAL_RANK=str(r),

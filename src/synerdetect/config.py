@@ -123,6 +123,9 @@ class DataConfig:
     test_layout: str = "auto"
     test_split: str | None = None
     image_size: int | None = None  # loader output size (None: max(clip_size, sd_size))
+    # E_v / CConv view: "crop" (a clip_size crop of the image's own pixels) | "resize" (shorter side resized to
+    # clip_size first). docs/method.md measures both.
+    clip_view: str = "crop"
     blur_prob: float = 0.1
     blur_sigma: list[float] = field(default_factory=lambda: [0.0, 3.0])
     jpeg_prob: float = 0.1
@@ -308,6 +311,7 @@ def validate_experiment(cfg: ExperimentConfig) -> None:
         (cfg.optim.name in {"sgd", "adamw"}, "optim.name must be sgd or adamw"),
         (cfg.optim.schedule in {"constant", "cosine"}, "optim.schedule must be constant or cosine"),
         (cfg.cache.cmid_latents in {"cached", "augmented"}, "cache.cmid_latents must be cached or augmented"),
+        (cfg.data.clip_view in {"crop", "resize"}, "data.clip_view must be crop or resize"),
         (cfg.cache.policy in {"online", "cached-fixed", "cached-refresh"},
          "cache.policy must be online, cached-fixed or cached-refresh"),
     ]

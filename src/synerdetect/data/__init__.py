@@ -39,9 +39,20 @@ from .layouts import (
     parse_label,
 )
 from .sampling import BalancedBatchSampler, ShardedEvalSampler
-from .transforms import MAX_RESIZE_ASPECT, EvalTransform, TrainTransform, pil_to_tensor
+from .transforms import (
+    MAX_RESIZE_ASPECT,
+    EvalTransform,
+    TrainTransform,
+    Views,
+    ViewTransform,
+    pil_to_tensor,
+    stack_images,
+)
 
 __all__ = [
+    "Views",
+    "ViewTransform",
+    "stack_images",
     "AmbiguousLayoutError",
     "BalancedBatchSampler",
     "DEFAULT_MAX_PIXELS",

@@ -28,6 +28,7 @@ from torch.utils.data import Dataset
 
 from .imageio import DEFAULT_MAX_PIXELS, UnreadableImage, load_image_with_format
 from .layouts import Sample
+from .transforms import stack_images
 
 __all__ = ["ImageDataset", "collate"]
 
@@ -121,7 +122,7 @@ def collate(batch: Sequence[dict[str, Any]]) -> dict[str, Any]:
             _warned_paths.add(path)
             logger.warning("skipping unreadable image %s: %s", path, reason)
     if good:
-        image = torch.stack([b["image"] for b in good])
+        image = stack_images([b["image"] for b in good])
     else:
         image = torch.empty((0, 3, 0, 0), dtype=torch.float32)
     return {

@@ -67,6 +67,7 @@ from __future__ import annotations
 import io
 import math
 import random
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -299,3 +300,108 @@ class EvalTransform:
 
     def __repr__(self) -> str:
         return f"EvalTransform(size={self.size}, resize={self.resize})"
+
+
+# ----------------------------------------------------------------------------- two views of one decode
+
+
+class Views:
+    """The model's two inputs from one decode of a file (a batch, or one image before collation):
+
+    - ``clip``: what E_v and the Bayar CConv see, ``clip_size`` x ``clip_size`` in [0, 1]: by default a crop of
+      the image's **own pixels** (no resampling when the image is at least ``clip_size`` on its shorter side), so
+      the pixel-level traces detectors rely on survive;
+    - ``sd``: what CMID and the inversion see, the image resized to ``sd_size`` x ``sd_size``.
+
+    Tensor-like where the pipeline needs it: ``to``, ``len``, indexing, :meth:`stack`."""
+
+    __slots__ = ("clip", "sd")
+
+    def __init__(self, clip: torch.Tensor, sd: torch.Tensor):
+        self.clip, self.sd = clip, sd
+
+    def to(self, *args: Any, **kwargs: Any) -> Views:
+        return Views(self.clip.to(*args, **kwargs), self.sd.to(*args, **kwargs))
+
+    def __len__(self) -> int:
+        return int(self.clip.shape[0])
+
+    def __getitem__(self, idx: Any) -> Views:
+        return Views(self.clip[idx], self.sd[idx])
+
+    @property
+    def device(self) -> torch.device:
+        return self.clip.device
+
+    @staticmethod
+    def stack(items: Sequence[Views]) -> Views:
+        return Views(torch.stack([v.clip for v in items]), torch.stack([v.sd for v in items]))
+
+    def __repr__(self) -> str:
+        return f"Views(clip={tuple(self.clip.shape)}, sd={tuple(self.sd.shape)})"
+
+
+def stack_images(items: Sequence[Any]) -> Any:
+    """``torch.stack`` for tensors, :meth:`Views.stack` for views."""
+    return Views.stack(items) if items and isinstance(items[0], Views) else torch.stack(list(items))
+
+
+class ViewTransform:
+    """``(pil_img, rng) -> Views``: one decode, two views (see :class:`Views`).
+
+    ``clip_view``: ``"crop"`` (default: a ``clip_size`` crop of the image's own pixels; random in training, centre
+    in evaluation; images smaller than ``clip_size`` are upscaled, shorter side to ``clip_size``, bicubic) or
+    ``"resize"`` (shorter side resized to ``clip_size``, then cropped: the older protocol, which resamples a 4K
+    image down to 224 px). The SD view is always the shorter side resized to ``sd_size`` and centre-cropped.
+    In training, blur and JPEG act on the whole decoded image before both views and the flip applies to both,
+    with :class:`TrainTransform`'s seven draws in the same order."""
+
+    VIEWS = ("crop", "resize")
+
+    def __init__(self, clip_size: int, sd_size: int, *, train: bool = False, clip_view: str = "crop",
+                 flip: bool = True, blur_prob: float = 0.1, blur_sigma: tuple[float, float] = (0.0, 3.0),
+                 jpeg_prob: float = 0.1, jpeg_quality: tuple[int, int] = (30, 100)):
+        if clip_view not in self.VIEWS:
+            raise ValueError(f"clip_view must be one of {self.VIEWS}, got {clip_view!r}")
+        self.clip_size, self.sd_size = _check_size(clip_size), _check_size(sd_size)
+        self.train, self.clip_view = bool(train), clip_view
+        # the augmentation (blur, JPEG, flip) of TrainTransform; its crop is not used
+        self.aug = TrainTransform(self.clip_size, flip=flip, blur_prob=blur_prob, blur_sigma=blur_sigma,
+                                  jpeg_prob=jpeg_prob, jpeg_quality=jpeg_quality)
+
+    def __call__(self, img: Image.Image, rng: RngLike = None) -> Views:
+        u_blur, u_sigma, u_jpeg, u_quality, u_crop_x, u_crop_y, u_flip = (_rand(rng) for _ in range(7))
+        if img.mode != "RGB":
+            img = img.convert("RGB")
+        a = self.aug
+        if self.train and u_blur < a.blur_prob:
+            lo, hi = a.blur_sigma
+            sigma = lo + (hi - lo) * u_sigma
+            if sigma > 0:
+                img = img.filter(ImageFilter.GaussianBlur(radius=sigma))
+        if self.train and u_jpeg < a.jpeg_prob:
+            img = _jpeg(img, _pick_int(u_quality, *a.jpeg_quality))
+        if self.train and a.flip and u_flip < 0.5:
+            img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+
+        w, h = img.size
+        s = self.clip_size
+        if self.clip_view == "crop":
+            nw, nh = _short_side_to(w, h, s) if min(w, h) < s else (w, h)  # native pixels; only upscale
+        else:
+            nw, nh = _short_side_to(w, h, s)
+        if self.train:
+            x, y = _pick_int(u_crop_x, 0, nw - s), _pick_int(u_crop_y, 0, nh - s)
+        else:
+            x, y = _center_offset(nw, s), _center_offset(nh, s)
+        clip = pil_to_tensor(_resized_crop(img, (nw, nh), (x, y, x + s, y + s)))
+
+        t = self.sd_size
+        sw, sh = _short_side_to(w, h, t)
+        sx, sy = _center_offset(sw, t), _center_offset(sh, t)
+        sd = pil_to_tensor(_resized_crop(img, (sw, sh), (sx, sy, sx + t, sy + t)))
+        return Views(clip, sd)
+
+    def __repr__(self) -> str:
+        return (f"ViewTransform(clip_size={self.clip_size}, sd_size={self.sd_size}, train={self.train}, "
+                f"clip_view={self.clip_view!r})")

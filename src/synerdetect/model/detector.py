@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ConfigError, ExperimentConfig, ModelConfig, from_dict
+from ..data.transforms import Views
 from ..losses.contrastive import dcl_loss_two_views
 from ..losses.ot import pot_loss
 from ..utils import atomic_write_json
@@ -107,6 +108,17 @@ def _add_lora(module: nn.Module, cfg: ModelConfig, name: str) -> nn.Module:
         return inject_adapter_in_model(lcfg, module, adapter_name="default")
     except ValueError as e:
         raise ConfigError(f"LoRA on {name}: {e} (model.lora_targets={cfg.lora_targets})") from e
+
+
+def view_transform(cfg: ExperimentConfig, *, train: bool, clip_view: str | None = None) -> Any:
+    """The data transform a detector of ``cfg`` reads files with: two views (:class:`Views`) of one decode."""
+    from ..data import ViewTransform
+
+    d = cfg.data
+    kw: dict[str, Any] = {"flip": d.flip, "blur_prob": d.blur_prob, "blur_sigma": (d.blur_sigma[0], d.blur_sigma[1]),
+                          "jpeg_prob": d.jpeg_prob, "jpeg_quality": (d.jpeg_quality[0], d.jpeg_quality[1])}
+    return ViewTransform(cfg.model.clip_size, cfg.model.sd_size, train=train,
+                         clip_view=clip_view or d.clip_view, **kw)
 
 
 def _world_size() -> int:
@@ -315,6 +327,13 @@ class SynerDetect(nn.Module):
 
     # ------------------------------------------------------------------ checks
     def check_inputs(self, images: Any, labels: Any = None) -> None:
+        if isinstance(images, Views):  # the two views of preprocess(): each must be a valid image batch
+            self.check_inputs(images.clip, labels)
+            self.check_inputs(images.sd)
+            if images.sd.shape[0] != images.clip.shape[0]:
+                raise InputError(f"views of different batch sizes: clip {images.clip.shape[0]}, "
+                                 f"sd {images.sd.shape[0]}")
+            return
         if not isinstance(images, torch.Tensor):
             raise InputError(f"images must be a torch.Tensor B x 3 x H x W in [0, 1], got {type(images).__name__}")
         if images.ndim != 4 or images.shape[1] != 3:
@@ -342,9 +361,10 @@ class SynerDetect(nn.Module):
                 raise InputError(f"labels must be 0 (real) or 1 (fake), got {sorted(bad)}")
 
     # ------------------------------------------------------------------ stages
-    def clip_pixels(self, images: torch.Tensor) -> torch.Tensor:
-        x = _resize(images.float(), self.mcfg.clip_size)
-        return x
+    def clip_pixels(self, images: torch.Tensor | Views) -> torch.Tensor:
+        """E_v's and CConv's input at clip_size: the clip view as it is, or a plain tensor resized (shorter side,
+        then centre crop)."""
+        return _resize((images.clip if isinstance(images, Views) else images).float(), self.mcfg.clip_size)
 
     def encode_visual(self, x01_clip: torch.Tensor) -> torch.Tensor:
         """z_v = E_v(x), normalised, B x D."""
@@ -370,7 +390,7 @@ class SynerDetect(nn.Module):
     def encode_latents(self, images: torch.Tensor, size: int | None = None) -> torch.Tensor:
         """VAE latent z0 of the image at ``size`` px (the posterior mean, scaled), B x 4 x h x w."""
         size = size or self.mcfg.sd_size
-        x = _resize(images.float(), size) * 2 - 1
+        x = _resize((images.sd if isinstance(images, Views) else images).float(), size) * 2 - 1
         post = self.vae.encode(x.to(self.compute_dtype)).latent_dist
         return (post.mean * self.vae_scale).float()
 
@@ -414,6 +434,21 @@ class SynerDetect(nn.Module):
             ab = self.noise_scheduler.alphas_cumprod.to(dev)[t].float().view(-1, 1, 1, 1)
             pred = (1 - ab).sqrt() * noisy + ab.sqrt() * pred
         return F.mse_loss(pred, noise)
+
+    def preprocess(self, pil_images: Any, *, train: bool = False, rng: Any = None, clip_view: str | None = None
+                   ) -> Views:
+        """PIL images -> what :meth:`predict` and :meth:`compute_losses` accept: the two views of each image from
+        one decode (a ``clip_size`` crop of the image's own pixels for E_v and CConv, the image resized to
+        ``sd_size`` for CMID and the inversion). ``train`` draws a random crop and the configured augmentation
+        from ``rng``; ``clip_view`` defaults to ``data.clip_view``. Plain tensors still work everywhere."""
+        from ..data import ViewTransform
+
+        imgs = [pil_images] if not isinstance(pil_images, (list, tuple)) else list(pil_images)
+        if not imgs:
+            raise InputError("preprocess needs at least one image")
+        t = view_transform(self.cfg, train=train, clip_view=clip_view)
+        assert isinstance(t, ViewTransform)
+        return Views.stack([t(img, rng) for img in imgs])
 
     # ------------------------------------------------------------------ contract
     def perceptual(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -462,7 +497,7 @@ class SynerDetect(nn.Module):
         feature cache's tensors of this batch) replaces the inversion; its ``latents`` are CMID's target when
         given, else the batch is VAE-encoded."""
         self.check_inputs(images, labels)
-        labels = torch.as_tensor(labels, device=images.device).long()
+        labels = torch.as_tensor(labels, device=self.clip_pixels(images).device).long()
         lc = self.lcfg
         if lc.use_ot_dcl and len(set(labels.tolist())) < 2:
             raise InputError("a training batch must hold both real and fake images (Eq. 7 needs negatives); "

@@ -1,0 +1,73 @@
+"""Native-resolution views: E_v and CConv see a crop of the image's own pixels, the SD path its own resized view,
+both from one decode."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from synerdetect.data import Views, ViewTransform
+
+
+def _noise(w, h, seed=0):
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8))
+
+
+def test_eval_clip_view_is_the_centre_pixels_exactly(tiny_model):
+    img = _noise(96, 96)
+    v = tiny_model.preprocess(img)
+    assert isinstance(v, Views) and v.clip.shape == (1, 3, 64, 64) and v.sd.shape == (1, 3, 64, 64)
+    centre = np.asarray(img)[16:80, 16:80].astype(np.float32) / 255  # hand-cut centre 64 x 64
+    assert torch.equal(v.clip[0], torch.from_numpy(centre).permute(2, 0, 1))
+    # the model uses that view as it is (no resampling) ...
+    assert torch.equal(tiny_model.clip_pixels(v), v.clip)
+    # ... and the SD view is the whole image resized (shorter side to 64, bicubic), not the crop
+    resized = np.asarray(img.resize((64, 64), Image.Resampling.BICUBIC)).astype(np.float32) / 255
+    torch.testing.assert_close(v.sd[0], torch.from_numpy(resized).permute(2, 0, 1), rtol=0, atol=0)
+
+
+def test_small_images_are_upscaled_and_resize_view_is_the_old_protocol():
+    small = _noise(40, 50, seed=1)
+    v = ViewTransform(64, 64)(small)
+    assert v.clip.shape == (3, 64, 64)  # shorter side 40 -> 64 (bicubic), then the centre crop
+    big = _noise(200, 120, seed=2)
+    crop = ViewTransform(64, 64, clip_view="crop")(big).clip
+    resize = ViewTransform(64, 64, clip_view="resize")(big).clip
+    expected = np.asarray(big)[28:92, 68:132].astype(np.float32) / 255
+    assert torch.equal(crop, torch.from_numpy(expected).permute(2, 0, 1))
+    w = round(200 * 64 / 120)
+    left = round((w - 64) / 2)  # the centre crop's offset, rounded like EvalTransform's
+    old = np.asarray(big.resize((w, 64), Image.Resampling.BICUBIC))[:, left:left + 64]
+    torch.testing.assert_close(resize, torch.from_numpy(old.astype(np.float32) / 255).permute(2, 0, 1),
+                               rtol=0, atol=0)
+
+
+def test_training_views_are_random_crops_with_shared_augmentation():
+    import random
+
+    img = _noise(128, 128, seed=3)
+    t = ViewTransform(64, 64, train=True, blur_prob=0.0, jpeg_prob=0.0, flip=False)
+    a, b = t(img, random.Random(0)), t(img, random.Random(0))
+    assert torch.equal(a.clip, b.clip)  # a function of the rng state
+    crops = {tuple(t(img, random.Random(s)).clip[:, 0, 0].tolist()) for s in range(8)}
+    assert len(crops) > 1  # the position varies with the draws
+    src = np.asarray(img).astype(np.float32) / 255
+    c = t(img, random.Random(5)).clip.permute(1, 2, 0).numpy()
+    hits = [(y, x) for y in range(65) for x in range(65) if np.array_equal(src[y:y + 64, x:x + 64], c)]
+    assert len(hits) == 1  # an exact window of the original pixels
+
+
+def test_predict_and_losses_accept_views(tiny_model):
+    imgs = [_noise(96, 96, seed=s) for s in range(4)]
+    v = tiny_model.preprocess(imgs)
+    out = tiny_model.predict(v)
+    assert out["logit"].shape == (4,) and torch.isfinite(out["logit"]).all()
+    losses = tiny_model.compute_losses(v, torch.tensor([0, 1, 0, 1]))
+    assert torch.isfinite(losses["total"])
+    # a 64 px image: both views are the image itself, so views and the plain tensor agree exactly
+    small = [_noise(64, 64, seed=9)]
+    plain = torch.from_numpy(np.asarray(small[0]).astype(np.float32) / 255).permute(2, 0, 1)[None]
+    torch.testing.assert_close(tiny_model.predict(tiny_model.preprocess(small))["logit"],
+                               tiny_model.predict(plain)["logit"], rtol=0, atol=0)
+    with pytest.raises(Exception, match="preprocess needs"):
+        tiny_model.preprocess([])
