@@ -147,3 +147,84 @@ def cascade_predict(model, batches: Iterable[tuple[torch.Tensor, list[Any]]], ba
             yield from run_full(head)
     if pending:
         yield from run_full(pending)
+
+
+def _loader(samples, image_size: int, batch_size: int):
+    from torch.utils.data import DataLoader
+
+    from ..data import EvalTransform, ImageDataset, collate
+
+    ds = ImageDataset(list(samples), EvalTransform(image_size), seed=0)
+    return DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=0, collate_fn=collate)
+
+
+def both_branches(model, samples, *, image_size: int, batch_size: int) -> dict[str, np.ndarray]:
+    """Perceptual margin and full Eq. 10 logit of every readable sample, with its label (to fit or study a band)."""
+    device = next(model.parameters()).device
+    m, f, y = [], [], []
+    for b in _loader(samples, image_size, batch_size):
+        if not len(b["label"]):
+            continue
+        x = b["image"].to(device)
+        m.append(model.predict(x, mode="perceptual")["logit"].float().cpu())
+        f.append(model.predict(x)["logit"].float().cpu())
+        y.append(b["label"])
+    return {"margin": torch.cat(m).numpy(), "full": torch.cat(f).numpy(), "label": torch.cat(y).numpy()}
+
+
+def measure_cascade(model, val_samples, test_samples, *, image_size: int, batch_size: int = 16,
+                    target_agreement: float = 0.99, out_dir=None) -> dict[str, Any]:
+    """Fit the band on ``val_samples``; on ``test_samples`` measure the curve (band vs share inverted vs agreement
+    vs accuracy), then, at the fitted band, the wall time of a full pass and of a cascade pass (data loading
+    included in both, one run each), the agreement with full and the accuracy of both. Writes
+    ``cascade_curve.png`` / ``cascade.json`` into ``out_dir`` when given."""
+    import time
+
+    from ..utils import atomic_write_json
+
+    val = both_branches(model, val_samples, image_size=image_size, batch_size=batch_size)
+    fitted = fit_cascade_band(val["margin"], val["full"], target_agreement=target_agreement)
+    band = (fitted["band"][0], fitted["band"][1])
+    test = both_branches(model, test_samples, image_size=image_size, batch_size=batch_size)
+    curve = cascade_curve(test["margin"], test["full"], test["label"])
+    device = next(model.parameters()).device
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    sync()
+    t0 = time.perf_counter()
+    for b in _loader(test_samples, image_size, batch_size):
+        if len(b["label"]):
+            model.predict(b["image"].to(device))
+    sync()
+    t_full = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    decided = {"perceptual": 0, "full": 0}
+    batches = ((b["image"].to(device), b["path"]) for b in _loader(test_samples, image_size, batch_size)
+               if len(b["label"]))
+    for _, _, how in cascade_predict(model, batches, band, batch_size=batch_size):
+        decided[how] += 1
+    sync()
+    t_cascade = time.perf_counter() - t0
+    at_band = cascade_stats(test["margin"], test["full"], band, test["label"])
+    result = {"band": list(band), "target_agreement": target_agreement, "val": fitted,
+              "test": {**at_band, "decided": decided, "seconds_full": t_full, "seconds_cascade": t_cascade,
+                       "speedup": t_full / t_cascade if t_cascade > 0 else None},
+              "inversion_steps": model.mcfg.inversion_steps, "curve": curve}
+    if out_dir is not None:
+        from pathlib import Path
+
+        out = Path(out_dir)
+        plot_cascade_curve(curve, out / "cascade_curve.png", fitted=at_band)
+        atomic_write_json(out / "cascade.json", result)
+    return result
+
+
+def curve_markdown(curve: list[dict[str, Any]]) -> str:
+    rows = ["| band ±w | inverted | agreement with full | cascade acc | full acc |", "|---:|---:|---:|---:|---:|"]
+    for c in curve:
+        rows.append(f"| {c['half_width']:.4f} | {c['share_inverted'] * 100:.1f}% | {c['agreement'] * 100:.1f}% | "
+                    f"{c.get('acc_cascade', float('nan')) * 100:.1f}% | {c.get('acc_full', float('nan')) * 100:.1f}% |")
+    return "\n".join(rows)
