@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -17,8 +16,8 @@ from synerdetect.demo import (
     describe,
     real_photo_pool,
     sample_real,
+    synthetic,
 )
-from synerdetect.demo import synthetic
 
 SIZE = 64
 N_STAT = 40

@@ -209,3 +209,86 @@ def test_robustness_table_nested_and_flat(records):
     assert flat["clean"] is None
     with pytest.raises(ValueError):
         robustness_table({"jpeg": lv1})
+
+
+# --------------------------------------------------------------------------- calibration metrics
+def test_ece_hand_worked():
+    from synerdetect.engine.metrics import expected_calibration_error, reliability_bins
+
+    # 15 bins of width 1/15: 0.05 -> bin 0; 0.22, 0.25 -> bin 3 (0.2, 0.2667]; 0.61, 0.62, 0.64 -> bin 9
+    # (0.6, 0.6667]; 0.95 -> bin 14.
+    p = [0.05, 0.22, 0.25, 0.61, 0.62, 0.64, 0.95]
+    y = [0, 1, 0, 1, 1, 0, 1]
+    # |0 - .05| * 1 + |1/2 - .235| * 2 + |2/3 - .623333| * 3 + |1 - .95| * 1 = .05 + .53 + .13 + .05 = .76
+    assert expected_calibration_error(y, p) == pytest.approx(0.76 / 7)
+    bins = reliability_bins(y, p)
+    assert [b["count"] for b in bins] == [1, 2, 3, 1]
+    assert [round(b["lo"] * 15) for b in bins] == [0, 3, 9, 14]
+    assert bins[1]["mean_prob"] == pytest.approx(0.235) and bins[1]["frac_fake"] == pytest.approx(0.5)
+    # a perfectly calibrated case: each bin's fake fraction equals its (single) probability value
+    assert expected_calibration_error([0, 0, 1, 1], [0.0, 0.0, 1.0, 1.0]) == 0.0
+    # bins are closed on the right: 1/15 is in the first bin, 1.0 in the last; all in one bin -> |mean diff|
+    edge = reliability_bins([1, 0], [1 / 15, 1.0])
+    assert [b["count"] for b in edge] == [1, 1] and edge[0]["lo"] == 0.0 and edge[1]["hi"] == 1.0
+    assert expected_calibration_error([1, 0, 0], [0.3, 0.3, 0.3], n_bins=1) == pytest.approx(abs(1 / 3 - 0.3))
+
+
+def test_ece_brier_nll_against_independent_computations():
+    from sklearn.metrics import brier_score_loss, log_loss
+
+    from synerdetect.engine.metrics import probability_metrics
+
+    rng = np.random.default_rng(3)
+    p = rng.random(500)
+    y = (rng.random(500) < p ** 1.5).astype(int)
+    m = probability_metrics(y, p)
+    # ECE by a plain loop over 15 equal-width bins (right-closed, first bin includes 0)
+    ece = 0.0
+    for b in range(15):
+        lo, hi = b / 15, (b + 1) / 15
+        sel = (p > lo) & (p <= hi) if b else (p <= hi)
+        if sel.any():
+            ece += sel.sum() / p.size * abs(y[sel].mean() - p[sel].mean())
+    assert m["ece"] == pytest.approx(ece, abs=1e-12)
+    assert m["brier"] == pytest.approx(brier_score_loss(y, p)) == pytest.approx(np.mean((p - y) ** 2))
+    assert m["nll"] == pytest.approx(log_loss(y, p))
+    assert m["nll"] == pytest.approx(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+    assert sum(b["count"] for b in m["bins"]) == 500 and m["n_bins"] == 15
+    # a single class still has Brier, NLL and ECE
+    one = probability_metrics([1, 1], [0.9, 0.6])
+    assert one["brier"] == pytest.approx((0.01 + 0.16) / 2) and one["ece"] == pytest.approx(0.25)
+
+
+def test_selective_metrics():
+    from synerdetect.engine.metrics import selective_metrics
+
+    y = [0, 0, 1, 1, 1]
+    x = [-2.0, 0.1, 0.05, 3.0, -0.2]  # correct: yes, no, yes, yes, no
+    m = selective_metrics(y, x, [False, True, True, False, False])
+    assert m["accuracy"] == pytest.approx(3 / 5)
+    assert m["coverage"] == pytest.approx(3 / 5) and m["n_covered"] == 3 and m["n_uncertain"] == 2
+    assert m["selective_accuracy"] == pytest.approx(2 / 3)
+    assert selective_metrics(y, x, [True] * 5)["selective_accuracy"] is None
+
+
+def test_size_shortcut_warning_and_record_fields():
+    def sized(label, size, i):
+        return ScoreRecord(f"S/{label}_{i}.png", "S", label, 0.0, 0.1, 0.1, 0.6, "PNG", size=size)
+
+    disjoint = [sized(0, (64, 48), 0), sized(0, (48, 64), 1), sized(1, (64, 64), 2)]
+    m = generator_metrics(disjoint)["S"]
+    assert m["size_shortcut_warning"] and "64x64" in m["size_shortcut_warning"]
+    assert m["sizes"] == {"real": {"48x64": 1, "64x48": 1}, "fake": {"64x64": 1}}
+    assert m["format_shortcut_warning"] is None
+    assert summarize(disjoint)["warnings"] == [f"S: {m['size_shortcut_warning']}"]
+    shared = disjoint + [sized(0, (64, 64), 3)]
+    assert generator_metrics(shared)["S"]["size_shortcut_warning"] is None
+    unknown = disjoint + [sized(1, None, 4)]
+    assert generator_metrics(unknown)["S"]["size_shortcut_warning"] is None
+    # new optional fields round-trip and are validated; old dicts without them still load
+    r = ScoreRecord("a.png", "G", 1, 0.0, 1.0, 1.0, 0.7, "PNG", verdict="uncertain", calibrated=True, size=[5, 7])
+    assert r.size == (5, 7) and ScoreRecord.from_dict(r.to_dict()) == r
+    old = {k: v for k, v in r.to_dict().items() if k not in ("verdict", "calibrated", "size", "format")}
+    assert ScoreRecord.from_dict(old).verdict is None
+    with pytest.raises(ValueError):
+        ScoreRecord("a.png", "G", 1, 0.0, 1.0, 1.0, 0.7, verdict="maybe")

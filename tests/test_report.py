@@ -135,3 +135,68 @@ def test_plot_logit_distributions(tmp_path, records, case):
         r, g, b = arr[..., 0], arr[..., 1], arr[..., 2]
         assert np.sum(r - g > 40) > 50  # fake (red) distribution drawn
         assert np.sum(b - r > 40) > 50  # real (blue) distribution drawn
+
+
+def test_scores_jsonl_optional_fields_round_trip(tmp_path, records):
+    from dataclasses import replace
+
+    from synerdetect.engine.report import OPTIONAL_SCORE_FIELDS, write_scores_jsonl
+
+    recs = [replace(r, verdict="fake" if r.logit > 0 else "real", calibrated=True, size=(64, 48))
+            for r in records]
+    recs[0] = replace(recs[0], verdict="uncertain")
+    write_scores_jsonl(tmp_path / "s.jsonl", recs)
+    first = json.loads((tmp_path / "s.jsonl").read_text().splitlines()[0])
+    assert list(first) == list(SCORE_FIELDS) + list(OPTIONAL_SCORE_FIELDS)
+    assert first["size"] == [64, 48] and first["verdict"] == "uncertain" and first["calibrated"] is True
+    assert read_scores_jsonl(tmp_path / "s.jsonl") == recs
+
+
+def _section(calibrated):
+    from synerdetect.engine.calibration import Calibration, calibration_section
+
+    rng = np.random.default_rng(0)
+    recs = [mk("G", i % 2, float(rng.normal(0.3 if i % 2 else -0.3, 0.3)), "PNG", i) for i in range(200)]
+    cal = Calibration(method="temperature", a=4.0, band=[-0.1, 0.2], target_accuracy=0.9,
+                      fitted_on={"data": "/val", "split": "val", "n_real": 30, "n_fake": 30}) if calibrated else None
+    return calibration_section(recs, tau=0.07, calibration=cal), recs
+
+
+@pytest.mark.parametrize("calibrated", [True, False])
+def test_calibration_markdown_and_reliability_plot(tmp_path, calibrated):
+    from synerdetect.engine.report import calibration_markdown, plot_reliability
+
+    sec, recs = _section(calibrated)
+    md = calibration_markdown(sec)
+    assert f"{100 * sec['ece']:.2f}%" in md and f"{sec['brier']:.4f}" in md and f"{sec['nll']:.4f}" in md
+    if calibrated:
+        assert "temperature scaling, T = 0.25" in md and f"{100 * sec['raw']['ece']:.2f}" in md
+        assert "[-0.1, +0.2]" in md and f"{100 * sec['selective_accuracy']:.2f}%" in md
+    else:
+        assert "none" in md and "coverage 100.00%" in md
+    backend = matplotlib.get_backend()
+    arr = _check_png(plot_reliability(sec, tmp_path / "rel.png", title="t"))
+    assert matplotlib.get_backend() == backend
+    r, g, b = arr[..., 0], arr[..., 1], arr[..., 2]
+    assert np.sum(r - g > 40) > 50  # the per-bin bars/line are drawn
+    if calibrated:
+        assert np.sum(b - r > 40) > 20  # the uncalibrated curve too
+    # the empty case still renders
+    _check_png(plot_reliability({"bins": [], "ece": None, "calibrated": False}, tmp_path / "empty.png"))
+
+
+def test_harmonized_markdown(records):
+    from synerdetect.engine.report import harmonized_markdown
+
+    raw = summarize(records)
+    shifted = summarize([mk(r.generator, r.label, r.logit - 0.5, "JPEG", i) for i, r in enumerate(records)])
+    md = harmonized_markdown(raw, shifted, "jpeg@q96")
+    rows = [ln for ln in md.splitlines() if ln.startswith("|")]
+    assert rows[0] == "| generator | acc raw | acc jpeg@q96 | Δacc | AP raw | AP jpeg@q96 | ΔAP |"
+    sd = rows[2].split("|")
+    assert sd[1].strip() == "SD1.4"
+    assert sd[2].strip() == f"{100 * raw['generators']['SD1.4']['acc']:.2f}"
+    assert sd[3].strip() == f"{100 * shifted['generators']['SD1.4']['acc']:.2f}"
+    d = shifted["generators"]["SD1.4"]["acc"] - raw["generators"]["SD1.4"]["acc"]
+    assert sd[4].strip() == f"{100 * d:+.2f}"
+    assert rows[-1].startswith("| **mean** |")

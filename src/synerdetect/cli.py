@@ -106,6 +106,12 @@ def cmd_evaluate(args) -> int:
         args.data, args.layout, args.split = d.test, d.test_layout, d.test_split
     if rank_world()[0] == 0:
         check_output_dir(args.out, "--out")
+    from .engine.calibration import Calibration
+    from .engine.evaluate import parse_harmonize_spec
+
+    if args.harmonize:
+        parse_harmonize_spec(args.harmonize)  # a bad spec fails before the model is loaded
+    calibration = Calibration.load(args.checkpoint)  # None when the checkpoint has no calibration.json
     model = _load_model(args.checkpoint, args.device)
     samples = load_labelled(args.data, args.layout, args.split, args.generators)
     cf = None
@@ -118,6 +124,7 @@ def cmd_evaluate(args) -> int:
                    feature_lookup=cf.lookup if cf is not None else None,
                    batch_size=args.batch_size, num_workers=args.workers, perturb=args.perturb or (),
                    progress=not args.no_progress, title=Path(args.data).name,
+                   calibration=calibration, harmonize=args.harmonize,
                    extra={"checkpoint": str(args.checkpoint), "data": str(args.data), "layout": args.layout,
                           "split": args.split, "inversion_steps": model.mcfg.inversion_steps,
                           "sd_size": model.mcfg.sd_size, "clip_size": model.mcfg.clip_size,
@@ -133,46 +140,98 @@ def cmd_evaluate(args) -> int:
             print(f"\n{len(res['errors'])} unreadable file(s) skipped:")
             for p, r in res["errors"]:
                 print(f"  {p}: {r}")
-        print(f"\nwrote {args.out}/results.json, results.csv, scores.jsonl, logit_distributions.png")
+        print(f"\nwrote {args.out}/results.json, results.csv, scores.jsonl, logit_distributions.png, reliability.png"
+              + (", scores_harmonized.jsonl" if args.harmonize else ""))
     return 0
 
 
 def cmd_predict(args) -> int:
+    from .engine.calibration import Calibration
     from .engine.evaluate import expand_inputs, predict_paths
+    from .engine.scoring import provenance_summary
+    from .provenance import load_trust_anchors
     from .utils import atomic_write_json, atomic_write_text, check_output_file
 
     check_output_file(args.json, "--json")  # before any work: a bad output path must not cost a scoring run
     check_output_file(args.csv, "--csv")
+    anchors = load_trust_anchors(args.c2pa_trust_anchors)  # a bad PEM file: one line, before the model loads
     paths, missing = expand_inputs(args.inputs)
     for item, why in missing:
         print(f"warning: {_printable(item)}: {why}", file=sys.stderr)
     if not paths:
         print("error: no input files", file=sys.stderr)
         return 2
+    calibration = Calibration.load(args.checkpoint)
     model = _load_model(args.checkpoint, args.device)
     rows, errors = predict_paths(model, paths, image_size=_image_size(model, args.image_size),
                                  batch_size=args.batch_size, num_workers=args.workers,
-                                 progress=not args.no_progress)
-    shown = [_printable(r["path"]) for r in rows]
+                                 progress=not args.no_progress, calibration=calibration,
+                                 provenance=not args.no_provenance, trust_anchors=anchors,
+                                 trust_metadata=args.trust_metadata)
+    flat = [{**r, **provenance_summary(r.get("provenance"))} for r in rows]
+    shown = [_printable(r["path"]) for r in flat]
+    verdicts = [r["verdict"] + (" (c2pa)" if r["verdict_source"] == "c2pa" else "") for r in flat]
     width = max([len(s) for s in shown] + [4])
-    print(f"{'path':<{width}}  label  prob_fake    logit")
-    for s, r in zip(shown, rows):
-        print(f"{s:<{width}}  {r['label']:<5}  {r['prob_fake']:9.4f}  {r['logit']:+.4f}")
+    vw = max([len(v) for v in verdicts] + [9])
+    print(f"{'path':<{width}}  label  {'verdict':<{vw}}  prob_fake    logit  provenance")
+    for s, v, r in zip(shown, verdicts, flat):
+        print(f"{s:<{width}}  {r['label']:<5}  {v:<{vw}}  {r['prob_fake']:9.4f}  {r['logit']:+.4f}  "
+              f"{_provenance_cell(r) if not args.no_provenance else '-'}")
     if errors:
         print(f"\n{len(errors)} file(s) could not be scored:", file=sys.stderr)
         for p, reason in errors:
             print(f"  {_printable(p)}: {reason}", file=sys.stderr)
     if args.json:
-        atomic_write_json(args.json, {"predictions": rows, "errors": [{"path": p, "reason": r} for p, r in errors]})
+        atomic_write_json(args.json, {"predictions": rows, "errors": [{"path": p, "reason": r} for p, r in errors],
+                                      "calibration": calibration.to_dict() if calibration else None})
     if args.csv:
         buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=["path", "label", "prob_fake", "logit", "s_real", "s_fake"])
+        w = csv.DictWriter(buf, extrasaction="ignore", fieldnames=[
+            "path", "label", "verdict", "verdict_source", "prob_fake", "calibrated", "logit", "s_real", "s_fake",
+            "sim_v_real", "sim_v_fake", "sim_n_real", "sim_n_fake", "declared_ai", "c2pa", "provenance_sources",
+            "sha256"])
         w.writeheader()
-        w.writerows(rows)
+        w.writerows(flat)
         atomic_write_text(args.csv, buf.getvalue())
+    if calibration is not None:
+        print(f"prob_fake calibrated ({calibration.method}); verdict 'uncertain' for logits in {calibration.band}",
+              file=sys.stderr)
     print(f"\nscored {len(rows)} of {len(paths)} file(s)", file=sys.stderr)
     return 0 if rows else 1
 
+
+def _provenance_cell(r: dict) -> str:
+    """One table cell: what the file declares (ai / capture), where, and the C2PA state; "-" when nothing."""
+    parts = []
+    if r.get("declared_ai") is not None:
+        parts.append("ai" if r["declared_ai"] else "capture")
+    if r.get("provenance_sources"):
+        parts.append(f"({r['provenance_sources']})")
+    if r.get("c2pa"):
+        parts.append(f"c2pa: {r['c2pa']}")
+    return _printable(" ".join(parts)) if parts else "-"
+
+
+def cmd_serve(args) -> int:
+    """The HTTP service (FastAPI on uvicorn): parse, build the app from the library, run it."""
+    import uvicorn
+
+    from .engine.scoring import Scorer
+    from .serve import ServeSettings, create_app, read_api_keys
+
+    limits = {"max_pixels": args.max_pixels} if args.max_pixels else {}  # default: the loader's cap
+    settings = ServeSettings(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
+                             max_inflight=args.max_inflight, max_files=args.max_files,
+                             max_file_bytes=int(args.max_file_mb * 1e6),
+                             max_request_bytes=int(args.max_request_mb * 1e6), request_timeout_s=args.timeout,
+                             api_keys=read_api_keys(args.api_key_file) if args.api_key_file else (), **limits)
+    scorer = Scorer.from_checkpoint(args.checkpoint, device=_device(args.device), image_size=args.image_size,
+                                    batch_size=args.max_batch, provenance=not args.no_provenance,
+                                    trust_anchors=args.c2pa_trust_anchors, trust_metadata=args.trust_metadata,
+                                    max_pixels=settings.max_pixels, max_bytes=settings.max_file_bytes)
+    uvicorn.run(create_app(scorer, settings), host=args.host, port=args.port, log_level=args.log_level,
+                timeout_keep_alive=5)
+    return 0
 
 def cmd_inspect(args) -> int:
     """Provenance only (C2PA, XMP, PNG text, EXIF): no model is loaded."""
@@ -242,6 +301,35 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_calibrate(args) -> int:
+    from .engine.calibration import CALIBRATION_NAME, calibrate_checkpoint, check_not_test_set, format_calibration
+    from .utils import rank_world
+
+    _init_dist_if_launched()
+    if args.data is None:
+        if not args.config:
+            raise ValueError("give --data VAL (a labelled validation set), or --config CONFIG.yaml whose data.val "
+                             "names one")
+        from .presets import load_experiment
+
+        d = load_experiment(args.config).data
+        if not d.val:
+            raise ValueError(f"{args.config}: data.val is not set; pass --data VAL")
+        args.data, args.layout, args.split = d.val, d.val_layout, d.val_split
+    check_not_test_set(args.data, args.split, args.config)  # before the model is loaded
+    model = _load_model(args.checkpoint, args.device)
+    cal = calibrate_checkpoint(args.checkpoint, args.data, layout=args.layout, split=args.split,
+                               target_accuracy=args.target_accuracy, method=args.method,
+                               batch_size=args.batch_size, progress=not args.no_progress,
+                               protocol_config=args.config, min_per_class=args.min_per_class,
+                               generators=args.generators, num_workers=args.workers,
+                               image_size=_image_size(model, args.image_size), model=model)
+    if rank_world()[0] == 0:
+        print(format_calibration(cal))
+        print(f"\nwrote {Path(args.checkpoint) / CALIBRATION_NAME}")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .demo.run import run_demo
 
@@ -292,16 +380,61 @@ def build_parser() -> argparse.ArgumentParser:
                    "(repeatable): the paper's Table 4")
     e.add_argument("--cache-dir", help="read inverted latents from this feature cache when the key matches "
                    "(build it with `synerdetect cache build --checkpoint ...`)")
+    e.add_argument("--harmonize", metavar="jpeg:Q", help="also score every image, real and fake, re-encoded to JPEG "
+                   "quality Q in memory (e.g. jpeg:96) and report both results side by side: a format-fair check")
     add_scoring_args(e, batch_size=32, workers=2)
     e.set_defaults(func=cmd_evaluate)
+
+    c = sub.add_parser("calibrate", help="fit calibrated probabilities and an uncertain band on a labelled "
+                       "validation set (never the test set); saves calibration.json in the checkpoint")
+    c.add_argument("--checkpoint", required=True)
+    add_data_args(c, required=False)
+    c.add_argument("--config", help="protocol YAML: --data defaults to its data.val, and its data.test is refused")
+    c.add_argument("--target-accuracy", type=float, default=0.95,
+                   help="accuracy wanted outside the uncertain band on the validation set (default: 0.95)")
+    c.add_argument("--method", choices=["temperature", "platt"], default="temperature",
+                   help="temperature scaling (one scale; default) or Platt scaling (scale and offset)")
+    c.add_argument("--min-per-class", type=int, default=20, help="refuse with fewer images of a class (default: 20)")
+    c.add_argument("--generators", nargs="*", help="only these generators")
+    add_scoring_args(c, batch_size=32, workers=2)
+    c.set_defaults(func=cmd_calibrate)
 
     pr = sub.add_parser("predict", help="score files, folders (recursive) and globs")
     pr.add_argument("inputs", nargs="+")
     pr.add_argument("--checkpoint", required=True)
     pr.add_argument("--json", help="write predictions to this JSON file")
     pr.add_argument("--csv", help="write predictions to this CSV file")
+    pr.add_argument("--no-provenance", action="store_true", help="do not read C2PA / XMP / EXIF provenance")
+    pr.add_argument("--trust-metadata", action="store_true", help="let a valid C2PA manifest from a trusted signer "
+                    "decide the verdict (the scores stay the model's; the record says verdict_source: c2pa)")
+    pr.add_argument("--c2pa-trust-anchors", help="PEM file of trusted C2PA root certificates (default: none, so "
+                    "no signer is trusted)")
     add_scoring_args(pr, batch_size=16, workers=0)
     pr.set_defaults(func=cmd_predict)
+
+    sv = sub.add_parser("serve", help="HTTP API + web page: POST /v1/detect, /healthz, /readyz, /v1/model, /metrics")
+    sv.add_argument("--checkpoint", required=True)
+    sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--max-batch", type=int, default=16, help="most images per forward pass (default: 16)")
+    sv.add_argument("--max-wait-ms", type=float, default=20.0, help="how long a batch waits to fill (default: 20)")
+    sv.add_argument("--max-queue", type=int, default=64, help="images waiting for the model; beyond: 429")
+    sv.add_argument("--max-inflight", type=int, default=64, help="detect requests handled at once; beyond: 429")
+    sv.add_argument("--max-files", type=int, default=16, help="files per request (default: 16)")
+    sv.add_argument("--max-file-mb", type=float, default=20.0, help="bytes per file, in MB (default: 20)")
+    sv.add_argument("--max-request-mb", type=float, default=100.0, help="bytes per request body, in MB")
+    sv.add_argument("--max-pixels", type=int, default=None, help="pixels per image (default: the loader's cap)")
+    sv.add_argument("--timeout", type=float, default=60.0, help="seconds per detect request (default: 60)")
+    sv.add_argument("--api-key-file", help="require one of the keys in this file (one per line) as "
+                    "'Authorization: Bearer KEY' or 'X-API-Key' (health endpoints stay open)")
+    sv.add_argument("--no-provenance", action="store_true", help="do not read C2PA / XMP / EXIF provenance")
+    sv.add_argument("--trust-metadata", action="store_true", help="let a valid C2PA manifest from a trusted "
+                    "signer decide the verdict")
+    sv.add_argument("--c2pa-trust-anchors", help="PEM file of trusted C2PA root certificates")
+    sv.add_argument("--device", default=None, help="cuda | cpu (default: cuda when available)")
+    sv.add_argument("--image-size", type=int, default=None, help="loader size (default: the checkpoint's)")
+    sv.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    sv.set_defaults(func=cmd_serve)
 
     ins = sub.add_parser("inspect", help="provenance evidence only (C2PA, IPTC/XMP, generator metadata, EXIF); "
                          "no model is loaded")

@@ -22,15 +22,21 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import average_precision_score
+from sklearn.calibration import calibration_curve
+from sklearn.metrics import average_precision_score, brier_score_loss, log_loss
 
 __all__ = [
     "DECISION_RULE",
+    "ECE_BINS",
     "ScoreRecord",
     "normalize_format",
     "generator_metrics",
     "summarize",
     "robustness_table",
+    "reliability_bins",
+    "expected_calibration_error",
+    "probability_metrics",
+    "selective_metrics",
 ]
 
 DECISION_RULE = "s_fake > s_real (fixed; no threshold fitted on test labels)"
@@ -40,6 +46,9 @@ REASON_NO_FAKE = "no fake images"
 
 _FORMAT_ALIASES = {"JPG": "JPEG", "JPE": "JPEG", "TIF": "TIFF"}
 UNKNOWN_FORMAT = "UNKNOWN"
+ECE_BINS = 15  # equal-width bins of prob_fake for ECE and the reliability diagram
+_VERDICTS = ("real", "fake", "uncertain")
+_MAX_SIZES_LISTED = 10  # per class and generator in results.json; the overlap test uses every size
 
 
 def normalize_format(fmt: str | None) -> str:
@@ -69,8 +78,11 @@ class ScoreRecord:
     s_real: float
     s_fake: float
     logit: float
-    prob_fake: float
+    prob_fake: float  # calibrated when ``calibrated`` is true, else sigmoid(logit / tau)
     format: str | None = None
+    verdict: str | None = None  # "real" | "fake" | "uncertain" (calibration band); None: not computed
+    calibrated: bool | None = None  # prob_fake comes from a fitted calibration; None: not recorded
+    size: tuple[int, int] | None = None  # (width, height) of the file as stored; None: unknown
 
     def __post_init__(self) -> None:
         label = self.label
@@ -84,6 +96,16 @@ class ScoreRecord:
             object.__setattr__(self, name, v)
         object.__setattr__(self, "path", str(self.path))
         object.__setattr__(self, "generator", str(self.generator))
+        if self.verdict is not None and self.verdict not in _VERDICTS:
+            raise ValueError(f"verdict must be one of {_VERDICTS} or None, got {self.verdict!r} for {self.path!r}")
+        if self.calibrated is not None:
+            object.__setattr__(self, "calibrated", bool(self.calibrated))
+        if self.size is not None:
+            try:
+                w, h = (int(v) for v in self.size)
+            except (TypeError, ValueError):
+                raise ValueError(f"size must be (width, height), got {self.size!r} for {self.path!r}") from None
+            object.__setattr__(self, "size", (w, h))
 
     @property
     def pred(self) -> int:
@@ -115,10 +137,13 @@ class ScoreRecord:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ScoreRecord:
         names = [f.name for f in fields(cls)]
-        missing = [n for n in names if n not in d and n != "format"]
+        missing = [n for n in names if n not in d and n not in _OPTIONAL_FIELDS]
         if missing:
             raise ValueError(f"score record is missing keys {missing}: {dict(d)!r}")
         return cls(**{n: d[n] for n in names if n in d})
+
+
+_OPTIONAL_FIELDS = ("format", "verdict", "calibrated", "size")
 
 
 def _as_records(records: Iterable[ScoreRecord | Mapping[str, Any]]) -> list[ScoreRecord]:
@@ -158,6 +183,56 @@ def _format_shortcut_warning(real_fmts: Mapping[str, int], fake_fmts: Mapping[st
     return None
 
 
+def _size_text(size: tuple[int, int]) -> str:
+    return f"{size[0]}x{size[1]}"
+
+
+def _size_counts(recs: Sequence[ScoreRecord]) -> dict[str, int]:
+    """``{"WxH": count}`` of the most common sizes (at most ``_MAX_SIZES_LISTED``; the rest under ``"other"``,
+    files whose size is unknown under ``"unknown"``)."""
+    counts: dict[str, int] = {}
+    unknown = 0
+    for r in recs:
+        if r.size is None:
+            unknown += 1
+        else:
+            k = _size_text(r.size)
+            counts[k] = counts.get(k, 0) + 1
+    ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    out = dict(ranked[:_MAX_SIZES_LISTED])
+    if len(ranked) > _MAX_SIZES_LISTED:
+        out["other"] = sum(v for _, v in ranked[_MAX_SIZES_LISTED:])
+    if unknown:
+        out["unknown"] = unknown
+    return out
+
+
+def _describe_sizes(sizes: set[tuple[int, int]]) -> str:
+    ordered = sorted(sizes, key=lambda s: (s[0] * s[1], s))
+    if len(ordered) <= 3:
+        return "/".join(_size_text(s) for s in ordered)
+    return f"{len(ordered)} sizes from {_size_text(ordered[0])} to {_size_text(ordered[-1])}"
+
+
+def _size_shortcut_warning(real: Sequence[ScoreRecord], fake: Sequence[ScoreRecord]) -> str | None:
+    """Warn when no real image has the (width, height) of any fake image: the size alone separates the classes
+    (and the eval transform resamples the two classes differently).
+
+    Not raised when either class is absent or any size is unknown (cannot decide), like the format warning.
+    """
+    if not real or not fake or any(r.size is None for r in (*real, *fake)):
+        return None
+    rs = {r.size for r in real if r.size is not None}
+    fs = {r.size for r in fake if r.size is not None}
+    if rs.isdisjoint(fs):
+        return (
+            f"real images are {_describe_sizes(rs)} and fake images {_describe_sizes(fs)}: no size is shared, so "
+            "the image size (and how the eval transform resamples it) alone separates the classes and acc/AP may "
+            "reflect it rather than generation traces"
+        )
+    return None
+
+
 def _single_generator(recs: Sequence[ScoreRecord]) -> dict[str, Any]:
     labels = np.array([r.label for r in recs], dtype=int)
     logits = np.array([r.logit for r in recs], dtype=float)
@@ -186,6 +261,11 @@ def _single_generator(recs: Sequence[ScoreRecord]) -> dict[str, Any]:
     fake_fmts = _format_counts([r for r in recs if r.label == 1])
     m["formats"] = {"real": real_fmts, "fake": fake_fmts}
     m["format_shortcut_warning"] = _format_shortcut_warning(real_fmts, fake_fmts)
+    real = [r for r in recs if r.label == 0]
+    fake = [r for r in recs if r.label == 1]
+    if any(r.size is not None for r in recs):  # sizes are recorded by evaluate(); absent for older records
+        m["sizes"] = {"real": _size_counts(real), "fake": _size_counts(fake)}
+    m["size_shortcut_warning"] = _size_shortcut_warning(real, fake)
     return m
 
 
@@ -194,9 +274,11 @@ def generator_metrics(records: Iterable[ScoreRecord | Mapping[str, Any]]) -> dic
 
     Each value has keys ``acc, real_acc, fake_acc, ap, n_real, n_fake, n_images,
     formats, ap_undefined, real_acc_undefined, fake_acc_undefined,
-    format_shortcut_warning``.  The ``*_undefined`` keys hold the reason string
+    format_shortcut_warning, size_shortcut_warning`` (and ``sizes`` when the records carry
+    image sizes).  The ``*_undefined`` keys hold the reason string
     when the corresponding metric is ``None`` and are ``None`` otherwise;
-    ``format_shortcut_warning`` is ``None`` unless real/fake formats are disjoint.
+    ``format_shortcut_warning`` / ``size_shortcut_warning`` are ``None`` unless the
+    real and fake formats / (width, height) sizes are disjoint.
     ``ap`` = ``sklearn.metrics.average_precision_score`` with fake as the positive
     class and ``logit`` as the score.
     """
@@ -239,8 +321,8 @@ def summarize(records: Iterable[ScoreRecord | Mapping[str, Any]]) -> dict[str, A
         "fake_acc": _mean(fa_vals),
         "fake_acc_n_generators": len(fa_vals),
     }
-    warnings = [f"{g}: {m['format_shortcut_warning']}" for g, m in gens.items()
-                if m["format_shortcut_warning"]]
+    warnings = [f"{g}: {m[key]}" for g, m in gens.items()
+                for key in ("format_shortcut_warning", "size_shortcut_warning") if m.get(key)]
     return {
         "generators": gens,
         "mean": mean,
@@ -334,4 +416,100 @@ def robustness_table(
         "perturbations": table,
         "clean": _level_entry(_to_summary(clean, "clean")) if clean is not None else None,
         "decision_rule": DECISION_RULE,
+    }
+
+
+# --------------------------------------------------------------------------- calibration
+
+
+def _binary_arrays(labels: Any, probs: Any) -> tuple[np.ndarray, np.ndarray]:
+    y = np.asarray(labels).reshape(-1)
+    p = np.asarray(probs, dtype=np.float64).reshape(-1)
+    if y.shape != p.shape:
+        raise ValueError(f"labels and probabilities differ in length ({y.size} vs {p.size})")
+    if y.size == 0:
+        raise ValueError("no labelled probabilities")
+    if not np.isin(y, (0, 1)).all():
+        raise ValueError("labels must be 0 (real) or 1 (fake)")
+    if not np.isfinite(p).all() or p.min() < 0.0 or p.max() > 1.0:
+        raise ValueError("probabilities must be finite and in [0, 1]")
+    return y.astype(int), p
+
+
+def reliability_bins(labels: Any, probs: Any, n_bins: int = ECE_BINS) -> list[dict[str, Any]]:
+    """The non-empty bins of a reliability diagram of ``prob_fake`` (fake = positive class).
+
+    ``n_bins`` equal-width bins over [0, 1], closed on the right: ``[0, 1/n], (1/n, 2/n], ..., ((n-1)/n, 1]``,
+    the assignment of ``sklearn.calibration.calibration_curve(strategy="uniform")``, which gives each bin's
+    observed fraction of fakes (``frac_fake``) and mean predicted probability (``mean_prob``). sklearn does not
+    return how many images fall in each bin, so the counts are computed here with the same edges.
+    Returns ``[{"lo", "hi", "count", "mean_prob", "frac_fake"}]`` in increasing order.
+    """
+    y, p = _binary_arrays(labels, probs)
+    n_bins = int(n_bins)
+    if n_bins < 1:
+        raise ValueError(f"n_bins must be >= 1, got {n_bins}")
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    ids = np.searchsorted(edges[1:-1], p)  # right-closed bins, as in calibration_curve
+    counts = np.bincount(ids, minlength=n_bins)
+    frac_fake, mean_prob = calibration_curve(y, p, n_bins=n_bins, strategy="uniform", pos_label=1)
+    nonempty = np.flatnonzero(counts)
+    if len(nonempty) != len(frac_fake):  # pragma: no cover - would mean sklearn changed its binning
+        raise RuntimeError("bin counts do not match sklearn's calibration_curve bins")
+    return [{"lo": float(edges[b]), "hi": float(edges[b + 1]), "count": int(counts[b]),
+             "mean_prob": float(mp), "frac_fake": float(ff)}
+            for b, mp, ff in zip(nonempty, mean_prob, frac_fake)]
+
+
+def expected_calibration_error(labels: Any, probs: Any, n_bins: int = ECE_BINS) -> float:
+    """ECE of ``prob_fake``: ``sum_b (n_b / N) * |frac_fake_b - mean_prob_b|`` over :func:`reliability_bins`.
+
+    Written here from the bin counts because scikit-learn has no ECE (only ``calibration_curve``, which drops
+    the bin sizes). This is the binary, positive-class form (the same bins as the reliability diagram), not the
+    top-label confidence form.
+    """
+    bins = reliability_bins(labels, probs, n_bins)
+    n = sum(b["count"] for b in bins)
+    return float(sum(b["count"] * abs(b["frac_fake"] - b["mean_prob"]) for b in bins) / n)
+
+
+def probability_metrics(labels: Any, probs: Any, n_bins: int = ECE_BINS) -> dict[str, Any]:
+    """``{"ece", "brier", "nll", "n_bins", "bins"}`` of ``prob_fake`` against the labels (fake = 1).
+
+    Brier = ``sklearn.metrics.brier_score_loss``; NLL = ``sklearn.metrics.log_loss`` (natural log, mean per
+    image; probabilities of exactly 0 or 1 are clipped by sklearn to machine epsilon).
+    """
+    y, p = _binary_arrays(labels, probs)
+    bins = reliability_bins(y, p, n_bins)
+    n = sum(b["count"] for b in bins)
+    return {
+        "ece": float(sum(b["count"] * abs(b["frac_fake"] - b["mean_prob"]) for b in bins) / n),
+        "brier": float(brier_score_loss(y, p, pos_label=1)),
+        "nll": float(log_loss(y, p, labels=[0, 1])),
+        "n_bins": int(n_bins),
+        "bins": bins,
+    }
+
+
+def selective_metrics(labels: Any, logits: Any, uncertain: Any) -> dict[str, Any]:
+    """Accuracy of the Eq. 10 label over all images and over the images *with* a verdict (not uncertain).
+
+    ``{"accuracy", "coverage", "selective_accuracy", "n_images", "n_covered", "n_uncertain"}``;
+    ``selective_accuracy`` is None when every image is uncertain (``coverage`` 0).
+    """
+    y = np.asarray(labels).reshape(-1).astype(int)
+    x = np.asarray(logits, dtype=np.float64).reshape(-1)
+    u = np.asarray(uncertain, dtype=bool).reshape(-1)
+    if not (y.shape == x.shape == u.shape) or y.size == 0:
+        raise ValueError("labels, logits and the uncertain mask must be non-empty and of equal length")
+    correct = (x > 0).astype(int) == y
+    covered = ~u
+    n_cov = int(covered.sum())
+    return {
+        "accuracy": float(correct.mean()),
+        "coverage": n_cov / y.size,
+        "selective_accuracy": float(correct[covered].mean()) if n_cov else None,
+        "n_images": int(y.size),
+        "n_covered": n_cov,
+        "n_uncertain": int(y.size - n_cov),
     }

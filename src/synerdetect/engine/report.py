@@ -30,12 +30,19 @@ __all__ = [
     "atomic_write_json",
     "write_results",
     "read_scores_jsonl",
+    "write_scores_jsonl",
     "markdown_table",
     "plot_logit_distributions",
+    "plot_reliability",
     "robustness_markdown",
+    "calibration_markdown",
+    "harmonized_markdown",
+    "shortcut_markdown",
 ]
 
 SCORE_FIELDS = ("path", "generator", "label", "s_real", "s_fake", "logit", "prob_fake", "format")
+#: Written after :data:`SCORE_FIELDS` in scores.jsonl when the record has them (not None).
+OPTIONAL_SCORE_FIELDS = ("verdict", "calibrated", "size")
 CSV_COLUMNS = (
     "generator", "acc", "real_acc", "fake_acc", "ap", "n_real", "n_fake", "n_images",
     "ap_note", "acc_note", "formats_real", "formats_fake", "format_shortcut_warning",
@@ -140,7 +147,8 @@ def write_results(
     * ``results.json`` -- the :func:`~synerdetect.metrics.summarize` dict with the
       keys of ``extra`` (e.g. ``{"model": ..., "config": ...}``) merged at top level
       (a key clashing with a summary key raises ``ValueError``).
-    * ``scores.jsonl`` -- one JSON object per image with :data:`SCORE_FIELDS`.
+    * ``scores.jsonl`` -- one JSON object per image with :data:`SCORE_FIELDS`, then those of
+      :data:`OPTIONAL_SCORE_FIELDS` the record has (``verdict``, ``calibrated``, ``size`` = [w, h]).
     * ``results.csv`` -- :data:`CSV_COLUMNS`, one row per generator then a ``mean``
       row; undefined metrics are empty cells explained in ``ap_note``/``acc_note``.
 
@@ -156,17 +164,28 @@ def write_results(
             raise ValueError(f"extra keys clash with summary keys: {clash}")
         payload.update(extra)
 
-    lines = []
-    for r in recs:
-        d = r.to_dict()
-        lines.append(json.dumps(_jsonable({k: d[k] for k in SCORE_FIELDS}), allow_nan=False))
     paths = {
-        "jsonl": atomic_write_text(out / "scores.jsonl", "".join(line + "\n" for line in lines)),
+        "jsonl": write_scores_jsonl(out / "scores.jsonl", recs),
         "csv": atomic_write_text(out / "results.csv", _csv_text(summary)),
         # results.json last: its presence marks a complete run
         "json": atomic_write_json(out / "results.json", payload),
     }
     return paths
+
+
+def _scores_jsonl_text(recs: Iterable[ScoreRecord]) -> str:
+    lines = []
+    for r in recs:
+        d = r.to_dict()
+        row = {k: d[k] for k in SCORE_FIELDS}
+        row.update((k, d[k]) for k in OPTIONAL_SCORE_FIELDS if d.get(k) is not None)
+        lines.append(json.dumps(_jsonable(row), allow_nan=False) + "\n")
+    return "".join(lines)
+
+
+def write_scores_jsonl(path: str | os.PathLike, records: Iterable[ScoreRecord | Mapping[str, Any]]) -> Path:
+    """One JSON object per record (:data:`SCORE_FIELDS`, then the :data:`OPTIONAL_SCORE_FIELDS` it has)."""
+    return atomic_write_text(path, _scores_jsonl_text(_as_records(records)))
 
 
 def read_scores_jsonl(path: str | os.PathLike) -> list[ScoreRecord]:
@@ -232,6 +251,8 @@ def markdown_table(summary: Mapping[str, Any]) -> str:
         )
         if m.get("format_shortcut_warning"):
             fmt += " (!)" + notes.add(f"{g} format shortcut: {m['format_shortcut_warning']}")
+        if m.get("size_shortcut_warning"):
+            fmt += " (!)" + notes.add(f"{g} size shortcut: {m['size_shortcut_warning']}")
         rows.append("| " + " | ".join([
             _md_escape(g),
             _pct(m["acc"]),
@@ -283,6 +304,86 @@ def robustness_markdown(table: Mapping[str, Any]) -> str:
     out.append("acc/AP per level are unweighted means over generators; mAcc/mAP are means over "
                "levels (levels with undefined AP excluded from mAP).")
     return "\n".join(out) + "\n"
+
+
+def _band_text(band: Any) -> str:
+    from .calibration import describe_band
+
+    return describe_band(band)
+
+
+def calibration_markdown(section: Mapping[str, Any]) -> str:
+    """Lines for results.md from a ``calibration`` section (:func:`~synerdetect.engine.calibration.
+    calibration_section`): ECE / Brier / NLL (and the uncalibrated values), the band, coverage and selective
+    accuracy."""
+    ece, brier, nll = section.get("ece"), section.get("brier"), section.get("nll")
+    nb = section.get("n_bins", 15)
+    cov = (f"coverage {_pct(section.get('coverage'))}% ({section.get('n_covered')}/{section.get('n_images')} "
+           f"images get a verdict), selective accuracy {_pct(section.get('selective_accuracy'))}% "
+           f"(accuracy on all {_pct(section.get('accuracy'))}%)")
+    if not section.get("calibrated"):
+        return "\n".join([
+            f"**Calibration**: none (prob_fake = sigmoid(logit / tau), tau = {section.get('tau')}; "
+            "fit one on a validation set with `synerdetect calibrate`)",
+            f"- ECE ({nb} bins) {_pct(ece)}%, Brier {brier:.4f}, NLL {nll:.4f}",
+            f"- verdicts: no uncertain band; {cov}",
+        ]) + "\n"
+    raw = section.get("raw") or {}
+    if section.get("method") == "temperature":
+        what = f"temperature scaling, T = {1.0 / section['a']:.6g} on the logit"
+    else:
+        b = section.get("b") or 0.0
+        what = f"Platt scaling, sigmoid({section['a']:.6g} * logit {'-' if b < 0 else '+'} {abs(b):.6g})"
+    f = section.get("fitted_on") or {}
+    src = ""
+    if f.get("data"):
+        src = f"; fitted on {_md_escape(f['data'])}" + (f" (split {f['split']})" if f.get("split") else "")
+        if f.get("n_real") is not None:
+            src += f": {f['n_real']} real + {f['n_fake']} fake"
+    tgt = section.get("target_accuracy")
+    return "\n".join([
+        f"**Calibration** ({what}{src})",
+        f"- ECE ({nb} bins) {_pct(ece)}% (uncalibrated {_pct(raw.get('ece'))}%), Brier {brier:.4f} "
+        f"({raw.get('brier', float('nan')):.4f}), NLL {nll:.4f} ({raw.get('nll', float('nan')):.4f})",
+        f"- uncertain band: {_band_text(section.get('band'))}"
+        + (f" (fitted for {_pct(tgt)}% accuracy outside it on the validation set)" if tgt is not None else ""),
+        f"- verdicts: {cov}",
+    ]) + "\n"
+
+
+def harmonized_markdown(raw: Mapping[str, Any], harmonized: Mapping[str, Any], name: str) -> str:
+    """Raw and harmonized results side by side, per generator and for the mean (acc and AP, with the change)."""
+
+    def delta(a: float | None, b: float | None) -> str:
+        return "n/a" if a is None or b is None else f"{100.0 * (b - a):+.2f}"
+
+    n = _md_escape(name)
+    rows = [f"**Harmonized** ({n}): every test image, real and fake, re-encoded the same way in memory before "
+            "scoring, so the file format no longer tells the classes apart. A large drop from raw means the raw "
+            "numbers leaned on the format.",
+            "",
+            f"| generator | acc raw | acc {n} | Δacc | AP raw | AP {n} | ΔAP |",
+            "|---|---:|---:|---:|---:|---:|---:|"]
+    hg = harmonized["generators"]
+    for g, m in raw["generators"].items():
+        h = hg.get(g, {})
+        rows.append(f"| {_md_escape(g)} | {_pct(m['acc'])} | {_pct(h.get('acc'))} | {delta(m['acc'], h.get('acc'))} "
+                    f"| {_pct(m['ap'])} | {_pct(h.get('ap'))} | {delta(m['ap'], h.get('ap'))} |")
+    rm, hm = raw["mean"], harmonized["mean"]
+    rows.append(f"| **mean** | {_pct(rm.get('acc'))} | {_pct(hm.get('acc'))} | {delta(rm.get('acc'), hm.get('acc'))} "
+                f"| {_pct(rm.get('ap'))} | {_pct(hm.get('ap'))} | {delta(rm.get('ap'), hm.get('ap'))} |")
+    return "\n".join(rows) + "\n"
+
+
+def shortcut_markdown(warnings: list[str], suggestion: str | None = None) -> str:
+    """The format / size shortcut warnings as a list, with an optional suggestion line."""
+    if not warnings:
+        return ""
+    lines = ["**Warning**: the classes may be told apart by something other than generation traces:"]
+    lines += [f"- {_md_escape(w)}" for w in warnings]
+    if suggestion:
+        lines.append(f"\n{suggestion}")
+    return "\n".join(lines) + "\n"
 
 
 # --------------------------------------------------------------------------- plots
@@ -376,6 +477,56 @@ def plot_logit_distributions(
 
     if title:
         fig.suptitle(title)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def plot_reliability(
+    section: Mapping[str, Any],
+    path: str | os.PathLike,
+    *,
+    title: str | None = None,
+    dpi: int = 100,
+) -> Path:
+    """Reliability diagram of a ``calibration`` section: per bin, the fraction of fakes (bars over the bin, and
+    a line through the bins' mean predicted probability), the diagonal of perfect calibration, the uncalibrated
+    curve (dashed) when the section is calibrated, and the images per bin below; ECE in the title.
+
+    Matplotlib ``Figure`` on an Agg canvas (no pyplot); written atomically as PNG.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    bins = list(section.get("bins") or [])
+    raw = section.get("raw") if section.get("calibrated") else None
+    fig = Figure(figsize=(5.0, 6.0), dpi=dpi)
+    FigureCanvasAgg(fig)
+    ax, axc = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    ax.plot([0, 1], [0, 1], color="black", ls=":", lw=1.0, label="perfect calibration")
+    if bins:
+        lo = np.array([b["lo"] for b in bins])
+        hi = np.array([b["hi"] for b in bins])
+        ax.bar(lo, [b["frac_fake"] for b in bins], width=hi - lo, align="edge", color=_FAKE_COLOR, alpha=0.3,
+               edgecolor=_FAKE_COLOR, label="fraction fake per bin")
+        ax.plot([b["mean_prob"] for b in bins], [b["frac_fake"] for b in bins], "o-", color=_FAKE_COLOR, lw=1.5,
+                ms=4, label="calibrated" if section.get("calibrated") else "prob_fake")
+        axc.bar(lo, [b["count"] for b in bins], width=hi - lo, align="edge", color="tab:gray", alpha=0.6)
+    if raw and raw.get("bins"):
+        rb = raw["bins"]
+        ax.plot([b["mean_prob"] for b in rb], [b["frac_fake"] for b in rb], "s--", color=_REAL_COLOR, lw=1.0,
+                ms=3, label=f"uncalibrated (ECE {_pct(raw.get('ece'))}%)")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("fraction of fakes")
+    ax.legend(fontsize=7, loc="upper left")
+    axc.set_xlabel("predicted prob_fake")
+    axc.set_ylabel("images")
+    kind = "calibrated" if section.get("calibrated") else "uncalibrated"
+    head = f"{title}\n" if title else ""
+    ece = section.get("ece")
+    ax.set_title(f"{head}reliability ({kind}): ECE {_pct(ece)}% ({section.get('n_bins', 15)} bins)", fontsize=9)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi)

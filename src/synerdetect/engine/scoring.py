@@ -1,0 +1,552 @@
+"""One scoring call: image files, bytes or PIL images in, one record per image out.
+
+Every user-facing scoring path (``synerdetect predict``, :func:`synerdetect.engine.evaluate.predict_paths`, the HTTP
+service in :mod:`synerdetect.serve`) goes through :class:`Scorer`, so an image gets the same record wherever it is
+scored::
+
+    from synerdetect.engine.scoring import Scorer
+    scorer = Scorer.from_checkpoint("runs/x/final", device="cpu", provenance=True)
+    records = scorer.score(["a.jpg", open("b.png", "rb").read(), ("c.webp", data), pil_image])
+    records = scorer.score_paths(paths, num_workers=4)  # a DataLoader, the same record builder
+
+The pipeline is split in two so that a server can decode in many threads while one thread owns the model:
+
+1. :meth:`Scorer.prepare` (a picklable :class:`Decoder`): read the bytes (byte cap), decode them with the project's
+   robust loader rules (pixel cap checked from the header, EXIF orientation, alpha on white, 16-bit scaling; corrupt,
+   truncated and non-image data become a per-image error), the evaluation transform, the sha256 of the bytes and,
+   when enabled, the provenance evidence (:func:`synerdetect.provenance.read_provenance`);
+2. :meth:`Scorer.forward`: one batched ``model.predict`` over the decodable images, the calibration
+   (:func:`~synerdetect.engine.calibration.apply_calibration`) and the records, in input order.
+
+A record (all keys always present; the score keys are None for an image with an error)::
+
+    {"name", "sha256", "width", "height", "format",
+     "label": "real" | "fake",                 # the Eq. 10 decision (logit > 0), never changed by anything
+     "verdict": "real" | "fake" | "uncertain", # what a user reads (calibration band; see below for metadata)
+     "verdict_source": "model" | "c2pa",
+     "model_verdict",                          # the model's verdict, also when metadata decided "verdict"
+     "prob_fake", "calibrated", "logit", "s_real", "s_fake",
+     "sim_v_real", "sim_v_fake", "sim_n_real", "sim_n_fake",   # the two branch similarities of Eq. 10
+     "provenance": dict | None,                # read_provenance(...) when provenance is enabled, else None
+     "timings": {"decode_ms", "provenance_ms", "score_ms", "batch_size"},
+     "error": None | "one-line reason", "error_kind": None | one of ERROR_KINDS}
+
+``trust_metadata`` (off by default): a *valid* C2PA manifest from a *trusted* signer
+(:func:`~synerdetect.provenance.trusted_ai_decision`) decides ``verdict`` and the record says
+``verdict_source: "c2pa"``; the scores, ``label`` and ``prob_fake`` stay the model's. Unsigned or untrusted metadata
+never changes anything; it is only reported under ``provenance``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..data import imageio
+from ..data.imageio import DEFAULT_MAX_PIXELS, UnreadableImage, open_regular_file
+from ..data.transforms import EvalTransform
+from .calibration import Calibration, apply_calibration
+
+__all__ = [
+    "ERROR_KINDS",
+    "SCORE_KEYS",
+    "Decoder",
+    "Prepared",
+    "Scorer",
+    "decode_image_bytes",
+    "error_kind",
+    "provenance_summary",
+]
+
+#: Per-image error kinds (``record["error_kind"]``).
+ERROR_KINDS = ("too_large", "too_many_pixels", "not_an_image", "empty", "corrupt", "unreadable")
+
+#: The per-image numbers copied from ``model.predict``.
+SCORE_KEYS = ("logit", "s_real", "s_fake", "sim_v_real", "sim_v_fake", "sim_n_real", "sim_n_fake")
+
+
+class TooLarge(UnreadableImage):
+    """An input over the byte cap (refused before it is read whole)."""
+
+
+def error_kind(reason: str) -> str:
+    """The kind of a per-image error, from the loader's one-line reason."""
+    r = reason.lower()
+    if r.startswith("file too large") or "byte limit" in r:
+        return "too_large"
+    if "decompression bomb" in r or "max_pixels" in r or "too many pixels" in r:
+        return "too_many_pixels"
+    if "not an image" in r or "cannot identify" in r or "unsupported format" in r:
+        return "not_an_image"
+    if r.startswith("empty"):
+        return "empty"
+    if "corrupt" in r or "truncated" in r or "cannot open" in r or "transform failed" in r or "decod" in r:
+        return "corrupt"
+    return "unreadable"
+
+
+def _one_line(text: object, limit: int = 300) -> str:
+    line = " ".join(str(text).split())
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.1f} MB" if n >= 100_000 else f"{n} bytes"
+
+
+def decode_image_bytes(
+    data: bytes, name: str = "<bytes>", *, max_pixels: int | None = DEFAULT_MAX_PIXELS
+) -> tuple[Image.Image, str]:
+    """Bytes -> (8-bit RGB PIL image, container format) with exactly the rules of
+    :func:`synerdetect.data.load_image_with_format` (which only takes paths); raises :class:`UnreadableImage`."""
+    if not data:
+        raise UnreadableImage(name, "empty file (0 bytes)")
+    load_open_file = getattr(imageio, "_load_open_file", None)
+    if load_open_file is not None:
+        return load_open_file(io.BytesIO(data), name, max_pixels)
+    # The loader's internals changed: go through its public, path-based entry point instead.
+    import tempfile
+
+    suffix = Path(name).suffix if len(Path(name).suffix) <= 8 else ""
+    with tempfile.NamedTemporaryFile(suffix=suffix) as tmp:
+        tmp.write(data)
+        tmp.flush()
+        try:
+            return imageio.load_image_with_format(tmp.name, max_pixels=max_pixels)
+        except UnreadableImage as e:
+            raise UnreadableImage(name, e.reason) from None
+
+
+def _pil_to_rgb(img: Image.Image, name: str, max_pixels: int | None) -> Image.Image:
+    """An in-memory PIL image -> 8-bit RGB with the loader's rules (pixel cap, EXIF orientation, modes)."""
+    w, h = img.size
+    if w <= 0 or h <= 0:
+        raise UnreadableImage(name, f"invalid image size {w}x{h}")
+    if max_pixels is not None and w * h > max_pixels:
+        raise UnreadableImage(name, f"decompression bomb: {w}x{h} = {w * h} pixels exceeds max_pixels={max_pixels}")
+    try:
+        img.load()
+        transpose = getattr(imageio, "_exif_transpose", None)
+        to_rgb = getattr(imageio, "_to_rgb8", None)
+        if transpose is not None:
+            img = transpose(img, name)
+        out = to_rgb(img, name) if to_rgb is not None else img.convert("RGB")
+        out.load()
+    except UnreadableImage:
+        raise
+    except Exception as e:  # noqa: BLE001
+        raise UnreadableImage(name, f"truncated or corrupt image data: {type(e).__name__}: {e}") from None
+    return out
+
+
+# ----------------------------------------------------------------------------- decoding
+@dataclass
+class Prepared:
+    """One decoded input, ready for a forward pass (``image``), or the reason it cannot be scored (``error``)."""
+
+    name: str
+    index: int = 0
+    image: torch.Tensor | None = None  # 3 x S x S in [0, 1]
+    sha256: str | None = None
+    width: int | None = None
+    height: int | None = None
+    format: str | None = None
+    provenance: dict[str, Any] | None = None
+    error: str | None = None
+    error_kind: str | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def _is_named_pair(item: Any) -> bool:
+    """``(name, bytes | binary file | PIL image)``."""
+    return (
+        isinstance(item, tuple)
+        and len(item) == 2
+        and isinstance(item[0], str)
+        and (isinstance(item[1], bytes | bytearray | memoryview | Image.Image) or hasattr(item[1], "read"))
+    )
+
+
+def _named(item: Any, index: int) -> tuple[str, Any]:
+    if _is_named_pair(item):
+        return item[0], item[1]
+    if isinstance(item, str | os.PathLike):
+        return os.fspath(item), item
+    if isinstance(item, Image.Image):
+        return str(getattr(item, "filename", "") or f"image-{index}"), item
+    name = getattr(item, "name", None)
+    return (name if isinstance(name, str) and name else f"image-{index}"), item
+
+
+@dataclass
+class Decoder:
+    """Input -> :class:`Prepared`: bytes read under ``max_bytes``, decoded under ``max_pixels``, evaluation
+    transform at ``image_size``, sha256 and (optional) provenance. Holds no model, so it pickles cheaply into
+    DataLoader workers and runs in any number of threads."""
+
+    image_size: int
+    max_pixels: int | None = DEFAULT_MAX_PIXELS
+    max_bytes: int | None = None
+    provenance: bool = False
+    trust_anchors_pem: str | None = None
+
+    def __post_init__(self) -> None:
+        self.transform = EvalTransform(self.image_size)
+
+    def with_limits(self, *, max_pixels: int | None, max_bytes: int | None) -> Decoder:
+        return replace(self, max_pixels=max_pixels, max_bytes=max_bytes)
+
+    def read_bytes(self, name: str, source: Any) -> bytes:
+        """The bytes of a path, bytes-like or binary file-like ``source``; :class:`UnreadableImage` otherwise."""
+        cap = self.max_bytes
+        if isinstance(source, bytes | bytearray | memoryview):
+            if cap is not None and len(source) > cap:
+                raise TooLarge(name, f"file too large: {_mb(len(source))} exceeds the {_mb(cap)} byte limit")
+            return bytes(source)
+        if isinstance(source, str | os.PathLike):
+            with open_regular_file(source) as f:  # refuses FIFOs, devices, folders, broken links
+                size = os.fstat(f.fileno()).st_size
+                if cap is not None and size > cap:
+                    raise TooLarge(name, f"file too large: {_mb(size)} exceeds the {_mb(cap)} byte limit")
+                try:
+                    return f.read()
+                except OSError as e:
+                    raise UnreadableImage(name, f"cannot read: {e.strerror or e}") from None
+        if hasattr(source, "read"):
+            try:
+                data = source.read(-1 if cap is None else cap + 1)
+            except Exception as e:  # noqa: BLE001
+                raise UnreadableImage(name, f"cannot read stream: {_one_line(e)}") from None
+            if not isinstance(data, bytes | bytearray):
+                raise UnreadableImage(name, "stream is not opened in binary mode")
+            if cap is not None and len(data) > cap:
+                raise TooLarge(name, f"file too large: more than the {_mb(cap)} byte limit")
+            return bytes(data)
+        raise UnreadableImage(
+            name,
+            f"unsupported input type {type(source).__name__} (give a path, bytes, a binary "
+            "file object, (name, bytes) or a PIL image)",
+        )
+
+    def __call__(self, item: Any, index: int = 0) -> Prepared:
+        name, source = _named(item, index)
+        p = Prepared(name=name, index=index)
+        t0 = time.perf_counter()
+        data: bytes | None = None
+        try:
+            if isinstance(source, Image.Image):
+                img = _pil_to_rgb(source, name, self.max_pixels)
+                fmt = str(source.format or "PIL")
+            else:
+                data = self.read_bytes(name, source)
+                p.sha256 = hashlib.sha256(data).hexdigest()
+                img, fmt = decode_image_bytes(data, name, max_pixels=self.max_pixels)
+            p.width, p.height, p.format = img.size[0], img.size[1], fmt
+            try:
+                p.image = self.transform(img)
+            except Exception as e:  # noqa: BLE001 - report per image, never crash a batch
+                raise UnreadableImage(name, f"transform failed: {type(e).__name__}: {_one_line(e)}") from None
+        except UnreadableImage as e:
+            p.error = _one_line(e.reason)
+            p.error_kind = "too_large" if isinstance(e, TooLarge) else error_kind(e.reason)
+        p.timings["decode_ms"] = (time.perf_counter() - t0) * 1e3
+        if self.provenance and p.ok:
+            t1 = time.perf_counter()
+            if data is None:
+                p.provenance = {
+                    "declared_ai": None,
+                    "evidence": [],
+                    "c2pa": None,
+                    "error": "in-memory image: no file bytes to read provenance from",
+                }
+            else:
+                from ..provenance import read_provenance
+
+                p.provenance = read_provenance(data, trust_anchors=self.trust_anchors_pem)
+            p.timings["provenance_ms"] = (time.perf_counter() - t1) * 1e3
+        return p
+
+
+class _PathDataset(torch.utils.data.Dataset):
+    def __init__(self, paths: Sequence[str], decoder: Decoder):
+        self.paths, self.decoder = list(paths), decoder
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> Prepared:
+        return self.decoder(self.paths[i], i)
+
+
+def _as_list(batch: list[Prepared]) -> list[Prepared]:
+    return batch
+
+
+# ----------------------------------------------------------------------------- provenance summary
+def provenance_summary(prov: dict[str, Any] | None) -> dict[str, Any]:
+    """Three flat fields for tables and CSV: ``declared_ai`` (True/False/None), ``c2pa`` (``"valid, trusted"``,
+    ``"valid, untrusted"``, ``"invalid: codes"``, ``"error: ..."`` or None), ``provenance_sources`` (``"c2pa,xmp"``)."""
+    if not prov:
+        return {"declared_ai": None, "c2pa": None, "provenance_sources": ""}
+    if prov.get("error"):
+        return {"declared_ai": None, "c2pa": f"error: {prov['error']}", "provenance_sources": ""}
+    info = prov.get("c2pa")
+    state = None
+    if isinstance(info, dict):
+        state = str(info.get("validation_state"))
+        if state == "valid":
+            state = "valid, trusted" if info.get("trusted") else "valid, untrusted"
+        else:
+            fails = [f for f in info.get("failures") or [] if f != "signingCredential.untrusted"]
+            state = f"{state}: {', '.join(fails)}" if fails else state
+    sources = ",".join(dict.fromkeys(str(e.get("source", "?")) for e in prov.get("evidence") or []))
+    return {"declared_ai": prov.get("declared_ai"), "c2pa": state, "provenance_sources": sources}
+
+
+# ----------------------------------------------------------------------------- the scorer
+class Scorer:
+    """Decode, transform, batch, ``model.predict``, calibrate and report: see the module docstring.
+
+    Args:
+        model: a :class:`~synerdetect.model.SynerDetect` in eval mode, on its device.
+        image_size: loader size (default: the checkpoint's, :func:`~synerdetect.engine.train.loader_image_size`).
+        batch_size: images per forward pass in :meth:`score` / :meth:`score_paths`.
+        calibration: a :class:`~synerdetect.engine.calibration.Calibration` (None: raw ``sigmoid(logit / tau)``).
+        provenance: read the provenance evidence of every image into ``record["provenance"]``.
+        trust_anchors: PEM bundle (path or text) of trusted C2PA roots (a bad one raises ``ValueError``).
+        trust_metadata: let a valid manifest from a trusted signer decide ``verdict`` (implies ``provenance``).
+        max_pixels: pixel cap per image (decompression bombs), checked from the header before decoding.
+        max_bytes: byte cap per input (None: no cap).
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        *,
+        image_size: int | None = None,
+        batch_size: int = 16,
+        calibration: Calibration | None = None,
+        provenance: bool = False,
+        trust_anchors: str | os.PathLike | None = None,
+        trust_metadata: bool = False,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
+        max_bytes: int | None = None,
+    ):
+        from ..engine.train import loader_image_size
+        from ..provenance import load_trust_anchors
+
+        if int(batch_size) < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.model = model
+        self.image_size = int(image_size or loader_image_size(model.cfg))
+        self.batch_size = int(batch_size)
+        self.calibration = calibration
+        self.trust_metadata = bool(trust_metadata)
+        self.provenance = bool(provenance or trust_metadata)
+        self.tau = float(model.mcfg.tau)
+        self.checkpoint: str | None = None
+        self.decoder = Decoder(
+            self.image_size,
+            max_pixels=max_pixels,
+            max_bytes=max_bytes,
+            provenance=self.provenance,
+            trust_anchors_pem=load_trust_anchors(trust_anchors),
+        )
+
+    @classmethod
+    def from_checkpoint(
+        cls, checkpoint: str | os.PathLike, *, device: str | torch.device | None = None, **kwargs: Any
+    ) -> Scorer:
+        """Load a ``save_pretrained`` folder (and its ``calibration.json`` when present) onto ``device``
+        (default: cuda when available, else cpu)."""
+        from ..model.detector import SynerDetect
+
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        if "calibration" not in kwargs:
+            kwargs["calibration"] = Calibration.load(Path(checkpoint))
+        model = SynerDetect.from_pretrained(Path(checkpoint)).to(torch.device(device)).eval().enable_fast_path()
+        scorer = cls(model, **kwargs)
+        scorer.checkpoint = str(checkpoint)
+        return scorer
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    # ------------------------------------------------------------------ the two stages
+    def prepare(self, item: Any, index: int = 0) -> Prepared:
+        """Stage 1 (thread-safe, no model): read, decode, transform, hash, provenance."""
+        return self.decoder(item, index)
+
+    def forward(self, prepared: Sequence[Prepared]) -> list[dict[str, Any]]:
+        """Stage 2: one ``model.predict`` over the decodable items, then one record per item, in order. Items
+        with an error get their error record without touching the model."""
+        ok = [p for p in prepared if p.ok]
+        values: dict[str, np.ndarray] = {}
+        cal: dict[str, Any] = {}
+        score_ms = None
+        if ok:
+            x = torch.stack([p.image for p in ok if p.image is not None]).to(self.device)
+            t0 = time.perf_counter()
+            out = self.model.predict(x)
+            values = {k: v.detach().float().cpu().numpy() for k, v in out.items()}
+            score_ms = (time.perf_counter() - t0) * 1e3
+            cal = apply_calibration(values["logit"], self.tau, self.calibration)
+        records, j = [], 0
+        for p in prepared:
+            if not p.ok:
+                records.append(self.error_record(p))
+                continue
+            rec = self._base_record(p)
+            label = "fake" if int(values["label"][j]) == 1 else "real"
+            rec.update({k: float(values[k][j]) for k in SCORE_KEYS})
+            verdict = str(cal["verdict"][j])
+            rec.update(
+                label=label,
+                verdict=verdict,
+                model_verdict=verdict,
+                verdict_source="model",
+                prob_fake=float(cal["prob_fake"][j]),
+                calibrated=bool(cal["calibrated"]),
+            )
+            if self.trust_metadata:
+                from ..provenance import trusted_ai_decision
+
+                decided = trusted_ai_decision(p.provenance)
+                if decided is not None:
+                    rec.update(verdict=decided, verdict_source="c2pa")
+            rec["timings"].update(score_ms=score_ms, batch_size=len(ok))
+            records.append(rec)
+            j += 1
+        return records
+
+    def _base_record(self, p: Prepared) -> dict[str, Any]:
+        rec: dict[str, Any] = {
+            "name": p.name,
+            "sha256": p.sha256,
+            "width": p.width,
+            "height": p.height,
+            "format": p.format,
+            "label": None,
+            "verdict": None,
+            "verdict_source": None,
+            "model_verdict": None,
+            "prob_fake": None,
+            "calibrated": None,
+        }
+        rec.update(dict.fromkeys(SCORE_KEYS))
+        rec.update(
+            provenance=p.provenance if self.provenance else None,
+            timings=dict(p.timings),
+            error=p.error,
+            error_kind=p.error_kind,
+        )
+        return rec
+
+    def error_record(self, p: Prepared) -> dict[str, Any]:
+        """The record of an item that could not be scored (no model call)."""
+        rec = self._base_record(p)
+        rec["timings"].update(score_ms=None, batch_size=0)
+        return rec
+
+    # ------------------------------------------------------------------ conveniences
+    def iter_score(self, items: Iterable[Any]) -> Iterator[dict[str, Any]]:
+        """Records of ``items`` in order, decoding as it goes: at most ``batch_size`` decoded images are held."""
+        pending: list[Prepared] = []
+        n_ok = 0
+        for i, item in enumerate(items):
+            p = self.prepare(item, i)
+            pending.append(p)
+            n_ok += p.ok
+            if n_ok >= self.batch_size:
+                yield from self.forward(pending)
+                pending, n_ok = [], 0
+        if pending:
+            yield from self.forward(pending)
+
+    def score(self, items: Any) -> list[dict[str, Any]]:
+        """Records for paths, bytes, ``(name, bytes)``, binary file objects or PIL images (one item or a list)."""
+        single = isinstance(items, str | bytes | bytearray | memoryview | os.PathLike | Image.Image)
+        if single or _is_named_pair(items) or hasattr(items, "read"):
+            items = [items]
+        return list(self.iter_score(items))
+
+    def score_paths(
+        self,
+        paths: Sequence[str],
+        *,
+        num_workers: int = 0,
+        progress: bool = True,
+        shard: bool = False,
+        desc: str = "scoring",
+    ) -> list[dict[str, Any]]:
+        """Records for image files, decoded by a DataLoader (``num_workers`` processes) and scored by
+        :meth:`forward`. ``shard``: only this rank's contiguous slice under torch.distributed / torchrun."""
+        from torch.utils.data import DataLoader
+        from tqdm.auto import tqdm
+
+        from ..data import ShardedEvalSampler
+        from ..utils import rank_world
+
+        rank, world = rank_world() if shard else (0, 1)
+        ds = _PathDataset(paths, self.decoder)
+        sampler = ShardedEvalSampler(len(ds), num_replicas=world, rank=rank)
+        loader = DataLoader(
+            ds, batch_size=self.batch_size, sampler=sampler, collate_fn=_as_list, num_workers=num_workers
+        )
+        records: list[dict[str, Any]] = []
+        with tqdm(total=len(sampler), desc=desc, unit="img", disable=not progress or rank != 0, leave=False) as bar:
+            for batch in loader:
+                records += self.forward(batch)
+                bar.update(len(batch))
+        return records
+
+    def warmup(self) -> float:
+        """One forward pass on a grey image (lazy initialisation, compilation); returns its milliseconds."""
+        t0 = time.perf_counter()
+        p = Prepared(name="warmup", image=torch.full((3, self.image_size, self.image_size), 0.5))
+        self.forward([p])
+        return (time.perf_counter() - t0) * 1e3
+
+    def info(self) -> dict[str, Any]:
+        """What is loaded: preset, base models, loader size, tau, calibration, package version, device."""
+        from .. import __version__
+
+        cfg = self.model.cfg
+        m = self.model.mcfg
+        return {
+            "package_version": __version__,
+            "checkpoint": self.checkpoint,
+            "preset": getattr(cfg, "preset", None),
+            "base_models": {
+                "clip": str(getattr(self.model, "clip_source", None) or m.clip),
+                "sd": str(getattr(self.model, "sd_source", None) or m.sd),
+            },
+            "image_size": self.image_size,
+            "clip_size": m.clip_size,
+            "sd_size": m.sd_size,
+            "inversion_steps": m.inversion_steps,
+            "dtype": m.dtype,
+            "tau": self.tau,
+            "device": str(self.device),
+            "calibration": self.calibration.to_dict() if self.calibration is not None else None,
+            "provenance": self.provenance,
+            "trust_metadata": self.trust_metadata,
+            "max_pixels": self.decoder.max_pixels,
+            "max_bytes": self.decoder.max_bytes,
+        }
