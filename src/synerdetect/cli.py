@@ -323,9 +323,15 @@ def cmd_calibrate(args) -> int:
                                batch_size=args.batch_size, progress=not args.no_progress,
                                protocol_config=args.config, min_per_class=args.min_per_class,
                                generators=args.generators, num_workers=args.workers,
-                               image_size=_image_size(model, args.image_size), model=model)
+                               image_size=_image_size(model, args.image_size), model=model,
+                               cascade_agreement=args.cascade_agreement)
     if rank_world()[0] == 0:
         print(format_calibration(cal))
+        if cal.cascade is not None and args.cascade_agreement is not None:
+            c = cal.cascade
+            print(f"cascade band [{c['band'][0]:+.4f}, {c['band'][1]:+.4f}] (perceptual margin): on this data "
+                  f"{c['share_inverted'] * 100:.1f}% of images need the inversion, agreement with full Eq. 10 "
+                  f"{c['agreement'] * 100:.1f}% (target {c['target_agreement'] * 100:.0f}%)")
         print(f"\nwrote {Path(args.checkpoint) / CALIBRATION_NAME}")
     return 0
 
@@ -396,6 +402,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="temperature scaling (one scale; default) or Platt scaling (scale and offset)")
     c.add_argument("--min-per-class", type=int, default=20, help="refuse with fewer images of a class (default: 20)")
     c.add_argument("--generators", nargs="*", help="only these generators")
+    c.add_argument("--cascade-agreement", type=float, default=None, metavar="SHARE",
+                   help="also fit the cascade band (--mode cascade): the narrowest band of perceptual margins for "
+                        "which the cascade agrees with full Eq. 10 on this share of the images, e.g. 0.99")
     add_scoring_args(c, batch_size=32, workers=2)
     c.set_defaults(func=cmd_calibrate)
 

@@ -449,7 +449,7 @@ def calibrate_checkpoint(checkpoint_dir: str | Path, data: str | Path, *, layout
                          protocol_config: Any = None, min_per_class: int = DEFAULT_MIN_PER_CLASS,
                          generators: list[str] | None = None, num_workers: int = 0,
                          image_size: int | None = None, device: str | None = None, model: Any = None,
-                         save: bool = True) -> Calibration:
+                         save: bool = True, cascade_agreement: float | None = None) -> Calibration:
     """Score the labelled validation ``data`` with the checkpoint, fit a :class:`Calibration`, save it as
     ``calibration.json`` in ``checkpoint_dir`` (keeping a fitted cascade already stored there) and return it.
 
@@ -457,6 +457,9 @@ def calibrate_checkpoint(checkpoint_dir: str | Path, data: str | Path, *, layout
     with ``SynerDetect.from_pretrained`` onto ``device`` (default: cuda when available). Refuses the test set of
     ``protocol_config`` (:func:`check_not_test_set`) and too little data (:func:`fit_calibration`) before or
     right after scoring, and checks that the checkpoint folder is writable before any work.
+
+    ``cascade_agreement`` (e.g. 0.99) also fits the cascade band on the same data (engine/cascade.py: the
+    narrowest band of perceptual margins for which the cascade agrees with full Eq. 10 on that share of images).
     """
     import torch
 
@@ -504,7 +507,13 @@ def calibrate_checkpoint(checkpoint_dir: str | Path, data: str | Path, *, layout
         "n_unreadable": len(errors), "image_size": int(size),
         "protocol_config": str(protocol_config) if isinstance(protocol_config, (str, Path)) else None,
     }
-    if previous is not None and previous.cascade is not None:
+    if cascade_agreement is not None:
+        from .cascade import both_branches, fit_cascade_band
+
+        branches = both_branches(model, samples, image_size=size, batch_size=batch_size)
+        fitted = fit_cascade_band(branches["margin"], branches["full"], target_agreement=cascade_agreement)
+        cal.cascade = {**fitted, "fitted_on": cal.fitted_on["data"]}
+    elif previous is not None and previous.cascade is not None:
         cal.cascade = previous.cascade
     if save and rank_world()[0] == 0:
         cal.save(ckpt)

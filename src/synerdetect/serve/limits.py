@@ -1,0 +1,159 @@
+"""Limits, back-pressure and errors of the HTTP service: the settings, the JSON error type, API keys."""
+
+from __future__ import annotations
+
+import hmac
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..data.imageio import DEFAULT_MAX_PIXELS
+
+__all__ = [
+    "ERROR_NAMES",
+    "STATUS_BY_KIND",
+    "ApiError",
+    "ServeSettings",
+    "api_key_ok",
+    "read_api_keys",
+]
+
+MB = 1_000_000
+
+
+@dataclass
+class ServeSettings:
+    """What ``synerdetect serve`` enforces. Every limit answers with a JSON error, never with unbounded memory.
+
+    Batching: a batch closes at ``max_batch`` images or ``max_wait_ms`` after its oldest image was queued.
+    Back-pressure: at most ``max_queue`` decoded images wait for the model and at most ``max_inflight`` detect
+    requests are open at once; beyond either the answer is 429 with ``Retry-After: retry_after_s``.
+    Inputs: ``max_files`` per request, ``max_file_bytes`` per file (413), ``max_request_bytes`` per request body
+    (413), ``max_pixels`` per image (decompression bombs, checked from the header before decoding; 422).
+    ``request_timeout_s`` bounds a whole detect request (408 while the body is still arriving, 503 after).
+    ``decode_workers`` threads decode images (so at most that many are held decoded at once).
+    ``api_keys``: when not empty, ``/v1/*`` and ``/metrics`` need ``Authorization: Bearer KEY`` or ``X-API-Key``.
+    """
+
+    max_batch: int = 16
+    max_wait_ms: float = 20.0
+    max_queue: int = 64
+    max_inflight: int = 64
+    max_files: int = 16
+    max_file_bytes: int = 20 * MB
+    max_request_bytes: int = 100 * MB
+    max_pixels: int | None = DEFAULT_MAX_PIXELS
+    request_timeout_s: float = 60.0
+    retry_after_s: int = 1
+    decode_workers: int = field(default_factory=lambda: max(1, min(4, os.cpu_count() or 1)))
+    api_keys: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        for name in (
+            "max_batch",
+            "max_queue",
+            "max_inflight",
+            "max_files",
+            "max_file_bytes",
+            "max_request_bytes",
+            "decode_workers",
+        ):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_wait_ms < 0:
+            raise ValueError(f"max_wait_ms must be >= 0, got {self.max_wait_ms}")
+        if self.request_timeout_s <= 0:
+            raise ValueError(f"request_timeout_s must be > 0, got {self.request_timeout_s}")
+        if self.max_pixels is not None and self.max_pixels < 1:
+            raise ValueError(f"max_pixels must be >= 1, got {self.max_pixels}")
+        self.api_keys = tuple(self.api_keys)
+
+    def public(self) -> dict:
+        """The limits a client may need (no keys)."""
+        return {
+            "max_batch": self.max_batch,
+            "max_wait_ms": self.max_wait_ms,
+            "max_queue": self.max_queue,
+            "max_inflight": self.max_inflight,
+            "max_files": self.max_files,
+            "max_file_bytes": self.max_file_bytes,
+            "max_request_bytes": self.max_request_bytes,
+            "max_pixels": self.max_pixels,
+            "request_timeout_s": self.request_timeout_s,
+            "api_key_required": bool(self.api_keys),
+        }
+
+
+#: HTTP status of a request whose every image failed, by the (first) per-image error kind.
+STATUS_BY_KIND = {
+    "too_large": 413,
+    "not_an_image": 415,
+    "empty": 400,
+    "too_many_pixels": 422,
+    "corrupt": 422,
+    "unreadable": 422,
+}
+
+#: The ``error`` name of an HTTP status when nothing more specific is known.
+ERROR_NAMES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    408: "request_timeout",
+    413: "too_large",
+    415: "unsupported_media_type",
+    422: "unprocessable",
+    429: "too_many_requests",
+    500: "internal",
+    503: "unavailable",
+}
+
+
+class ApiError(Exception):
+    """An error answered as ``{"status", "error", "message"}`` (plus ``extra``) with ``headers``."""
+
+    def __init__(
+        self, status: int, error: str, message: str, *, headers: dict[str, str] | None = None, extra: dict | None = None
+    ):
+        super().__init__(message)
+        self.status, self.error, self.message = int(status), error, message
+        self.headers = dict(headers or {})
+        self.extra = dict(extra or {})
+
+    def body(self) -> dict:
+        return {"status": self.status, "error": self.error, "message": self.message, **self.extra}
+
+
+def read_api_keys(path: str | os.PathLike) -> tuple[str, ...]:
+    """Keys from a file: one per line, blank lines and ``#`` comments ignored. ``ValueError`` when there is none."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"--api-key-file {p}: cannot read ({getattr(e, 'strerror', None) or e})") from None
+    keys = tuple(s for s in (line.strip() for line in text.splitlines()) if s and not s.startswith("#"))
+    if not keys:
+        raise ValueError(f"--api-key-file {p}: holds no key (one key per line)")
+    if any(len(k) < 8 or any(c.isspace() for c in k) for k in keys):
+        raise ValueError(f"--api-key-file {p}: keys must be at least 8 characters without spaces")
+    return keys
+
+
+def api_key_ok(keys: tuple[str, ...], authorization: str | None, x_api_key: str | None) -> bool:
+    """Whether the request carries one of ``keys`` (constant-time comparison). Open when ``keys`` is empty."""
+    if not keys:
+        return True
+    offered = []
+    if authorization:
+        scheme, _, value = authorization.strip().partition(" ")
+        if scheme.lower() == "bearer" and value.strip():
+            offered.append(value.strip())
+    if x_api_key:
+        offered.append(x_api_key.strip())
+    ok = False
+    for candidate in offered:
+        for key in keys:
+            ok |= hmac.compare_digest(candidate.encode(), key.encode())
+    return ok

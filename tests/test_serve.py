@@ -1,0 +1,522 @@
+"""The HTTP service: endpoints, JSON errors, limits and back-pressure, API keys, metrics and micro-batching (FastAPI
+TestClient), and a bounded load test against a real uvicorn server on 127.0.0.1 (slow)."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+pytest.importorskip("fastapi")
+pytest.importorskip("multipart")
+pytest.importorskip("prometheus_client")
+pytest.importorskip("httpx")
+
+from fastapi.testclient import TestClient  # noqa: E402
+from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
+
+from synerdetect.engine.scoring import Scorer  # noqa: E402
+from synerdetect.serve import ServeSettings, create_app, read_api_keys  # noqa: E402
+
+ERROR_KEYS = {"status", "error", "message"}
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """One intra-op thread: on a shared 2-core machine spinning OpenMP threads slow tiny forward passes 10-100x."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _png(seed: int = 0, size=(80, 64)) -> bytes:
+    rng = np.random.default_rng(seed)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8), "RGB").save(buf, "PNG")
+    return buf.getvalue()
+
+
+class GatedModel:
+    """The tiny model behind a gate: counts forward passes (batch sizes) and, once ``block()`` was called, holds each
+    pass until ``release()``; ``fail`` makes passes raise."""
+
+    def __init__(self, model):
+        self._model = model
+        self.calls: list[int] = []
+        self.entered = threading.Event()
+        self._gate: threading.Event | None = None
+        self.fail = False
+
+    def __getattr__(self, name):
+        return getattr(self._model, name)
+
+    def parameters(self):
+        return self._model.parameters()
+
+    def block(self):
+        self._gate = threading.Event()
+        self.entered.clear()
+
+    def release(self):
+        if self._gate is not None:
+            self._gate.set()
+
+    def predict(self, images, **kw):
+        self.calls.append(int(images.shape[0]))
+        self.entered.set()
+        if self._gate is not None:
+            assert self._gate.wait(30), "test gate never released"
+        if self.fail:
+            raise RuntimeError("secret internal detail /opt/model.bin")
+        return self._model.predict(images, **kw)
+
+
+@contextmanager
+def serving(model, **settings):
+    provenance = settings.pop("provenance", False)
+    scorer = Scorer(model, provenance=provenance, max_pixels=settings.get("max_pixels", 89_478_485))
+    app = create_app(scorer, ServeSettings(**settings))
+    with TestClient(app, raise_server_exceptions=False) as client:
+        deadline = time.monotonic() + 60
+        while client.get("/readyz").status_code != 200:
+            assert time.monotonic() < deadline, "server never became ready"
+            time.sleep(0.02)
+        yield client, app
+
+
+def _assert_json_error(r, status):
+    assert r.status_code == status, r.text
+    body = r.json()
+    assert ERROR_KEYS <= set(body) and body["status"] == status and body["message"]
+    assert "Traceback" not in r.text and 'File "' not in r.text
+    return body
+
+
+def _metric(text: str, name: str, **labels) -> float:
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                return s.value
+    return 0.0
+
+
+# ----------------------------------------------------------------------------- endpoints
+def test_health_ready_model_page_and_docs(tiny_model):
+    with serving(tiny_model, provenance=True) as (c, app):
+        assert c.get("/healthz").json() == {"status": "ok"}
+        assert c.get("/readyz").json()["status"] == "ready"
+        info = c.get("/v1/model").json()
+        assert info["preset"] == "tiny" and info["device"] == "cpu" and info["calibration"] is None
+        assert set(info["base_models"]) == {"clip", "sd"} and info["package_version"]
+        assert info["ready"] is True and info["limits"]["max_file_bytes"] == 20_000_000
+        page = c.get("/")
+        assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+        html = page.text
+        assert 'id="file-input"' in html and 'id="drop-zone"' in html and "v1/detect" in html
+        # no CDN, no external fonts: nothing is loaded from another origin
+        assert not re.search(r"""(src|href|action)\s*=\s*["']?(https?:)?//|@import|url\(\s*["']?(https?:)?//""", html)
+        assert "Content-Security-Policy" in page.headers
+        spec = c.get("/openapi.json").json()
+        assert "/v1/detect" in spec["paths"] and "multipart/form-data" in str(spec["paths"]["/v1/detect"])
+        assert c.get("/docs").status_code == 200
+
+
+def test_detect_scores_each_file_and_reports_bad_ones_separately(tiny_model):
+    good, other = _png(1), _png(2, size=(96, 72))
+    with serving(tiny_model, provenance=True) as (c, app):
+        r = c.post(
+            "/v1/detect",
+            files=[
+                ("files", ("a.png", good, "image/png")),
+                ("files", ("notes.txt", b"hello world", "text/plain")),
+                ("files", ("cut.png", good[:150], "image/png")),
+                ("files", ("b.png", other, "image/png")),
+            ],
+        )
+        assert r.status_code == 200, r.text
+        doc = r.json()
+        assert (doc["n_images"], doc["n_scored"], doc["n_errors"]) == (4, 2, 2)
+        res = {x["name"]: x for x in doc["results"]}
+        assert [x["name"] for x in doc["results"]] == ["a.png", "notes.txt", "cut.png", "b.png"]
+        assert res["notes.txt"]["error_kind"] == "not_an_image" and res["notes.txt"]["label"] is None
+        assert res["cut.png"]["error_kind"] == "corrupt" and res["cut.png"]["error"]
+        expected = Scorer(tiny_model).score([("a.png", good), ("b.png", other)])
+        for e in expected:
+            got = res[e["name"]]
+            assert got["error"] is None and got["verdict"] in ("real", "fake")
+            assert got["logit"] == pytest.approx(e["logit"], abs=1e-5)
+            assert got["prob_fake"] == pytest.approx(e["prob_fake"], abs=1e-6) and got["sha256"] == e["sha256"]
+            assert got["provenance"]["declared_ai"] is None and got["timings"]["queue_ms"] >= 0
+        # one image as the raw body, named by ?name=
+        raw = c.post("/v1/detect?name=raw.png", content=good, headers={"content-type": "image/png"})
+        assert raw.status_code == 200
+        assert raw.json()["results"][0]["name"] == "raw.png"
+        assert raw.json()["results"][0]["logit"] == pytest.approx(res["a.png"]["logit"], abs=1e-5)
+        octet = c.post("/v1/detect", content=good, headers={"content-type": "application/octet-stream"})
+        assert octet.status_code == 200
+
+
+def test_errors_are_json_with_the_right_status(tiny_model):
+    good = _png(3)
+    with serving(
+        tiny_model, max_file_bytes=len(good) + 10, max_request_bytes=200_000, max_files=3, max_pixels=200 * 200
+    ) as (c, app):
+        # too large: raw body (413 before it is read), and one multipart file (its own error, then 413)
+        _assert_json_error(c.post("/v1/detect", content=good + b"x" * 100, headers={"content-type": "image/png"}), 413)
+        body = _assert_json_error(c.post("/v1/detect", files=[("files", ("big.png", good + b"x" * 100))]), 413)
+        assert body["results"][0]["error_kind"] == "too_large" and body["results"][0]["name"] == "big.png"
+        # a big file among good ones: only it fails
+        r = c.post("/v1/detect", files=[("files", ("big.png", good + b"x" * 100)), ("files", ("ok.png", good))])
+        assert r.status_code == 200 and [x["error_kind"] for x in r.json()["results"]] == ["too_large", None]
+        # not an image: 415 (raw or multipart), and a text Content-Type
+        body = _assert_json_error(
+            c.post("/v1/detect", content=b"GIF89a-not-really", headers={"content-type": "image/gif"}), 415
+        )
+        assert "not an image" in body["message"]
+        _assert_json_error(c.post("/v1/detect", files=[("files", ("x.jpg", b"\x00" * 64))]), 415)
+        _assert_json_error(c.post("/v1/detect", content=b"{}", headers={"content-type": "application/json"}), 415)
+        # corrupt / truncated and too many pixels: 422
+        _assert_json_error(c.post("/v1/detect", files=[("files", ("cut.png", good[:200]))]), 422)
+        buf = io.BytesIO()
+        Image.new("RGB", (300, 300), (9, 9, 9)).save(buf, "PNG")  # few bytes, too many pixels
+        big = buf.getvalue()
+        body = _assert_json_error(c.post("/v1/detect", files=[("files", ("huge.png", big))]), 422)
+        assert body["results"][0]["error_kind"] == "too_many_pixels"
+        # nothing to score: 400
+        _assert_json_error(c.post("/v1/detect", content=b""), 400)
+        body = _assert_json_error(c.post("/v1/detect", files=[("note", (None, b"no file here"))]), 400)
+        assert body["error"] == "no_files"
+        _assert_json_error(
+            c.post("/v1/detect", content=b"--x\r\nbroken", headers={"content-type": "multipart/form-data; boundary=x"}),
+            400,
+        )
+        # too many files: 413
+        files = [("files", (f"{i}.png", good)) for i in range(4)]
+        assert _assert_json_error(c.post("/v1/detect", files=files), 413)["error"] == "too_many_files"
+        # bodies sent without Content-Length (chunked) are cut off at the limit while they stream
+        chunks = [b"x" * 4096] * 8
+        r = c.post("/v1/detect", content=iter(chunks), headers={"content-type": "image/png"})
+        assert _assert_json_error(r, 413)["error"] == "too_large"
+        r = c.post(
+            "/v1/detect",
+            content=iter([b"--x\r\n"] + [b"y" * 65536] * 10),
+            headers={"content-type": "multipart/form-data; boundary=x"},
+        )
+        assert _assert_json_error(r, 413)["error"] == "request_too_large"
+        # unknown path and wrong method: JSON too
+        _assert_json_error(c.get("/nope"), 404)
+        _assert_json_error(c.get("/v1/detect"), 405)
+
+
+def test_internal_errors_are_json_without_details(tiny_model):
+    m = GatedModel(tiny_model)
+    with serving(m) as (c, app):
+        m.fail = True
+        body = _assert_json_error(c.post("/v1/detect", content=_png(5)), 500)
+        assert "secret" not in json.dumps(body) and "/opt/model.bin" not in json.dumps(body)
+        m.fail = False
+        assert c.post("/v1/detect", content=_png(5)).status_code == 200  # the worker survived
+        assert _metric(c.get("/metrics").text, "synerdetect_errors_total", kind="internal") == 1
+
+
+def test_api_key(tiny_model, tmp_path):
+    keyfile = tmp_path / "keys"
+    keyfile.write_text("# keys\n\nsecret-key-1\nsecret-key-2\n")
+    keys = read_api_keys(keyfile)
+    assert keys == ("secret-key-1", "secret-key-2")
+    (tmp_path / "empty").write_text("# nothing\n")
+    with pytest.raises(ValueError, match="no key"):
+        read_api_keys(tmp_path / "empty")
+    from synerdetect.cli import main
+
+    # the serve command refuses a bad key file in one line, before loading any model
+    assert main(["serve", "--checkpoint", str(tmp_path / "none"), "--api-key-file", str(tmp_path / "empty")]) == 2
+    with serving(tiny_model, api_keys=keys) as (c, app):
+        img = _png(6)
+        r = _assert_json_error(c.post("/v1/detect", content=img), 401)
+        assert r["error"] == "unauthorized"
+        assert c.post("/v1/detect", content=img).headers["www-authenticate"].startswith("Bearer")
+        _assert_json_error(c.post("/v1/detect", content=img, headers={"Authorization": "Bearer wrong-key-0"}), 401)
+        _assert_json_error(c.get("/v1/model"), 401)
+        _assert_json_error(c.get("/metrics"), 401)
+        assert c.post("/v1/detect", content=img, headers={"Authorization": "Bearer secret-key-1"}).status_code == 200
+        assert c.post("/v1/detect", content=img, headers={"X-API-Key": "secret-key-2"}).status_code == 200
+        assert c.get("/v1/model", headers={"X-API-Key": "secret-key-1"}).json()["limits"]["api_key_required"]
+        assert c.get("/healthz").status_code == 200 and c.get("/readyz").status_code == 200  # health stays open
+        assert c.get("/").status_code == 200
+
+
+# ----------------------------------------------------------------------------- back-pressure and batching
+def _post_in_thread(client, results, key, content):
+    def run():
+        results[key] = client.post("/v1/detect", content=content, headers={"content-type": "image/png"})
+
+    t = threading.Thread(target=run)
+    t.start()
+    return t
+
+
+def _wait(cond, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.005)
+
+
+def test_full_queue_answers_429_with_retry_after(tiny_model):
+    m = GatedModel(tiny_model)
+    with serving(m, max_batch=1, max_queue=1, max_wait_ms=0) as (c, app):
+        batcher = app.state.batcher
+        m.block()
+        out: dict = {}
+        a = _post_in_thread(c, out, "a", _png(7))
+        assert m.entered.wait(30)  # the worker holds request a's image in a forward pass
+        b = _post_in_thread(c, out, "b", _png(8))
+        _wait(lambda: batcher.depth == 1)  # request b's image fills the queue
+        r = c.post("/v1/detect", content=_png(9))
+        body = _assert_json_error(r, 429)
+        assert body["error"] == "queue_full" and int(r.headers["retry-after"]) >= 1
+        m.release()
+        a.join(30)
+        b.join(30)
+        assert out["a"].status_code == 200 and out["b"].status_code == 200
+        text = c.get("/metrics").text
+        assert _metric(text, "synerdetect_errors_total", kind="queue_full") == 1
+        assert _metric(text, "synerdetect_requests_total", endpoint="/v1/detect", method="POST", status="429") == 1
+
+
+def test_too_many_requests_in_flight_answers_429(tiny_model):
+    m = GatedModel(tiny_model)
+    with serving(m, max_inflight=1) as (c, app):
+        m.block()
+        out: dict = {}
+        a = _post_in_thread(c, out, "a", _png(7))
+        assert m.entered.wait(30)
+        assert _assert_json_error(c.post("/v1/detect", content=_png(8)), 429)["error"] == "rate_limited"
+        m.release()
+        a.join(30)
+        assert out["a"].status_code == 200
+
+
+def test_request_timeout_is_503_and_the_abandoned_image_is_never_scored(tiny_model):
+    m = GatedModel(tiny_model)
+    with serving(m, max_batch=1, request_timeout_s=1.0, max_wait_ms=0) as (c, app):
+        m.calls.clear()
+        m.block()
+        out: dict = {}
+        a = _post_in_thread(c, out, "a", _png(10))  # stuck in the forward pass
+        assert m.entered.wait(30)
+        r = c.post("/v1/detect", content=_png(11))  # stuck in the queue behind it
+        assert _assert_json_error(r, 503)["error"] == "timeout" and r.headers["retry-after"]
+        a.join(30)
+        assert out["a"].status_code == 503
+        m.release()
+        _wait(lambda: app.state.batcher.depth == 0 and not app.state.batcher.busy)
+        time.sleep(0.1)
+        assert m.calls == [1]  # request b's image was dropped from the queue, not scored for nobody
+
+
+def test_concurrent_requests_share_forward_passes(tiny_model):
+    m = GatedModel(tiny_model)
+    # deterministic: the worker is held on the first request while five more queue up, then one pass takes them all
+    with serving(m, max_batch=8, max_wait_ms=50) as (c, app):
+        m.calls.clear()
+        m.block()
+        out: dict = {}
+        threads = [_post_in_thread(c, out, 0, _png(20))]
+        assert m.entered.wait(30)
+        threads += [_post_in_thread(c, out, i, _png(20 + i)) for i in range(1, 6)]
+        _wait(lambda: app.state.batcher.depth == 5)
+        m.release()
+        for t in threads:
+            t.join(30)
+        assert all(out[i].status_code == 200 for i in range(6))
+        assert m.calls == [1, 5]  # 6 requests, 2 forward passes
+        assert sorted(out[i].json()["results"][0]["timings"]["batch_size"] for i in range(6)) == [1, 5, 5, 5, 5, 5]
+        text = c.get("/metrics").text
+        assert _metric(text, "synerdetect_batch_size_count") == 2  # the warm-up pass is not a served batch
+        assert _metric(text, "synerdetect_batch_size_sum") == 6
+    # with nothing held: four simultaneous requests within max-wait share passes
+    m2 = GatedModel(tiny_model)
+    with serving(m2, max_batch=4, max_wait_ms=2000) as (c, app):
+        m2.calls.clear()
+        out = {}
+        barrier = threading.Barrier(4)
+
+        def go(i):
+            barrier.wait()
+            out[i] = c.post("/v1/detect", content=_png(30 + i))
+
+        ts = [threading.Thread(target=go, args=(i,)) for i in range(4)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join(60)
+        assert all(out[i].status_code == 200 for i in range(4))
+        assert sum(m2.calls) == 4 and len(m2.calls) < 4
+
+
+def test_metrics_content(tiny_model):
+    with serving(tiny_model) as (c, app):
+        c.post("/v1/detect", files=[("files", ("a.png", _png(40))), ("files", ("b.txt", b"plain text"))])
+        c.post("/v1/detect", content=b"")
+        r = c.get("/metrics")
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+        text = r.text
+        assert _metric(text, "synerdetect_requests_total", endpoint="/v1/detect", method="POST", status="200") == 1
+        assert _metric(text, "synerdetect_requests_total", endpoint="/v1/detect", method="POST", status="400") == 1
+        assert _metric(text, "synerdetect_images_total", outcome="scored") == 1
+        assert _metric(text, "synerdetect_images_total", outcome="error") == 1
+        assert _metric(text, "synerdetect_errors_total", kind="not_an_image") == 1
+        assert _metric(text, "synerdetect_errors_total", kind="no_files") == 1
+        assert _metric(text, "synerdetect_request_duration_seconds_count", endpoint="/v1/detect") == 2
+        assert _metric(text, "synerdetect_batch_size_count") == 1
+        assert _metric(text, "synerdetect_batch_duration_seconds_count") == 1
+        assert "synerdetect_queue_depth 0.0" in text
+        assert _metric(text, "synerdetect_ready") == 1
+
+
+# ----------------------------------------------------------------------------- a real server under load
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+@pytest.mark.slow
+def test_load_on_a_real_uvicorn_server(tiny_model, tmp_path):
+    import httpx
+
+    ckpt = tiny_model.save_pretrained(tmp_path / "ckpt")
+    port = _free_port()
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    log = open(tmp_path / "server.log", "w")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "synerdetect.cli",
+            "serve",
+            "--checkpoint",
+            str(ckpt),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--max-batch",
+            "8",
+            "--max-wait-ms",
+            "20",
+            "--max-queue",
+            "8",
+            "--device",
+            "cpu",
+            "--log-level",
+            "warning",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert proc.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "server did not become ready"
+            try:
+                if httpx.get(base + "/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        rss_ready = _rss_mb(proc.pid)
+        images = [_png(100 + i, size=(64 + 8 * i, 64)) for i in range(8)]
+        n_clients, per_client, time_limit = 8, 5, 120.0
+        results: list[tuple[int, float]] = []
+        lock = threading.Lock()
+        stop_at = time.monotonic() + time_limit
+
+        def client(k: int) -> None:
+            with httpx.Client(base_url=base, timeout=60) as h:
+                for j in range(per_client):
+                    if time.monotonic() > stop_at:
+                        return
+                    files = [
+                        ("files", (f"{k}-{j}-{i}.png", images[(k + j + i) % 8], "image/png"))
+                        for i in range(1 + (k + j) % 2)
+                    ]
+                    t0 = time.perf_counter()
+                    r = h.post("/v1/detect", files=files)
+                    with lock:
+                        results.append((r.status_code, time.perf_counter() - t0))
+                    if r.status_code == 429:
+                        time.sleep(float(r.headers.get("retry-after", "1")) / 4)
+
+        t0 = time.monotonic()
+        threads = [threading.Thread(target=client, args=(k,)) for k in range(n_clients)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(time_limit + 60)
+        wall = time.monotonic() - t0
+        rss_after = _rss_mb(proc.pid)
+        statuses = [s for s, _ in results]
+        assert len(results) == n_clients * per_client, "the load test ran out of time"
+        assert set(statuses) <= {200, 429}, statuses  # no 5xx, nothing else
+        assert statuses.count(200) >= len(statuses) // 2
+        lat = sorted(t for s, t in results if s == 200)
+        metrics = httpx.get(base + "/metrics", timeout=10).text
+        batches = _metric(metrics, "synerdetect_batch_size_count")
+        scored = _metric(metrics, "synerdetect_images_total", outcome="scored")
+        assert 0 < batches < scored  # images from concurrent requests shared forward passes
+        assert rss_after - rss_ready < 400, (rss_ready, rss_after)  # bounded memory, no growth with requests
+        summary = {
+            "requests": len(results),
+            "ok": statuses.count(200),
+            "429": statuses.count(429),
+            "wall_s": round(wall, 2),
+            "p50_ms": round(1e3 * lat[len(lat) // 2], 1),
+            "p95_ms": round(1e3 * lat[min(len(lat) - 1, int(0.95 * len(lat)))], 1),
+            "images_scored": scored,
+            "batches": batches,
+            "mean_batch": round(scored / batches, 2),
+            "rss_ready_mb": round(rss_ready, 1),
+            "rss_after_mb": round(rss_after, 1),
+        }
+        print("\nload test:", json.dumps(summary))
+        (tmp_path / "load_summary.json").write_text(json.dumps(summary))
+        if os.environ.get("SYNERDETECT_LOAD_SUMMARY"):
+            Path(os.environ["SYNERDETECT_LOAD_SUMMARY"]).write_text(json.dumps(summary))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            rc = proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            rc = proc.wait(10)
+        log.close()
+    # a graceful shutdown on SIGTERM (uvicorn re-raises the signal once it has shut down)
+    assert rc in (0, -signal.SIGTERM), (tmp_path / "server.log").read_text()[-3000:]
