@@ -85,3 +85,48 @@ def test_cascade_predict_regroups_and_decides_like_the_two_paths(tiny_model):
         expected = full[k] if inside[k] else per[k]
         assert out["logit"] == pytest.approx(float(expected), abs=1e-5)
         assert out["perceptual_logit"] == pytest.approx(float(per[k]), abs=1e-6)
+
+
+def test_cascade_through_calibrate_predict_and_evaluate(tiny_model, tmp_path, capsys):
+    """calibrate --cascade-agreement stores a band; predict/evaluate --mode cascade use it and say which path
+    decided; without a band cascade is refused with the command to run."""
+    import json
+
+    from synerdetect.cli import main
+    from synerdetect.demo import build_demo_benchmark
+    from synerdetect.engine.calibration import Calibration
+    from synerdetect.engine.scoring import Scorer
+
+    ckpt = tiny_model.save_pretrained(tmp_path / "ckpt")
+    build_demo_benchmark(tmp_path / "val", size=64, n_train=1, n_test=24, train_families=("gan_upsample",),
+                         test_families=("gan_upsample",), seed=3)
+    build_demo_benchmark(tmp_path / "test", size=64, n_train=1, n_test=8, train_families=("gan_upsample",),
+                         test_families=("gan_upsample",), seed=4)
+    img = next((tmp_path / "test" / "test").rglob("*.png"))
+    assert main(["predict", str(img), "--checkpoint", str(ckpt), "--mode", "cascade", "--no-progress"]) == 2
+    assert "--cascade-agreement" in capsys.readouterr().err
+
+    assert main(["calibrate", "--checkpoint", str(ckpt), "--data", str(tmp_path / "val" / "test"),
+                 "--layout", "cnndetection", "--target-accuracy", "0.5", "--min-per-class", "10",
+                 "--cascade-agreement", "0.9", "--no-progress", "--workers", "0"]) == 0
+    assert "cascade band" in capsys.readouterr().out
+    cal = Calibration.load(ckpt)
+    lo, hi = cal.cascade["band"]
+    assert lo <= 0 <= hi and cal.cascade["agreement"] >= 0.9
+
+    scorer = Scorer(tiny_model, calibration=cal, mode="cascade", batch_size=4)
+    paths = sorted(str(p) for p in (tmp_path / "test" / "test").rglob("*.png"))
+    recs = scorer.score_paths(paths, progress=False)
+    assert [r["name"] for r in recs] == paths  # input order kept although in-band images were regrouped
+    full = Scorer(tiny_model, batch_size=4).score_paths(paths, progress=False)
+    per = Scorer(tiny_model, batch_size=4, mode="perceptual").score_paths(paths, progress=False)
+    for r, f, p in zip(recs, full, per):
+        inside = lo <= p["logit"] <= hi
+        assert r["decided_by"] == ("full" if inside else "perceptual")
+        assert r["label"] == (f["label"] if inside else p["label"])
+
+    out = tmp_path / "ev"
+    assert main(["evaluate", "--checkpoint", str(ckpt), "--data", str(tmp_path / "test" / "test"), "--layout",
+                 "cnndetection", "--out", str(out), "--mode", "cascade", "--no-progress", "--workers", "0"]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["mode"] == "cascade" and res["generators"]["gan_upsample"]["n_real"] == 8

@@ -112,6 +112,7 @@ def cmd_evaluate(args) -> int:
     if args.harmonize:
         parse_harmonize_spec(args.harmonize)  # a bad spec fails before the model is loaded
     calibration = Calibration.load(args.checkpoint)  # None when the checkpoint has no calibration.json
+    _check_mode(args.mode, calibration)
     model = _load_model(args.checkpoint, args.device)
     samples = load_labelled(args.data, args.layout, args.split, args.generators)
     cf = None
@@ -124,13 +125,14 @@ def cmd_evaluate(args) -> int:
                    feature_lookup=cf.lookup if cf is not None else None,
                    batch_size=args.batch_size, num_workers=args.workers, perturb=args.perturb or (),
                    progress=not args.no_progress, title=Path(args.data).name,
-                   calibration=calibration, harmonize=args.harmonize,
+                   calibration=calibration, harmonize=args.harmonize, mode=args.mode,
                    extra={"checkpoint": str(args.checkpoint), "data": str(args.data), "layout": args.layout,
                           "split": args.split, "inversion_steps": model.mcfg.inversion_steps,
                           "sd_size": model.mcfg.sd_size, "clip_size": model.mcfg.clip_size,
                           "inversion_size": model.mcfg.inversion_size or model.mcfg.sd_size,
                           "image_size": _image_size(model, args.image_size), "dtype": model.mcfg.dtype,
                           "compile_unet": model.mcfg.compile_unet,
+                          "mode": args.mode,
                           "feature_cache": None if cf is None else {"dir": str(args.cache_dir), "key": cf.key}})
     if cf is not None and rank_world()[0] == 0:
         print(f"feature cache {cf.key}: {cf.hits} batch hit(s), {cf.misses} miss(es) (misses were computed)")
@@ -162,15 +164,18 @@ def cmd_predict(args) -> int:
         print("error: no input files", file=sys.stderr)
         return 2
     calibration = Calibration.load(args.checkpoint)
+    _check_mode(args.mode, calibration)  # before the model loads
     model = _load_model(args.checkpoint, args.device)
     rows, errors = predict_paths(model, paths, image_size=_image_size(model, args.image_size),
                                  batch_size=args.batch_size, num_workers=args.workers,
                                  progress=not args.no_progress, calibration=calibration,
                                  provenance=not args.no_provenance, trust_anchors=anchors,
-                                 trust_metadata=args.trust_metadata)
+                                 trust_metadata=args.trust_metadata, mode=args.mode)
     flat = [{**r, **provenance_summary(r.get("provenance"))} for r in rows]
     shown = [_printable(r["path"]) for r in flat]
-    verdicts = [r["verdict"] + (" (c2pa)" if r["verdict_source"] == "c2pa" else "") for r in flat]
+    verdicts = [r["verdict"] + (" (c2pa)" if r["verdict_source"] == "c2pa" else "")
+                + (" (perceptual)" if args.mode == "cascade" and r.get("decided_by") == "perceptual" else "")
+                for r in flat]
     width = max([len(s) for s in shown] + [4])
     vw = max([len(v) for v in verdicts] + [9])
     print(f"{'path':<{width}}  label  {'verdict':<{vw}}  prob_fake    logit  provenance")
@@ -228,10 +233,24 @@ def cmd_serve(args) -> int:
     scorer = Scorer.from_checkpoint(args.checkpoint, device=_device(args.device), image_size=args.image_size,
                                     batch_size=args.max_batch, provenance=not args.no_provenance,
                                     trust_anchors=args.c2pa_trust_anchors, trust_metadata=args.trust_metadata,
-                                    max_pixels=settings.max_pixels, max_bytes=settings.max_file_bytes)
+                                    max_pixels=settings.max_pixels, max_bytes=settings.max_file_bytes,
+                                    mode=args.mode)
     uvicorn.run(create_app(scorer, settings), host=args.host, port=args.port, log_level=args.log_level,
                 timeout_keep_alive=5)
     return 0
+
+def _check_mode(mode: str, calibration) -> None:
+    if mode == "cascade" and (calibration is None or not calibration.cascade):
+        raise ValueError("--mode cascade needs a fitted cascade band: run `synerdetect calibrate --checkpoint DIR "
+                         "--data VAL --cascade-agreement 0.99` on a labelled validation set first")
+
+
+def _add_mode_arg(q) -> None:
+    q.add_argument("--mode", choices=["full", "perceptual", "cascade"], default="full",
+                   help="full: Eq. 10 (default); perceptual: the CLIP branch only (no inversion); cascade: the "
+                        "inversion only for images whose perceptual margin is inside the band fitted by "
+                        "`calibrate --cascade-agreement`")
+
 
 def cmd_inspect(args) -> int:
     """Provenance only (C2PA, XMP, PNG text, EXIF): no model is loaded."""
@@ -386,6 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "(repeatable): the paper's Table 4")
     e.add_argument("--cache-dir", help="read inverted latents from this feature cache when the key matches "
                    "(build it with `synerdetect cache build --checkpoint ...`)")
+    _add_mode_arg(e)
     e.add_argument("--harmonize", metavar="jpeg:Q", help="also score every image, real and fake, re-encoded to JPEG "
                    "quality Q in memory (e.g. jpeg:96) and report both results side by side: a format-fair check")
     add_scoring_args(e, batch_size=32, workers=2)
@@ -414,6 +434,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--json", help="write predictions to this JSON file")
     pr.add_argument("--csv", help="write predictions to this CSV file")
     pr.add_argument("--no-provenance", action="store_true", help="do not read C2PA / XMP / EXIF provenance")
+    _add_mode_arg(pr)
     pr.add_argument("--trust-metadata", action="store_true", help="let a valid C2PA manifest from a trusted signer "
                     "decide the verdict (the scores stay the model's; the record says verdict_source: c2pa)")
     pr.add_argument("--c2pa-trust-anchors", help="PEM file of trusted C2PA root certificates (default: none, so "
@@ -426,6 +447,7 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
     sv.add_argument("--port", type=int, default=8000)
     sv.add_argument("--max-batch", type=int, default=16, help="most images per forward pass (default: 16)")
+    _add_mode_arg(sv)
     sv.add_argument("--max-wait-ms", type=float, default=20.0, help="how long a batch waits to fill (default: 20)")
     sv.add_argument("--max-queue", type=int, default=64, help="images waiting for the model; beyond: 429")
     sv.add_argument("--max-inflight", type=int, default=64, help="detect requests handled at once; beyond: 429")

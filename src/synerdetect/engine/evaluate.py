@@ -48,8 +48,11 @@ class ScoredBatch:
 
 def iter_scores(model, samples: Sequence[Sample], *, image_size: int, batch_size: int = 32, num_workers: int = 0,
                 perturbation: Perturbation | None = None, progress: bool = True, desc: str = "scoring",
-                errors: list | None = None, feature_lookup: Callable | None = None) -> Iterable[ScoredBatch]:
-    """Yield model outputs for this rank's slice of ``samples``; unreadable files go to ``errors``."""
+                errors: list | None = None, feature_lookup: Callable | None = None, mode: str = "full",
+                cascade_band: tuple[float, float] | None = None) -> Iterable[ScoredBatch]:
+    """Yield model outputs for this rank's slice of ``samples``; unreadable files go to ``errors``. ``mode``: full
+    Eq. 10, the perceptual branch only, or the cascade (``cascade_band`` required; in-band images are regrouped
+    into full batches across loader batches, so its ScoredBatches hold one image each, out of order)."""
     rank, world = rank_world()
     transform: Callable = EvalTransform(image_size)
     if perturbation is not None:
@@ -59,6 +62,10 @@ def iter_scores(model, samples: Sequence[Sample], *, image_size: int, batch_size
     loader = DataLoader(ds, batch_size=batch_size, sampler=sampler, collate_fn=collate, num_workers=num_workers)
     device = next(p for p in model.parameters()).device
     bar = tqdm(total=len(sampler), desc=desc, unit="img", disable=not progress or rank != 0, leave=False)
+    if mode == "cascade":
+        yield from _iter_cascade(model, loader, cascade_band, batch_size, device, errors, bar)
+        bar.close()
+        return
     for batch in loader:
         if errors is not None:
             errors.extend(batch["errors"])
@@ -67,11 +74,30 @@ def iter_scores(model, samples: Sequence[Sample], *, image_size: int, batch_size
             images = batch["image"].to(device)
             # The cache's CachedBatch for this batch (on the model's device), or None: compute online.
             hit = feature_lookup(batch["path"]) if feature_lookup is not None else None
-            out = model.predict(images, cached=hit)
+            out = model.predict(images, cached=hit) if mode == "full" else model.predict(images, mode=mode)
             yield ScoredBatch(batch["path"], batch["generator"], batch["label"].tolist(),
                               {k: v.detach().float().cpu() for k, v in out.items()}, batch["format"])
         bar.update(n + len(batch["errors"]))
     bar.close()
+
+
+def _iter_cascade(model, loader, band, batch_size: int, device, errors: list | None, bar) -> Iterable[ScoredBatch]:
+    from .cascade import CascadeError, cascade_predict
+
+    if band is None:
+        raise CascadeError("mode cascade needs a fitted cascade band (synerdetect calibrate --cascade-agreement 0.99)")
+
+    def batches():
+        for batch in loader:
+            if errors is not None:
+                errors.extend(batch["errors"])
+            bar.update(len(batch["label"]) + len(batch["errors"]))
+            if len(batch["label"]):
+                ids = list(zip(batch["path"], batch["generator"], batch["label"].tolist(), batch["format"]))
+                yield batch["image"].to(device), ids
+
+    for (path, gen, label, fmt), out, _how in cascade_predict(model, batches(), band, batch_size=batch_size):
+        yield ScoredBatch([path], [gen], [label], {k: torch.tensor([v]) for k, v in out.items()}, [fmt])
 
 
 def _gather(obj: list) -> list:
@@ -85,14 +111,15 @@ def _gather(obj: list) -> list:
 
 def score_samples(model, samples: Sequence[Sample], *, image_size: int, batch_size: int = 32,
                   num_workers: int = 0, perturbation: Perturbation | None = None, progress: bool = True,
-                  desc: str = "scoring", feature_lookup: Callable | None = None
+                  desc: str = "scoring", feature_lookup: Callable | None = None, mode: str = "full",
+                  cascade_band: tuple[float, float] | None = None
                   ) -> tuple[list[ScoreRecord], list[tuple[str, str]]]:
     """Score labelled samples; returns (records, unreadable files). Gathered across ranks."""
     errors: list = []
     records: list[ScoreRecord] = []
     for sb in iter_scores(model, samples, image_size=image_size, batch_size=batch_size, num_workers=num_workers,
                           perturbation=perturbation, progress=progress, desc=desc, errors=errors,
-                          feature_lookup=feature_lookup):
+                          feature_lookup=feature_lookup, mode=mode, cascade_band=cascade_band):
         for i, path in enumerate(sb.paths):
             records.append(ScoreRecord(path=path, generator=sb.generators[i], label=sb.labels[i],
                                        s_real=float(sb.out["s_real"][i]), s_fake=float(sb.out["s_fake"][i]),
@@ -185,8 +212,13 @@ def _model_tau(model) -> float:
 def evaluate(model, samples: Sequence[Sample], out_dir: str | Path | None, *, image_size: int,
              batch_size: int = 32, num_workers: int = 0, perturb: Sequence[str] = (), progress: bool = True,
              extra: dict | None = None, title: str | None = None, feature_lookup: Callable | None = None,
-             calibration: Calibration | None = None, harmonize: str | None = None) -> dict[str, Any]:
+             calibration: Calibration | None = None, harmonize: str | None = None,
+             mode: str = "full") -> dict[str, Any]:
     """Per-generator evaluation (+ optional robustness sweep). Writes results on rank 0 when ``out_dir``.
+
+    ``mode``: ``full`` (Eq. 10), ``perceptual`` (the CLIP branch only) or ``cascade`` (the band stored in
+    ``calibration.cascade``; each image's logit is the one that decided it). Robustness and harmonized passes use
+    the same mode.
 
     ``calibration``: the checkpoint's :class:`~synerdetect.engine.calibration.Calibration` (``Calibration.load``),
     applied to every record (``prob_fake`` calibrated, ``verdict`` with the uncertain band, ``calibrated``).
@@ -214,13 +246,22 @@ def evaluate(model, samples: Sequence[Sample], out_dir: str | Path | None, *, im
     harm = parse_harmonize_spec(harmonize) if harmonize else None
     if out_dir is not None and rank_world()[0] == 0:
         check_output_dir(out_dir, "--out")
+    band = None
+    if mode == "cascade":
+        from .cascade import CascadeError
+
+        if calibration is None or not calibration.cascade:
+            raise CascadeError("--mode cascade needs a fitted cascade band: run `synerdetect calibrate --checkpoint "
+                               "DIR --data VAL --cascade-agreement 0.99` first")
+        band = (float(calibration.cascade["band"][0]), float(calibration.cascade["band"][1]))
+    how = {"mode": mode, "cascade_band": band}
 
     rank, _ = rank_world()
     tau = _model_tau(model)
     t0 = time.time()
     records, errors = score_samples(model, samples, image_size=image_size, batch_size=batch_size,
                                     num_workers=num_workers, progress=progress, desc="evaluate",
-                                    feature_lookup=feature_lookup)
+                                    feature_lookup=feature_lookup, **how)
     if not records:
         raise RuntimeError(f"no image could be scored ({len(errors)} unreadable)")
     sizes = {r.path: header_size(r.path) for r in records}
@@ -234,12 +275,12 @@ def evaluate(model, samples: Sequence[Sample], out_dir: str | Path | None, *, im
         summary["warnings"] = shortcuts + [suggestion]
         log.warning("%s", "; ".join(summary["warnings"]))
     result: dict[str, Any] = {"summary": summary, "records": records, "errors": errors,
-                              "calibration": cal_section, "seconds": time.time() - t0}
+                              "calibration": cal_section, "seconds": time.time() - t0, "mode": mode}
     harmonized = None
     if harm is not None:
         h_recs, h_errors = score_samples(model, samples, image_size=image_size, batch_size=batch_size,
                                          num_workers=num_workers, perturbation=harm, progress=progress,
-                                         desc=f"harmonize {harm.name}")
+                                         desc=f"harmonize {harm.name}", **how)
         if not h_recs:
             raise RuntimeError(f"no image could be scored after --harmonize {harmonize} ({len(h_errors)} failed)")
         # Every image was re-encoded: the detector saw JPEG pixels whatever the file's format (sizes unchanged).
@@ -258,7 +299,7 @@ def evaluate(model, samples: Sequence[Sample], out_dir: str | Path | None, *, im
         for p in plan:
             recs, _ = score_samples(model, samples, image_size=image_size, batch_size=batch_size,
                                     num_workers=num_workers, perturbation=p, progress=progress,
-                                    desc=f"perturb {p.name}")
+                                    desc=f"perturb {p.name}", **how)
             per.setdefault(p.kind, {})[p.level_label] = summarize(recs)
         robust = robustness_table(per, clean=summary)
         result["robustness"] = robust
@@ -320,7 +361,8 @@ def expand_inputs(inputs: Sequence[str]) -> tuple[list[str], list[tuple[str, str
 
 def predict_paths(model, paths: Sequence[str], *, image_size: int, batch_size: int = 16, num_workers: int = 0,
                   progress: bool = True, calibration=None, provenance: bool = False, trust_anchors=None,
-                  trust_metadata: bool = False) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
+                  trust_metadata: bool = False, mode: str = "full"
+                  ) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
     """Score unlabelled files through :class:`~synerdetect.engine.scoring.Scorer`: one dict per scored image (its
     record with ``path`` for ``name``: label, verdict, prob_fake, calibrated, logit, s_real, s_fake, the branch
     similarities, sha256, provenance, timings) and ``(path, reason)`` per file that could not be scored. Under
@@ -328,7 +370,7 @@ def predict_paths(model, paths: Sequence[str], *, image_size: int, batch_size: i
     from .scoring import Scorer
 
     scorer = Scorer(model, image_size=image_size, batch_size=batch_size, calibration=calibration,
-                    provenance=provenance, trust_anchors=trust_anchors, trust_metadata=trust_metadata)
+                    provenance=provenance, trust_anchors=trust_anchors, trust_metadata=trust_metadata, mode=mode)
     rows: list[dict[str, Any]] = []
     errors: list[tuple[str, str]] = []
     for rec in scorer.score_paths(paths, num_workers=num_workers, progress=progress, shard=True, desc="predict"):

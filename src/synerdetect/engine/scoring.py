@@ -56,6 +56,7 @@ from ..data import imageio
 from ..data.imageio import DEFAULT_MAX_PIXELS, UnreadableImage, open_regular_file
 from ..data.transforms import EvalTransform
 from .calibration import Calibration, apply_calibration
+from .cascade import MODES, CascadeError, cascade_predict
 
 __all__ = [
     "ERROR_KINDS",
@@ -345,12 +346,24 @@ class Scorer:
         trust_metadata: bool = False,
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
         max_bytes: int | None = None,
+        mode: str = "full",
     ):
         from ..engine.train import loader_image_size
         from ..provenance import load_trust_anchors
 
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+        if mode == "cascade" and (calibration is None or not calibration.cascade):
+            raise CascadeError("--mode cascade needs a fitted cascade band: run `synerdetect calibrate --checkpoint "
+                               "DIR --data VAL --cascade-agreement 0.99` on a labelled validation set first")
+        self.mode = mode
+        self.cascade_band: tuple[float, float] | None = None
+        if mode == "cascade":
+            assert calibration is not None and calibration.cascade is not None
+            lo, hi = calibration.cascade["band"]
+            self.cascade_band = (float(lo), float(hi))
         self.model = model
         self.image_size = int(image_size or loader_image_size(model.cfg))
         self.batch_size = int(batch_size)
@@ -394,46 +407,67 @@ class Scorer:
         return self.decoder(item, index)
 
     def forward(self, prepared: Sequence[Prepared]) -> list[dict[str, Any]]:
-        """Stage 2: one ``model.predict`` over the decodable items, then one record per item, in order. Items
-        with an error get their error record without touching the model."""
+        """Stage 2: one batched pass over the decodable items (``mode``: full Eq. 10, the perceptual branch, or the
+        cascade within this batch), then one record per item, in order. Items with an error get their error
+        record without touching the model."""
         ok = [p for p in prepared if p.ok]
-        values: dict[str, np.ndarray] = {}
-        cal: dict[str, Any] = {}
+        rows: dict[int, tuple[dict[str, float], str]] = {}
         score_ms = None
         if ok:
             x = torch.stack([p.image for p in ok if p.image is not None]).to(self.device)
             t0 = time.perf_counter()
-            out = self.model.predict(x)
-            values = {k: v.detach().float().cpu().numpy() for k, v in out.items()}
+            for k, out, how in self._outputs(x, list(range(len(ok))), batch_size=len(ok)):
+                rows[k] = (out, how)
             score_ms = (time.perf_counter() - t0) * 1e3
-            cal = apply_calibration(values["logit"], self.tau, self.calibration)
         records, j = [], 0
         for p in prepared:
             if not p.ok:
                 records.append(self.error_record(p))
                 continue
-            rec = self._base_record(p)
-            label = "fake" if int(values["label"][j]) == 1 else "real"
-            rec.update({k: float(values[k][j]) for k in SCORE_KEYS})
-            verdict = str(cal["verdict"][j])
-            rec.update(
-                label=label,
-                verdict=verdict,
-                model_verdict=verdict,
-                verdict_source="model",
-                prob_fake=float(cal["prob_fake"][j]),
-                calibrated=bool(cal["calibrated"]),
-            )
-            if self.trust_metadata:
-                from ..provenance import trusted_ai_decision
-
-                decided = trusted_ai_decision(p.provenance)
-                if decided is not None:
-                    rec.update(verdict=decided, verdict_source="c2pa")
-            rec["timings"].update(score_ms=score_ms, batch_size=len(ok))
-            records.append(rec)
+            out, how = rows[j]
+            records.append(self._record(p, out, how, score_ms, len(ok)))
             j += 1
         return records
+
+    def _outputs(self, x: torch.Tensor, ids: list[Any], *, batch_size: int
+                 ) -> Iterator[tuple[Any, dict[str, float], str]]:
+        """``(id, model outputs as floats, decided_by)`` per image of the batch, by ``mode``."""
+        if self.mode == "cascade":
+            assert self.cascade_band is not None
+            yield from cascade_predict(self.model, [(x, ids)], self.cascade_band, batch_size=batch_size)
+            return
+        out = self.model.predict(x, mode=self.mode)
+        values = {k: v.detach().float().cpu().numpy() for k, v in out.items()}
+        for i, ident in enumerate(ids):
+            yield ident, {k: float(v[i]) for k, v in values.items()}, self.mode
+
+    def _record(self, p: Prepared, out: dict[str, float], decided_by: str, score_ms: float | None,
+                batch_size: int) -> dict[str, Any]:
+        rec = self._base_record(p)
+        rec.update({k: (None if np.isnan(out[k]) else out[k]) for k in SCORE_KEYS})
+        # The calibration was fitted on full Eq. 10 logits: a perceptual-only decision keeps the raw softmax.
+        cal = apply_calibration(np.array([out["logit"]]), self.tau,
+                                self.calibration if decided_by == "full" else None)
+        verdict = str(cal["verdict"][0])
+        rec.update(
+            label="fake" if out["logit"] > 0 else "real",
+            verdict=verdict,
+            model_verdict=verdict,
+            verdict_source="model",
+            decided_by=decided_by,
+            prob_fake=float(cal["prob_fake"][0]),
+            calibrated=bool(cal["calibrated"]),
+        )
+        if "perceptual_logit" in out:
+            rec["perceptual_logit"] = out["perceptual_logit"]
+        if self.trust_metadata:
+            from ..provenance import trusted_ai_decision
+
+            decided = trusted_ai_decision(p.provenance)
+            if decided is not None:
+                rec.update(verdict=decided, verdict_source="c2pa")
+        rec["timings"].update(score_ms=score_ms, batch_size=batch_size)
+        return rec
 
     def _base_record(self, p: Prepared) -> dict[str, Any]:
         rec: dict[str, Any] = {
@@ -448,6 +482,7 @@ class Scorer:
             "model_verdict": None,
             "prob_fake": None,
             "calibrated": None,
+            "decided_by": None,
         }
         rec.update(dict.fromkeys(SCORE_KEYS))
         rec.update(
@@ -511,10 +546,28 @@ class Scorer:
         )
         records: list[dict[str, Any]] = []
         with tqdm(total=len(sampler), desc=desc, unit="img", disable=not progress or rank != 0, leave=False) as bar:
-            for batch in loader:
-                records += self.forward(batch)
-                bar.update(len(batch))
-        return records
+            if self.mode != "cascade":
+                for batch in loader:
+                    records += self.forward(batch)
+                    bar.update(len(batch))
+                return records
+            # The cascade regroups the images that need the inversion across loader batches (full batches for the
+            # UNet); records are put back in input order at the end.
+            assert self.cascade_band is not None
+
+            def ok_batches() -> Iterator[tuple[torch.Tensor, list[Prepared]]]:
+                for batch in loader:
+                    records.extend(self.error_record(p) for p in batch if not p.ok)
+                    ok = [p for p in batch if p.ok]
+                    bar.update(len(batch))
+                    if ok:
+                        yield torch.stack([p.image for p in ok if p.image is not None]).to(self.device), ok
+
+            for p, out, how in cascade_predict(self.model, ok_batches(), self.cascade_band,
+                                               batch_size=self.batch_size):
+                records.append(self._record(p, out, how, None, self.batch_size))
+        position = {str(path): i for i, path in enumerate(paths)}
+        return sorted(records, key=lambda r: position.get(str(r["name"]), len(position)))
 
     def warmup(self) -> float:
         """One forward pass on a grey image (lazy initialisation, compilation); returns its milliseconds."""
