@@ -158,57 +158,63 @@ def _loader(samples, image_size: int, batch_size: int):
     return DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=0, collate_fn=collate)
 
 
+def _pass(model, samples, *, image_size: int, batch_size: int, mode: str) -> tuple[dict[str, np.ndarray], float]:
+    """One timed pass of ``model.predict(mode=...)`` over the readable samples (data loading included):
+    ``({"logit", "label"}, seconds)``."""
+    import time
+
+    device = next(model.parameters()).device
+    logits, labels = [], []
+    t0 = time.perf_counter()
+    for b in _loader(samples, image_size, batch_size):
+        if len(b["label"]):
+            logits.append(model.predict(b["image"].to(device), mode=mode)["logit"].float().cpu())
+            labels.append(b["label"])
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - t0
+    if not logits:
+        raise CascadeError("no readable image to measure the cascade on")
+    return {"logit": torch.cat(logits).numpy(), "label": torch.cat(labels).numpy()}, seconds
+
+
 def both_branches(model, samples, *, image_size: int, batch_size: int) -> dict[str, np.ndarray]:
     """Perceptual margin and full Eq. 10 logit of every readable sample, with its label (to fit or study a band)."""
-    device = next(model.parameters()).device
-    m, f, y = [], [], []
-    for b in _loader(samples, image_size, batch_size):
-        if not len(b["label"]):
-            continue
-        x = b["image"].to(device)
-        m.append(model.predict(x, mode="perceptual")["logit"].float().cpu())
-        f.append(model.predict(x)["logit"].float().cpu())
-        y.append(b["label"])
-    return {"margin": torch.cat(m).numpy(), "full": torch.cat(f).numpy(), "label": torch.cat(y).numpy()}
+    per, _ = _pass(model, samples, image_size=image_size, batch_size=batch_size, mode="perceptual")
+    full, _ = _pass(model, samples, image_size=image_size, batch_size=batch_size, mode="full")
+    return {"margin": per["logit"], "full": full["logit"], "label": full["label"]}
 
 
 def measure_cascade(model, val_samples, test_samples, *, image_size: int, batch_size: int = 16,
-                    target_agreement: float = 0.99, out_dir=None) -> dict[str, Any]:
-    """Fit the band on ``val_samples``; on ``test_samples`` measure the curve (band vs share inverted vs agreement
-    vs accuracy), then, at the fitted band, the wall time of a full pass and of a cascade pass (data loading
-    included in both, one run each), the agreement with full and the accuracy of both. Writes
+                    target_agreement: float = 0.99, band: tuple[float, float] | None = None,
+                    out_dir=None) -> dict[str, Any]:
+    """Fit the band on ``val_samples`` (or use ``band``); on ``test_samples`` measure the curve (band vs share
+    inverted vs agreement vs accuracy) and, at the band, the wall time of a full pass and of a cascade pass (data
+    loading included in both, in one run), the agreement with full and the accuracy of both. Writes
     ``cascade_curve.png`` / ``cascade.json`` into ``out_dir`` when given."""
     import time
 
     from ..utils import atomic_write_json
 
-    val = both_branches(model, val_samples, image_size=image_size, batch_size=batch_size)
-    fitted = fit_cascade_band(val["margin"], val["full"], target_agreement=target_agreement)
-    band = (fitted["band"][0], fitted["band"][1])
-    test = both_branches(model, test_samples, image_size=image_size, batch_size=batch_size)
-    curve = cascade_curve(test["margin"], test["full"], test["label"])
+    fitted = None
+    if band is None:
+        val = both_branches(model, val_samples, image_size=image_size, batch_size=batch_size)
+        fitted = fit_cascade_band(val["margin"], val["full"], target_agreement=target_agreement)
+        band = (fitted["band"][0], fitted["band"][1])
+    full, t_full = _pass(model, test_samples, image_size=image_size, batch_size=batch_size, mode="full")
+    per, _ = _pass(model, test_samples, image_size=image_size, batch_size=batch_size, mode="perceptual")
+    curve = cascade_curve(per["logit"], full["logit"], full["label"])
     device = next(model.parameters()).device
-
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
-    sync()
-    t0 = time.perf_counter()
-    for b in _loader(test_samples, image_size, batch_size):
-        if len(b["label"]):
-            model.predict(b["image"].to(device))
-    sync()
-    t_full = time.perf_counter() - t0
-    t0 = time.perf_counter()
     decided = {"perceptual": 0, "full": 0}
+    t0 = time.perf_counter()
     batches = ((b["image"].to(device), b["path"]) for b in _loader(test_samples, image_size, batch_size)
                if len(b["label"]))
     for _, _, how in cascade_predict(model, batches, band, batch_size=batch_size):
         decided[how] += 1
-    sync()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     t_cascade = time.perf_counter() - t0
-    at_band = cascade_stats(test["margin"], test["full"], band, test["label"])
+    at_band = cascade_stats(per["logit"], full["logit"], band, full["label"])
     result = {"band": list(band), "target_agreement": target_agreement, "val": fitted,
               "test": {**at_band, "decided": decided, "seconds_full": t_full, "seconds_cascade": t_cascade,
                        "speedup": t_full / t_cascade if t_cascade > 0 else None},
