@@ -315,6 +315,8 @@ class _Recorder:
                        "resolution": f"clip{mc.clip_size}/sd{mc.sd_size}/inv{mc.inversion_size or mc.sd_size}",
                        "dtype": mc.dtype, "batch_size": bc.batch_size_}
         self.date = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+        if bc.out:
+            Path(bc.out).parent.mkdir(parents=True, exist_ok=True)
         self.file = open(bc.out, "w") if bc.out else None
 
     def __call__(self, name: str, value: float, unit: str, **extra) -> None:
@@ -366,6 +368,42 @@ def run_bench(preset: str = "tiny", device: str = "cpu", **options: Any) -> list
                 _measure_sharded_build(Path(tmp), bc, emit)
     finally:
         torch.set_num_threads(old_threads)
+        emit.close()
+    return emit.lines
+
+
+def run_cascade_bench(checkpoint: str | os.PathLike, val: str, test: str, *, steps: int | None = 100,
+                      device: str = "cpu", batch_size: int = 32, target_agreement: float = 0.99, layout: str = "auto",
+                      out: str | os.PathLike | None = None, print_lines: bool = True) -> list[dict]:
+    """The cascade of Eq. 10 (engine/cascade.py) on a trained checkpoint, in one run: fit the band on the labelled
+    ``val`` set, then on ``test`` the share of images inverted, the agreement with full Eq. 10, the accuracy of
+    both and the wall time of a full pass vs a cascade pass. ``steps`` overrides the inversion steps (100: the
+    paper's). JSON lines like :func:`run_bench`; the curve goes to ``cascade_curve.png`` beside ``out``."""
+    from .engine.cascade import measure_cascade
+    from .engine.evaluate import load_labelled
+    from .engine.train import loader_image_size
+    from .model.detector import SynerDetect
+
+    over = {"model.inversion_steps": int(steps)} if steps else {}
+    model = SynerDetect.from_pretrained(checkpoint, **over).to(torch.device(device)).eval().enable_fast_path()
+    bc = BenchConfig(preset="tiny" if model.cfg.preset == "tiny" else "paper", device=device, batch_size=batch_size,
+                     out=out, print_lines=print_lines, sharded=False)
+    emit = _Recorder(bc, model)
+    try:
+        size = loader_image_size(model.cfg)
+        res = measure_cascade(model, load_labelled(val, layout), load_labelled(test, layout), image_size=size,
+                              batch_size=batch_size, target_agreement=target_agreement,
+                              out_dir=Path(out).parent if out else None)
+        t = res["test"]
+        kw = {"band": res["band"], "images": t["n"], "preset": model.cfg.preset}
+        emit("cascade_share_inverted", t["share_inverted"], "share", **kw)
+        emit("cascade_agreement_with_full", t["agreement"], "share", note=f"target {target_agreement}", **kw)
+        emit("cascade_accuracy", t["acc_cascade"], "share", **kw)
+        emit("full_accuracy", t["acc_full"], "share", **kw)
+        emit("full_pass_seconds", t["seconds_full"], "s", **kw)
+        emit("cascade_pass_seconds", t["seconds_cascade"], "s", **kw)
+        emit("cascade_speedup", t["speedup"], "x", note="target >= 3 on tiny at 100 steps", **kw)
+    finally:
         emit.close()
     return emit.lines
 

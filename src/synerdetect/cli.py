@@ -314,8 +314,14 @@ def cmd_cache_build(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from .bench import run_bench
+    from .bench import run_bench, run_cascade_bench
 
+    if args.cascade_checkpoint:
+        if not (args.cascade_val and args.cascade_test):
+            raise ValueError("bench --cascade-checkpoint needs --cascade-val VAL and --cascade-test TEST (labelled)")
+        run_cascade_bench(args.cascade_checkpoint, args.cascade_val, args.cascade_test, steps=args.cascade_steps,
+                          device=args.device, batch_size=args.batch_size or 32, out=args.out)
+        return 0
     run_bench(args.preset, args.device, batch_size=args.batch_size, compile=args.compile, out=args.out)
     return 0
 
@@ -502,6 +508,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--batch-size", type=int, default=None)
     b.add_argument("--compile", action="store_true", help="torch.compile the UNet")
     b.add_argument("--out", help="also write the JSON lines to this file")
+    b.add_argument("--cascade-checkpoint", help="instead: measure the cascade of Eq. 10 on this trained checkpoint "
+                   "(fit on --cascade-val, time cascade vs full on --cascade-test)")
+    b.add_argument("--cascade-val", help="labelled validation set for the cascade band")
+    b.add_argument("--cascade-test", help="labelled test set for the cascade measurement")
+    b.add_argument("--cascade-steps", type=int, default=100, help="inversion steps for the cascade (default: 100)")
     b.set_defaults(func=cmd_bench)
     return p
 
