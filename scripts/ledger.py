@@ -32,23 +32,48 @@ ROWS: dict[str, tuple[str, dict, dict]] = {
     "recommended (demo)": ("the demo's recipe: every recommended change on", {}, {}),
     "dcl_class_negative off": ("Eq. 7 as written: no class negative", {"loss": {"dcl_class_negative": False}}, {}),
     "pot_sample_term literal": ("Eq. 6 sample term as written", {"loss": {"pot_sample_term": "literal"}}, {}),
-    "cache cached-refresh": ("inversion from a feature cache refreshed every 3 epochs",
-                             {"cache": {"policy": "cached-refresh", "refresh_every": 3}}, {}),
-    "clip view resize": ("CLIP/CConv view resized instead of a crop of the image's own pixels",
-                         {"data": {"clip_view": "resize"}}, {}),
-    "paper (all off)": ("the paper's literal losses on the demo", {"loss": {"dcl_class_negative": False,
-                                                                           "pot_sample_term": "literal"}}, {}),
+    "cache cached-refresh": (
+        "inversion from a feature cache refreshed every 3 epochs",
+        {"cache": {"policy": "cached-refresh", "refresh_every": 3}},
+        {},
+    ),
+    "clip view resize": (
+        "CLIP/CConv view resized instead of a crop of the image's own pixels",
+        {"data": {"clip_view": "resize"}},
+        {},
+    ),
+    "paper (all off)": (
+        "the paper's literal losses on the demo",
+        {"loss": {"dcl_class_negative": False, "pot_sample_term": "literal"}},
+        {},
+    ),
 }
 
 
 def demo_cfg(data: Path, run: Path, seed: int, patch: dict):
-    cfg = merge(get_preset("tiny"), {
-        "data": {"train": str(data / "train"), "train_layout": "cnndetection", "train_split": "train",
-                 "image_size": 64, "blur_prob": 0.0, "jpeg_prob": 0.0},
-        "train": {"output_dir": str(run), "epochs": 4, "batch_size": 16, "checkpoint_every": 0, "log_every": 5,
-                  "num_workers": 0, "seed": seed},
-        "cache": {"dir": str(run / "feature_cache")},
-    })
+    cfg = merge(
+        get_preset("tiny"),
+        {
+            "data": {
+                "train": str(data / "train"),
+                "train_layout": "cnndetection",
+                "train_split": "train",
+                "image_size": 64,
+                "blur_prob": 0.0,
+                "jpeg_prob": 0.0,
+            },
+            "train": {
+                "output_dir": str(run),
+                "epochs": 4,
+                "batch_size": 16,
+                "checkpoint_every": 0,
+                "log_every": 5,
+                "num_workers": 0,
+                "seed": seed,
+            },
+            "cache": {"dir": str(run / "feature_cache")},
+        },
+    )
     return merge(cfg, patch)
 
 
@@ -60,10 +85,14 @@ def one_run(data: Path, run: Path, seed: int, patch: dict) -> dict:
     res = evaluate(model, samples, None, image_size=64, batch_size=32, progress=False)
     gens = res["summary"]["generators"]
     unseen = [g for g in gens if g not in SEEN]
-    return {"seed": seed, "seen_acc": statistics.mean(gens[g]["acc"] for g in SEEN),
-            "seen_ap": statistics.mean(gens[g]["ap"] for g in SEEN),
-            "unseen_acc": statistics.mean(gens[g]["acc"] for g in unseen),
-            "unseen_ap": statistics.mean(gens[g]["ap"] for g in unseen), "seconds": summary["seconds"]}
+    return {
+        "seed": seed,
+        "seen_acc": statistics.mean(gens[g]["acc"] for g in SEEN),
+        "seen_ap": statistics.mean(gens[g]["ap"] for g in SEEN),
+        "unseen_acc": statistics.mean(gens[g]["acc"] for g in unseen),
+        "unseen_ap": statistics.mean(gens[g]["ap"] for g in unseen),
+        "seconds": summary["seconds"],
+    }
 
 
 def fmt(vals: list[float]) -> str:
@@ -97,8 +126,11 @@ def main() -> int:
     for name in args.rows:
         runs = [v for v in done.values() if v["row"] == name]
         if runs:
-            print(f"| {name} | {ROWS[name][0]} | " + " | ".join(
-                fmt([r[k] for r in runs]) for k in ("seen_acc", "seen_ap", "unseen_acc", "unseen_ap")) + " |")
+            print(
+                f"| {name} | {ROWS[name][0]} | "
+                + " | ".join(fmt([r[k] for r in runs]) for k in ("seen_acc", "seen_ap", "unseen_acc", "unseen_ap"))
+                + " |"
+            )
     return 0
 
 

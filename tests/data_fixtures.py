@@ -12,8 +12,16 @@ import numpy as np
 from PIL import Image
 
 _EXT_FORMAT = {
-    ".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".webp": "WEBP", ".bmp": "BMP",
-    ".tif": "TIFF", ".tiff": "TIFF", ".gif": "GIF", ".jfif": "JPEG", ".avif": "AVIF",
+    ".jpg": "JPEG",
+    ".jpeg": "JPEG",
+    ".png": "PNG",
+    ".webp": "WEBP",
+    ".bmp": "BMP",
+    ".tif": "TIFF",
+    ".tiff": "TIFF",
+    ".gif": "GIF",
+    ".jfif": "JPEG",
+    ".avif": "AVIF",
 }
 
 
@@ -96,11 +104,22 @@ def tiff16_rgb_bytes(arr: np.ndarray) -> bytes:
         return struct.pack("<HHII", tag, 4, 1, val)
 
     entries = [
-        long_(256, w), long_(257, h),
+        long_(256, w),
+        long_(257, h),
         struct.pack("<HHII", 258, 3, 3, bps_off),  # BitsPerSample 16,16,16 (offset)
-        short(259, 1), short(262, 2), long_(273, data_off), short(277, 3), long_(278, h), long_(279, len(data)),
+        short(259, 1),
+        short(262, 2),
+        long_(273, data_off),
+        short(277, 3),
+        long_(278, h),
+        long_(279, len(data)),
     ]
     return (
-        b"II*\x00" + struct.pack("<I", ifd_off) + struct.pack("<H", n_entries) + b"".join(entries)
-        + struct.pack("<I", 0) + struct.pack("<HHH", 16, 16, 16) + data
+        b"II*\x00"
+        + struct.pack("<I", ifd_off)
+        + struct.pack("<H", n_entries)
+        + b"".join(entries)
+        + struct.pack("<I", 0)
+        + struct.pack("<HHH", 16, 16, 16)
+        + data
     )

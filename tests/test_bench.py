@@ -7,14 +7,33 @@ import math
 import pytest
 
 EXPECTED = {
-    "component_clip_vision", "component_clip_vision_noise", "component_text_tower", "component_unet_step",
-    "component_vae_encode", "component_vae_decode", "roofline_predict_s_per_img", "predict_s_per_img",
-    "predict_throughput", "predict_vs_roofline", "inversion_throughput", "train_step_throughput",
-    "cache_build_s_per_img", "epoch_train_online_s", "epoch_train_cached_s", "epoch_train_cached_latents_only_s",
-    "cached_epoch_speedup", "cached_epoch_speedup_latents_only", "cached_eval_epoch_speedup",
-    "cached_eval_epoch_speedup_latents_only", "cache_build_s_per_img_3steps", "cached_epoch_speedup_3steps",
-    "cached_epoch_speedup_3steps_latents_only", "cached_eval_epoch_speedup_3steps",
-    "cached_eval_epoch_speedup_3steps_latents_only", "sharded_build_seconds_1proc", "sharded_build_seconds_2proc",
+    "component_clip_vision",
+    "component_clip_vision_noise",
+    "component_text_tower",
+    "component_unet_step",
+    "component_vae_encode",
+    "component_vae_decode",
+    "roofline_predict_s_per_img",
+    "predict_s_per_img",
+    "predict_throughput",
+    "predict_vs_roofline",
+    "inversion_throughput",
+    "train_step_throughput",
+    "cache_build_s_per_img",
+    "epoch_train_online_s",
+    "epoch_train_cached_s",
+    "epoch_train_cached_latents_only_s",
+    "cached_epoch_speedup",
+    "cached_epoch_speedup_latents_only",
+    "cached_eval_epoch_speedup",
+    "cached_eval_epoch_speedup_latents_only",
+    "cache_build_s_per_img_3steps",
+    "cached_epoch_speedup_3steps",
+    "cached_epoch_speedup_3steps_latents_only",
+    "cached_eval_epoch_speedup_3steps",
+    "cached_eval_epoch_speedup_3steps_latents_only",
+    "sharded_build_seconds_1proc",
+    "sharded_build_seconds_2proc",
     "sharded_build_speedup",
 }
 FIELDS = {"name", "value", "unit", "device", "preset", "steps", "resolution", "dtype", "torch", "date"}
@@ -25,8 +44,19 @@ def test_run_bench_tiny(tmp_path, capsys):
     from synerdetect.bench import run_bench
 
     out = tmp_path / "bench.jsonl"
-    lines = run_bench("tiny", "cpu", steps=2, batch_size=4, repeats=1, warmup=1, epoch_images=8, long_steps=3,
-                      shard_images=8, out=out, threads=1)
+    lines = run_bench(
+        "tiny",
+        "cpu",
+        steps=2,
+        batch_size=4,
+        repeats=1,
+        warmup=1,
+        epoch_images=8,
+        long_steps=3,
+        shard_images=8,
+        out=out,
+        threads=1,
+    )
     names = [r["name"] for r in lines]
     assert EXPECTED <= set(names), EXPECTED - set(names)
     assert len(names) == len(set(names))

@@ -196,8 +196,9 @@ def test_cached_features_equal_recomputed(model, images, tmp_path):
     # The losses too (the training path, cached-fixed).
     y = torch.tensor([0, 1] * 3)
     with torch.no_grad():
-        l_ref = model.compute_losses(x, y, cached=hit._replace(noise_pixels=None),
-                                     generator=torch.Generator().manual_seed(0))
+        l_ref = model.compute_losses(
+            x, y, cached=hit._replace(noise_pixels=None), generator=torch.Generator().manual_seed(0)
+        )
         l_npx = model.compute_losses(x, y, cached=hit, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(l_npx["total"], l_ref["total"], rtol=1e-3, atol=1e-4)
 
@@ -217,8 +218,9 @@ def test_latents_only_cache(model, images, tmp_path):
     st2 = build_cache(model, images[:4], root, image_size=64, batch_size=4, progress=False)
     assert st2["key"] != st["key"] and st2["n_computed"] == 4
     doc2 = json.loads((root / st2["key"] / "index.json").read_text())
-    assert all(e["noise_pixels"] == [3, 64, 64] and e["noise_pixels_dtype"] == "float16"
-               for e in doc2["entries"].values())
+    assert all(
+        e["noise_pixels"] == [3, 64, 64] and e["noise_pixels_dtype"] == "float16" for e in doc2["entries"].values()
+    )
     from safetensors import safe_open
 
     shard = root / st2["key"] / "shards" / next(iter(doc2["entries"].values()))["shard"]
@@ -236,11 +238,13 @@ def test_put_many_must_match_the_key(model, images, tmp_path):
         FeatureCache(tmp_path / "a", key, info=info).put_many(hashes, lat, inv)
     key2, info2 = feature_key(model, image_size=64, store_noise_pixels=False)
     with pytest.raises(ValueError, match="noise_pixels"):
-        FeatureCache(tmp_path / "b", key2, info=info2).put_many(hashes, lat, inv,
-                                                                noise_pixels=compute_noise_pixels(model, inv))
+        FeatureCache(tmp_path / "b", key2, info=info2).put_many(
+            hashes, lat, inv, noise_pixels=compute_noise_pixels(model, inv)
+        )
     with pytest.raises(ValueError, match="noise_pixels"):  # wrong batch size
-        FeatureCache(tmp_path / "c", key, info=info).put_many(hashes, lat, inv,
-                                                              noise_pixels=compute_noise_pixels(model, inv[:1]))
+        FeatureCache(tmp_path / "c", key, info=info).put_many(
+            hashes, lat, inv, noise_pixels=compute_noise_pixels(model, inv[:1])
+        )
     # an entry without the E_d input under a key that stores it (written by hand) is recomputed by a build
     FeatureCache(tmp_path / "d", key).put_many(hashes, lat, inv, paths=images[:2])
     st = build_cache(model, images[:2], tmp_path / "d", image_size=64, batch_size=2, progress=False)
@@ -346,8 +350,12 @@ def test_corrupt_shard_is_detected_and_rebuilt(model, images, tmp_path, damage):
     inv = model.cache_features(x).inverted
     torch.testing.assert_close(torch.stack([r.inverted for r in rebuilt]), inv, rtol=0, atol=1e-5)
     # (other build batches: the inverted latents differ by float noise, so the fp16 rounding may flip by 1 ulp)
-    torch.testing.assert_close(torch.stack([r.noise_pixels for r in rebuilt]).float(),
-                               compute_noise_pixels(model, inv).float(), rtol=0, atol=2e-3)
+    torch.testing.assert_close(
+        torch.stack([r.noise_pixels for r in rebuilt]).float(),
+        compute_noise_pixels(model, inv).float(),
+        rtol=0,
+        atol=2e-3,
+    )
 
 
 def test_corrupt_noise_pixels_are_detected(model, images, tmp_path):
@@ -357,7 +365,7 @@ def test_corrupt_noise_pixels_are_detected(model, images, tmp_path):
     shard = shard_files(root, st["key"])[0]
     data = bytearray(shard.read_bytes())
     n_header = int.from_bytes(data[:8], "little")
-    header = json.loads(data[8:8 + n_header])
+    header = json.loads(data[8 : 8 + n_header])
     victim = sorted(k for k in header if k.endswith(".noise_pixels"))[1]
     start = 8 + n_header + header[victim]["data_offsets"][0]
     data[start + 1000] ^= 0x01
@@ -397,15 +405,17 @@ def test_unreadable_images_are_reported_and_skipped(model, images, tmp_path):
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\nnot really")
     missing = str(tmp_path / "gone.png")
-    st = build_cache(model, images[:3] + [str(bad), missing], tmp_path / "cache", image_size=64, batch_size=4,
-                     progress=False)
+    st = build_cache(
+        model, images[:3] + [str(bad), missing], tmp_path / "cache", image_size=64, batch_size=4, progress=False
+    )
     assert st["n_computed"] == 3 and st["n_unreadable"] == 2
     reported = dict(st["unreadable"])
     assert set(reported) == {str(bad), missing} and all(reported.values())
 
 
 # ---------------------------------------------------------------- scale-out
-WORKER = textwrap.dedent("""
+WORKER = textwrap.dedent(
+    """
     import json, sys, torch
     torch.set_num_threads(1)
     from synerdetect import SynerDetect
@@ -414,7 +424,8 @@ WORKER = textwrap.dedent("""
     m = SynerDetect.from_preset("tiny", **{"model.inversion_steps": STEPS_VALUE}).eval()
     st = build_cache(m, paths, root, image_size=64, batch_size=2, progress=False, wait_timeout=240, poll_interval=0.05)
     open(out, "w").write(json.dumps(st))
-""".replace("STEPS_VALUE", str(STEPS)))
+""".replace("STEPS_VALUE", str(STEPS))
+)
 
 
 @pytest.mark.slow
@@ -425,9 +436,15 @@ def test_two_process_sharded_build(model, images, tmp_path):
     procs = []
     for r in range(2):
         env = dict(os.environ, RANK=str(r), WORLD_SIZE="2", OMP_NUM_THREADS="1")
-        procs.append(subprocess.Popen([sys.executable, str(script), json.dumps(images), str(root),
-                                       str(tmp_path / f"stats{r}.json")], env=env,
-                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, str(script), json.dumps(images), str(root), str(tmp_path / f"stats{r}.json")],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
     for p in procs:
         out, _ = p.communicate(timeout=300)
         assert p.returncode == 0, out[-3000:]

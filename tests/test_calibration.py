@@ -219,8 +219,15 @@ def bench(tmp_path_factory):
     from synerdetect.demo import build_demo_benchmark
 
     root = tmp_path_factory.mktemp("bench")
-    build_demo_benchmark(root, size=64, n_train=1, n_test=12, train_families=("gan_upsample",),
-                         test_families=("gan_upsample", "diffusion_latent"), seed=3)
+    build_demo_benchmark(
+        root,
+        size=64,
+        n_train=1,
+        n_test=12,
+        train_families=("gan_upsample",),
+        test_families=("gan_upsample", "diffusion_latent"),
+        seed=3,
+    )
     return root
 
 
@@ -232,16 +239,25 @@ def test_calibrate_checkpoint_fits_saves_and_keeps_the_cascade(ckpt, model, benc
     folder = tmp_path / "c"
     shutil.copytree(ckpt, folder)
     Calibration(cascade={"band": [-0.1, 0.1]}).save(folder)  # a cascade fitted earlier must survive
-    cal = calibrate_checkpoint(folder, bench / "test", layout="cnndetection", split="test", min_per_class=10,
-                               progress=False, model=model, image_size=64)
+    cal = calibrate_checkpoint(
+        folder,
+        bench / "test",
+        layout="cnndetection",
+        split="test",
+        min_per_class=10,
+        progress=False,
+        model=model,
+        image_size=64,
+    )
     back = Calibration.load(folder)
     assert back == cal and back.cascade == {"band": [-0.1, 0.1]}
     assert back.fitted_on["n_real"] == 24 and back.fitted_on["n_fake"] == 24
     assert back.fitted_on["layout"] == "cnndetection" and back.fitted_on["split"] == "test"
     assert back.fitted_on["data"] == str((bench / "test").resolve())
     # the fit is the one of the independently scored logits
-    recs, _ = score_samples(model, load_labelled(str(bench / "test"), "cnndetection", "test"), image_size=64,
-                            progress=False)
+    recs, _ = score_samples(
+        model, load_labelled(str(bench / "test"), "cnndetection", "test"), image_size=64, progress=False
+    )
     x = np.array([r.logit for r in recs])
     y = np.array([r.label for r in recs])
     ref = fit_calibration(x, y, min_per_class=10, tau=model.mcfg.tau)
@@ -253,13 +269,13 @@ def test_calibrate_checkpoint_refuses(ckpt, model, bench, tmp_path):
     cfg = tmp_path / "protocol.yaml"
     cfg.write_text(f"preset: tiny\ndata:\n  test: {bench / 'test'}\n  test_layout: cnndetection\n")
     with pytest.raises(CalibrationError, match="refusing to calibrate on the test set"):
-        calibrate_checkpoint(ckpt, bench / "test", layout="cnndetection", protocol_config=cfg, model=model,
-                             progress=False)
+        calibrate_checkpoint(
+            ckpt, bench / "test", layout="cnndetection", protocol_config=cfg, model=model, progress=False
+        )
     with pytest.raises(CalibrationError, match="refusing to calibrate on the test set"):
         calibrate_checkpoint(ckpt, bench, protocol_config=cfg, model=model, progress=False)  # contains it
     with pytest.raises(CalibrationError, match="12 real and 12 fake; at least 20"):
-        calibrate_checkpoint(ckpt, bench / "test" / "gan_upsample", layout="cnndetection", model=model,
-                             progress=False)
+        calibrate_checkpoint(ckpt, bench / "test" / "gan_upsample", layout="cnndetection", model=model, progress=False)
     assert not (ckpt / CALIBRATION_NAME).exists()
 
 
@@ -301,7 +317,8 @@ def test_evaluate_with_and_without_calibration(model, bench, tmp_path, calibrate
     assert "**Calibration**" in md and f"{100 * sec['ece']:.2f}%" in md
     # the Eq. 10 table is untouched by the calibration
     assert doc["generators"]["gan_upsample"]["acc"] == pytest.approx(
-        np.mean([(r.logit > 0) == r.label for r in recs if r.generator == "gan_upsample"]))
+        np.mean([(r.logit > 0) == r.label for r in recs if r.generator == "gan_upsample"])
+    )
 
 
 def test_cli_calibrate_then_evaluate(ckpt, bench, tmp_path, capsys):
@@ -312,11 +329,34 @@ def test_cli_calibrate_then_evaluate(ckpt, bench, tmp_path, capsys):
     folder = tmp_path / "c"
     shutil.copytree(ckpt, folder)
     cfg = tmp_path / "protocol.yaml"
-    cfg.write_text(f"preset: tiny\ndata:\n  val: {bench / 'test'}\n  val_layout: cnndetection\n  val_split: test\n"
-                   f"  test: {bench / 'test' / 'diffusion_latent'}\n")
-    code = main(["calibrate", "--checkpoint", str(folder), "--data", str(bench / "test"), "--layout", "cnndetection",
-                 "--split", "test", "--min-per-class", "10", "--method", "platt", "--target-accuracy", "0.9",
-                 "--no-progress", "--device", "cpu", "--workers", "0"])
+    cfg.write_text(
+        f"preset: tiny\ndata:\n  val: {bench / 'test'}\n  val_layout: cnndetection\n  val_split: test\n"
+        f"  test: {bench / 'test' / 'diffusion_latent'}\n"
+    )
+    code = main(
+        [
+            "calibrate",
+            "--checkpoint",
+            str(folder),
+            "--data",
+            str(bench / "test"),
+            "--layout",
+            "cnndetection",
+            "--split",
+            "test",
+            "--min-per-class",
+            "10",
+            "--method",
+            "platt",
+            "--target-accuracy",
+            "0.9",
+            "--no-progress",
+            "--device",
+            "cpu",
+            "--workers",
+            "0",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0, out
     cal = Calibration.load(folder)
@@ -324,19 +364,64 @@ def test_cli_calibrate_then_evaluate(ckpt, bench, tmp_path, capsys):
     assert "ECE (15 bins)" in out and "uncertain band" in out and "selective accuracy" in out
     assert f"{100 * cal.metrics['ece_after']:.2f}%" in out
     # --config: --data defaults to data.val; calibrating on its data.test is refused with one line
-    code = main(["calibrate", "--checkpoint", str(folder), "--config", str(cfg), "--data",
-                 str(bench / "test" / "diffusion_latent"), "--no-progress", "--device", "cpu"])
+    code = main(
+        [
+            "calibrate",
+            "--checkpoint",
+            str(folder),
+            "--config",
+            str(cfg),
+            "--data",
+            str(bench / "test" / "diffusion_latent"),
+            "--no-progress",
+            "--device",
+            "cpu",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "refusing to calibrate on the test set" in err and err.count("\n") == 1
-    code = main(["evaluate", "--checkpoint", str(folder), "--data", str(bench / "test"), "--layout", "cnndetection",
-                 "--split", "test", "--out", str(tmp_path / "ev"), "--no-progress", "--device", "cpu",
-                 "--workers", "0", "--harmonize", "jpeg:96"])
+    code = main(
+        [
+            "evaluate",
+            "--checkpoint",
+            str(folder),
+            "--data",
+            str(bench / "test"),
+            "--layout",
+            "cnndetection",
+            "--split",
+            "test",
+            "--out",
+            str(tmp_path / "ev"),
+            "--no-progress",
+            "--device",
+            "cpu",
+            "--workers",
+            "0",
+            "--harmonize",
+            "jpeg:96",
+        ]
+    )
     assert code == 0
     doc = json.loads((tmp_path / "ev" / "results.json").read_text())
     assert doc["calibration"]["calibrated"] is True and doc["calibration"]["a"] == pytest.approx(cal.a)
     assert math.isfinite(doc["calibration"]["ece"])
     assert doc["harmonized"]["harmonize"]["spec"] == "jpeg:96" and doc["harmonized"]["calibration"]["calibrated"]
     assert "reliability.png" in capsys.readouterr().out
-    assert main(["evaluate", "--checkpoint", str(folder), "--data", str(bench / "test"), "--out", str(tmp_path / "x"),
-                 "--harmonize", "png:1"]) == 2
+    assert (
+        main(
+            [
+                "evaluate",
+                "--checkpoint",
+                str(folder),
+                "--data",
+                str(bench / "test"),
+                "--out",
+                str(tmp_path / "x"),
+                "--harmonize",
+                "png:1",
+            ]
+        )
+        == 2
+    )
     assert "expected jpeg:QUALITY" in capsys.readouterr().err

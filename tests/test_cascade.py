@@ -98,17 +98,51 @@ def test_cascade_through_calibrate_predict_and_evaluate(tiny_model, tmp_path, ca
     from synerdetect.engine.scoring import Scorer
 
     ckpt = tiny_model.save_pretrained(tmp_path / "ckpt")
-    build_demo_benchmark(tmp_path / "val", size=64, n_train=1, n_test=24, train_families=("gan_upsample",),
-                         test_families=("gan_upsample",), seed=3)
-    build_demo_benchmark(tmp_path / "test", size=64, n_train=1, n_test=8, train_families=("gan_upsample",),
-                         test_families=("gan_upsample",), seed=4)
+    build_demo_benchmark(
+        tmp_path / "val",
+        size=64,
+        n_train=1,
+        n_test=24,
+        train_families=("gan_upsample",),
+        test_families=("gan_upsample",),
+        seed=3,
+    )
+    build_demo_benchmark(
+        tmp_path / "test",
+        size=64,
+        n_train=1,
+        n_test=8,
+        train_families=("gan_upsample",),
+        test_families=("gan_upsample",),
+        seed=4,
+    )
     img = next((tmp_path / "test" / "test").rglob("*.png"))
     assert main(["predict", str(img), "--checkpoint", str(ckpt), "--mode", "cascade", "--no-progress"]) == 2
     assert "--cascade-agreement" in capsys.readouterr().err
 
-    assert main(["calibrate", "--checkpoint", str(ckpt), "--data", str(tmp_path / "val" / "test"),
-                 "--layout", "cnndetection", "--target-accuracy", "0.5", "--min-per-class", "10",
-                 "--cascade-agreement", "0.9", "--no-progress", "--workers", "0"]) == 0
+    assert (
+        main(
+            [
+                "calibrate",
+                "--checkpoint",
+                str(ckpt),
+                "--data",
+                str(tmp_path / "val" / "test"),
+                "--layout",
+                "cnndetection",
+                "--target-accuracy",
+                "0.5",
+                "--min-per-class",
+                "10",
+                "--cascade-agreement",
+                "0.9",
+                "--no-progress",
+                "--workers",
+                "0",
+            ]
+        )
+        == 0
+    )
     assert "cascade band" in capsys.readouterr().out
     cal = Calibration.load(ckpt)
     lo, hi = cal.cascade["band"]
@@ -126,7 +160,26 @@ def test_cascade_through_calibrate_predict_and_evaluate(tiny_model, tmp_path, ca
         assert r["label"] == (f["label"] if inside else p["label"])
 
     out = tmp_path / "ev"
-    assert main(["evaluate", "--checkpoint", str(ckpt), "--data", str(tmp_path / "test" / "test"), "--layout",
-                 "cnndetection", "--out", str(out), "--mode", "cascade", "--no-progress", "--workers", "0"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--checkpoint",
+                str(ckpt),
+                "--data",
+                str(tmp_path / "test" / "test"),
+                "--layout",
+                "cnndetection",
+                "--out",
+                str(out),
+                "--mode",
+                "cascade",
+                "--no-progress",
+                "--workers",
+                "0",
+            ]
+        )
+        == 0
+    )
     res = json.loads((out / "results.json").read_text())
     assert res["mode"] == "cascade" and res["generators"]["gan_upsample"]["n_real"] == 8

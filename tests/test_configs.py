@@ -16,9 +16,28 @@ from synerdetect.presets import ABLATIONS, get_preset, load_experiment, with_abl
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 ALL_YAML = sorted(CONFIGS.glob("*.yaml"))
 
-LSUN_20 = ["airplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-           "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
-           "train", "tvmonitor"]
+LSUN_20 = [
+    "airplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "sofa",
+    "train",
+    "tvmonitor",
+]
 
 # name -> expected (train layout, train generators, test layout, test split)
 PROTOCOLS = {
@@ -127,10 +146,13 @@ def test_robustness_comment_names_the_evaluate_command():
         assert f"--perturb {kind}" in text
 
 
-@pytest.mark.parametrize("fname,flags", [
-    ("ablation_modules.yaml", ["no_cmid", "no_ot_dcl", "no_pot"]),
-    ("ablation_tuner.yaml", ["fixed_prompts", "tuner_no_global", "tuner_no_local"]),
-])
+@pytest.mark.parametrize(
+    "fname,flags",
+    [
+        ("ablation_modules.yaml", ["no_cmid", "no_ot_dcl", "no_pot"]),
+        ("ablation_tuner.yaml", ["fixed_prompts", "tuner_no_global", "tuner_no_local"]),
+    ],
+)
 def test_ablation_files_document_their_flags(fname, flags):
     text = (CONFIGS / fname).read_text()
     for flag in flags:
@@ -149,8 +171,9 @@ def test_tiny_demo():
 
 
 EXPECTED_ABLATION = {
-    "full": lambda c: c.loss.use_cmid and c.loss.use_ot_dcl and c.loss.use_pot
-    and c.model.tuner_global and c.model.tuner_local,
+    "full": lambda c: (
+        c.loss.use_cmid and c.loss.use_ot_dcl and c.loss.use_pot and c.model.tuner_global and c.model.tuner_local
+    ),
     "no_cmid": lambda c: not c.loss.use_cmid and c.loss.use_ot_dcl and c.loss.use_pot,
     "no_ot_dcl": lambda c: c.loss.use_cmid and not c.loss.use_ot_dcl,
     "no_pot": lambda c: c.loss.use_cmid and c.loss.use_ot_dcl and not c.loss.use_pot,

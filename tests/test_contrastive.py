@@ -51,8 +51,9 @@ def test_dcl_matches_numpy_loops(tau, n):
 
 def test_dcl_float32_and_small_tau_stable():
     anchors, z, labels = _batch(1, n=16, d=32)
-    out = dcl_loss(torch.tensor(anchors, dtype=torch.float32), torch.tensor(z, dtype=torch.float32),
-                   torch.tensor(labels), 0.01)
+    out = dcl_loss(
+        torch.tensor(anchors, dtype=torch.float32), torch.tensor(z, dtype=torch.float32), torch.tensor(labels), 0.01
+    )
     assert torch.isfinite(out)
     np.testing.assert_allclose(out.item(), _dcl_ref(anchors, z, labels, 0.01), rtol=1e-4)
 
@@ -107,9 +108,7 @@ def test_dcl_validation():
     with pytest.raises(ValueError):
         dcl_loss(a[0], z[0], y[:1], 0.1)
     # bool and float labels are accepted
-    np.testing.assert_allclose(
-        dcl_loss(a, z, y.bool(), 0.1).item(), dcl_loss(a, z, y.float(), 0.1).item()
-    )
+    np.testing.assert_allclose(dcl_loss(a, z, y.bool(), 0.1).item(), dcl_loss(a, z, y.float(), 0.1).item())
 
 
 def test_dcl_with_other_class_prompt_by_hand():

@@ -8,11 +8,19 @@ from synerdetect.data import check_dataset, format_check_report
 
 def _build(tmp_path):
     root = tmp_path / "ds"
-    make_tree(root, [
-        "test/progan/0_real/a.png", "test/progan/0_real/b.jpg", "test/progan/0_real/c.jpg",
-        "test/progan/1_fake/d.png", "test/progan/1_fake/e.webp",
-        "test/sdxl/0_real/f.jpg", "test/sdxl/1_fake/g.png", "test/sdxl/1_fake/h.gif",
-    ])
+    make_tree(
+        root,
+        [
+            "test/progan/0_real/a.png",
+            "test/progan/0_real/b.jpg",
+            "test/progan/0_real/c.jpg",
+            "test/progan/1_fake/d.png",
+            "test/progan/1_fake/e.webp",
+            "test/sdxl/0_real/f.jpg",
+            "test/sdxl/1_fake/g.png",
+            "test/sdxl/1_fake/h.gif",
+        ],
+    )
     bad = [
         write_truncated_jpeg(root / "test/progan/1_fake/trunc.jpg"),
         write_garbage(root / "test/sdxl/0_real/garbage.png"),

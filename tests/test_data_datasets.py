@@ -20,8 +20,12 @@ from synerdetect.data import (
 @pytest.fixture
 def tree_with_bad_files(tmp_path):
     root = tmp_path / "ds"
-    make_tree(root, [f"test/gen/0_real/r{i}.png" for i in range(5)] + [f"test/gen/1_fake/f{i}.png" for i in range(5)],
-              w=40, h=36)
+    make_tree(
+        root,
+        [f"test/gen/0_real/r{i}.png" for i in range(5)] + [f"test/gen/1_fake/f{i}.png" for i in range(5)],
+        w=40,
+        h=36,
+    )
     bad = {
         "trunc": write_truncated_jpeg(root / "test/gen/1_fake/trunc.jpg"),
         "garbage": write_garbage(root / "test/gen/0_real/garbage.jpg"),

@@ -70,15 +70,18 @@ def _smooth(w: int, h: int) -> Image.Image:
 # ============================================================================ 1. transform work is bounded
 
 
-@pytest.mark.parametrize("size,resized,box", [
-    # hand-worked: 96x80, shorter side (80) -> size, longer = round(96 * size / 80), centre crop offset
-    # round((long - size) / 2) with Python's round-half-to-even
-    (32, (38, 32), (3, 0, 35, 32)),
-    (64, (77, 64), (6, 0, 70, 64)),     # 76.8 -> 77; (77 - 64) / 2 = 6.5 -> 6
-    (80, None, (8, 0, 88, 80)),         # already the right size: plain centre crop
-    (128, (154, 128), (13, 0, 141, 128)),
-    (224, (269, 224), (22, 0, 246, 224)),  # 268.8 -> 269; 22.5 -> 22
-])
+@pytest.mark.parametrize(
+    "size,resized,box",
+    [
+        # hand-worked: 96x80, shorter side (80) -> size, longer = round(96 * size / 80), centre crop offset
+        # round((long - size) / 2) with Python's round-half-to-even
+        (32, (38, 32), (3, 0, 35, 32)),
+        (64, (77, 64), (6, 0, 70, 64)),  # 76.8 -> 77; (77 - 64) / 2 = 6.5 -> 6
+        (80, None, (8, 0, 88, 80)),  # already the right size: plain centre crop
+        (128, (154, 128), (13, 0, 141, 128)),
+        (224, (269, 224), (22, 0, 246, 224)),  # 268.8 -> 269; 22.5 -> 22
+    ],
+)
 def test_eval_output_bit_identical_for_ordinary_image(size, resized, box):
     img = noise_image(96, 80, seed=11)
     ref = img.resize(resized, BICUBIC) if resized else img
@@ -97,12 +100,13 @@ def test_eval_no_resize_and_train_outputs_bit_identical_for_ordinary_image():
     assert torch.equal(EvalTransform(128, resize=False)(img), _t(up.crop((13, 0, 141, 128))))
     assert torch.equal(EvalTransform(64, resize=False)(img), _t(img.crop((16, 8, 80, 72))))
     plain = dict(flip=False, blur_prob=0.0, jpeg_prob=0.0)
-    assert torch.equal(TrainTransform(128, crop="center", **plain)(img, random.Random(0)),
-                       _t(up.crop((13, 0, 141, 128))))
-    assert torch.equal(TrainTransform(64, crop="center", **plain)(img, random.Random(0)),
-                       _t(img.crop((16, 8, 80, 72))))
-    assert torch.equal(TrainTransform(64, crop="resize", **plain)(img, random.Random(0)),
-                       _t(img.resize((64, 64), BICUBIC)))
+    assert torch.equal(
+        TrainTransform(128, crop="center", **plain)(img, random.Random(0)), _t(up.crop((13, 0, 141, 128)))
+    )
+    assert torch.equal(TrainTransform(64, crop="center", **plain)(img, random.Random(0)), _t(img.crop((16, 8, 80, 72))))
+    assert torch.equal(
+        TrainTransform(64, crop="resize", **plain)(img, random.Random(0)), _t(img.resize((64, 64), BICUBIC))
+    )
     for seed in range(8):  # random crop of the upscaled image: x uniform in 0..26, y = 0
         u = _draws(seed)
         x = min(int(u[4] * 27), 26)
@@ -185,9 +189,9 @@ def test_extreme_aspect_keeps_the_centre_content(shape):
     arr = np.zeros((h, w, 3), np.uint8)
     arr[..., 0] = 255
     if h > w:
-        arr[30000 - 20:30000 + 21, :] = (0, 255, 0)
+        arr[30000 - 20 : 30000 + 21, :] = (0, 255, 0)
     else:
-        arr[:, 30000 - 20:30000 + 21] = (0, 255, 0)
+        arr[:, 30000 - 20 : 30000 + 21] = (0, 255, 0)
     img = Image.fromarray(arr, "RGB")
     green = torch.tensor([0.0, 1.0, 0.0]).view(3, 1, 1)
     plain = dict(flip=False, blur_prob=0.0, jpeg_prob=0.0)
@@ -255,8 +259,9 @@ def _vm_kib(field: str) -> int | None:
     return None
 
 
-def measure_transform_peak(transform: Callable, img: Image.Image, rng: Any = None, *,
-                           max_resize_px: int | None = None) -> dict[str, Any]:
+def measure_transform_peak(
+    transform: Callable, img: Image.Image, rng: Any = None, *, max_resize_px: int | None = None
+) -> dict[str, Any]:
     """Run ``transform(img, rng)`` once and measure what it costs.
 
     Returns ``{"rss_peak_mib", "traced_peak_mib", "max_resize_px", "resizes", "out_shape"}``:
@@ -312,8 +317,10 @@ def test_measure_transform_peak_extreme_shapes():
     print(f"\ntransform cost at size {size} (rss = peak RSS growth, traced = tracemalloc peak):")
     for label, name, m in rows:
         rss = "n/a" if m["rss_peak_mib"] is None else f"{m['rss_peak_mib']:7.2f} MiB"
-        print(f"  {label:>8} {name:<16} rss {rss}  traced {m['traced_peak_mib']:6.2f} MiB  "
-              f"largest resize {m['max_resize_px']:>8} px  {m['resizes']}")
+        print(
+            f"  {label:>8} {name:<16} rss {rss}  traced {m['traced_peak_mib']:6.2f} MiB  "
+            f"largest resize {m['max_resize_px']:>8} px  {m['resizes']}"
+        )
 
 
 # ============================================================================ 2. ambiguous folder layouts
@@ -329,14 +336,20 @@ def test_ambiguous_layout_error_type_is_exported():
     assert issubclass(AmbiguousLayoutError, LayoutError) and issubclass(AmbiguousLayoutError, ValueError)
 
 
-@pytest.mark.parametrize("rels,outer,inner", [
-    (["test/gen/0_real/r.png", "test/gen/0_real/1_fake/f.png"], "test/gen/0_real", "test/gen/0_real/1_fake"),
-    (["test/gen/fake/f.png", "test/gen/fake/x/real/r.png"], "test/gen/fake", "test/gen/fake/x/real"),
-    (["0_real/a.png", "1_fake/b.png", "1_fake/nature/c.png"], "1_fake", "1_fake/nature"),
-    (["gen/sub/train/ai/a.png", "gen/sub/train/nature/b.png", "gen/sub/train/ai/real/c.png"],
-     "gen/sub/train/ai", "gen/sub/train/ai/real"),
-    (["test/gen/ai/0_real/a.png", "test/gen/ai/1_fake/b.png"], "test/gen/ai", "test/gen/ai/0_real"),
-])
+@pytest.mark.parametrize(
+    "rels,outer,inner",
+    [
+        (["test/gen/0_real/r.png", "test/gen/0_real/1_fake/f.png"], "test/gen/0_real", "test/gen/0_real/1_fake"),
+        (["test/gen/fake/f.png", "test/gen/fake/x/real/r.png"], "test/gen/fake", "test/gen/fake/x/real"),
+        (["0_real/a.png", "1_fake/b.png", "1_fake/nature/c.png"], "1_fake", "1_fake/nature"),
+        (
+            ["gen/sub/train/ai/a.png", "gen/sub/train/nature/b.png", "gen/sub/train/ai/real/c.png"],
+            "gen/sub/train/ai",
+            "gen/sub/train/ai/real",
+        ),
+        (["test/gen/ai/0_real/a.png", "test/gen/ai/1_fake/b.png"], "test/gen/ai", "test/gen/ai/0_real"),
+    ],
+)
 def test_class_folders_inside_class_folders_are_an_error(tmp_path, rels, outer, inner):
     root = tmp_path / "ds"
     make_tree(root, rels)
@@ -362,10 +375,13 @@ def test_real_fake_inside_a_generator_named_real(tmp_path):
     assert str(root / "test" / "real") in msg and "generator" in msg
 
 
-@pytest.mark.parametrize("rels,where", [
-    (["real/sub/train/ai/a.png", "real/sub/train/nature/b.png"], "real"),   # genimage generator 'real'
-    (["test/nature/0_real/a.png", "test/nature/1_fake/b.png"], "test/nature"),
-])
+@pytest.mark.parametrize(
+    "rels,where",
+    [
+        (["real/sub/train/ai/a.png", "real/sub/train/nature/b.png"], "real"),  # genimage generator 'real'
+        (["test/nature/0_real/a.png", "test/nature/1_fake/b.png"], "test/nature"),
+    ],
+)
 def test_generator_folder_named_like_a_class_is_an_error(tmp_path, rels, where):
     root = tmp_path / "ds"
     make_tree(root, rels)
@@ -377,10 +393,16 @@ def test_generator_folder_named_like_a_class_is_an_error(tmp_path, rels, where):
 @pytest.fixture
 def mixed_root(tmp_path):
     root = tmp_path / "mixed"
-    make_tree(root, [
-        "sdv4/imagenet_sdv4/train/ai/a.png", "sdv4/imagenet_sdv4/train/nature/b.png",
-        "progan/0_real/c.png", "progan/1_fake/d.png", "progan/1_fake/e.png",
-    ])
+    make_tree(
+        root,
+        [
+            "sdv4/imagenet_sdv4/train/ai/a.png",
+            "sdv4/imagenet_sdv4/train/nature/b.png",
+            "progan/0_real/c.png",
+            "progan/1_fake/d.png",
+            "progan/1_fake/e.png",
+        ],
+    )
     return root
 
 
@@ -422,10 +444,10 @@ def test_manifest_duplicates_same_label_warn_and_keep_once(tmp_path, caplog):
     m = tmp_path / "m.csv"
     m.write_text(
         "path,label,generator\n"
-        "imgs/a.png,0,g\n"            # line 2
-        f"{a},real,g\n"                # line 3: absolute spelling of the same file
-        "imgs/b.png,1,g\n"             # line 4
-        "./imgs/../imgs/a.png,0,g\n"   # line 5: yet another spelling
+        "imgs/a.png,0,g\n"  # line 2
+        f"{a},real,g\n"  # line 3: absolute spelling of the same file
+        "imgs/b.png,1,g\n"  # line 4
+        "./imgs/../imgs/a.png,0,g\n"  # line 5: yet another spelling
     )
     with caplog.at_level(logging.WARNING, logger="synerdetect.data.layouts"):
         s = discover(m)
@@ -489,10 +511,16 @@ def test_manifest_contradictory_labels_are_an_error(tmp_path, ext):
 @pytest.mark.parametrize("ext", ["csv", "jsonl", "json"])
 def test_manifest_not_utf8_is_a_one_line_error(tmp_path, ext):
     m = tmp_path / f"m.{ext}"
-    head = {"csv": b"path,label\na.png,0\n", "jsonl": b'{"path": "a.png", "label": 0}\n',
-            "json": b'[{"path": "a.png", "label": 0},\n'}[ext]
-    tail = {"csv": b"caf\xe9.png,1\n", "jsonl": b'{"path": "caf\xe9.png", "label": 1}\n',
-            "json": b'{"path": "caf\xe9.png", "label": 1}]\n'}[ext]
+    head = {
+        "csv": b"path,label\na.png,0\n",
+        "jsonl": b'{"path": "a.png", "label": 0}\n',
+        "json": b'[{"path": "a.png", "label": 0},\n',
+    }[ext]
+    tail = {
+        "csv": b"caf\xe9.png,1\n",
+        "jsonl": b'{"path": "caf\xe9.png", "label": 1}\n',
+        "json": b'{"path": "caf\xe9.png", "label": 1}]\n',
+    }[ext]
     m.write_bytes(head + tail)  # Latin-1 'e acute'
     offset = len(head) + tail.index(b"\xe9")
     line = head.count(b"\n") + 1  # the bad byte sits on the line after the head
@@ -586,8 +614,9 @@ def test_fifo_found_by_folder_scan_is_reported(tmp_path):
     samples = _in_thread(lambda: discover(root), unblock=[fifo])
     assert str(fifo) in [s.path for s in samples]  # listed, not silently skipped
     rep = _in_thread(lambda: check_dataset(root, progress=False, workers=1), unblock=[fifo])
-    assert rep["bad_files"] == [{"path": str(fifo), "reason": "not a regular file (FIFO)", "generator": "gen",
-                                 "label": 1}]
+    assert rep["bad_files"] == [
+        {"path": str(fifo), "reason": "not a regular file (FIFO)", "generator": "gen", "label": 1}
+    ]
     unl = _in_thread(lambda: discover(root, layout="folder"), unblock=[fifo])
     assert str(fifo) in [s.path for s in unl]
 

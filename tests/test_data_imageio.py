@@ -32,8 +32,16 @@ def _check_rgb(img: Image.Image, size) -> np.ndarray:
 
 @pytest.mark.parametrize(
     "ext,fmt,lossless",
-    [("jpg", "JPEG", False), ("jpeg", "JPEG", False), ("png", "PNG", True), ("webp", "WEBP", False),
-     ("bmp", "BMP", True), ("tif", "TIFF", True), ("tiff", "TIFF", True), ("PNG", "PNG", True)],
+    [
+        ("jpg", "JPEG", False),
+        ("jpeg", "JPEG", False),
+        ("png", "PNG", True),
+        ("webp", "WEBP", False),
+        ("bmp", "BMP", True),
+        ("tif", "TIFF", True),
+        ("tiff", "TIFF", True),
+        ("PNG", "PNG", True),
+    ],
 )
 def test_common_formats(tmp_path, ext, fmt, lossless):
     if lossless:

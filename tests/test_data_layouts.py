@@ -34,17 +34,30 @@ def _by_name(samples):
 @pytest.fixture
 def cnn_root(tmp_path):
     root = tmp_path / "CNNDetection"
-    make_tree(root, [
-        "train/airplane/0_real/a0.png", "train/airplane/0_real/a1.png", "train/airplane/1_fake/a2.png",
-        "train/cat/0_real/c0.png", "train/cat/1_fake/c1.png",
-        "val/airplane/0_real/v0.png", "val/airplane/1_fake/v1.png",
-        # flat generator folder
-        "test/biggan/0_real/b0.png", "test/biggan/0_real/b1.png",
-        "test/biggan/1_fake/b2.png", "test/biggan/1_fake/b3.JPG", "test/biggan/1_fake/b4.webp",
-        # nested generator/class folders
-        "test/stylegan/car/0_real/s0.png", "test/stylegan/car/1_fake/s1.png",
-        "test/stylegan/cat/0_real/s2.png", "test/stylegan/cat/1_fake/s3.png", "test/stylegan/cat/1_fake/s4.png",
-    ])
+    make_tree(
+        root,
+        [
+            "train/airplane/0_real/a0.png",
+            "train/airplane/0_real/a1.png",
+            "train/airplane/1_fake/a2.png",
+            "train/cat/0_real/c0.png",
+            "train/cat/1_fake/c1.png",
+            "val/airplane/0_real/v0.png",
+            "val/airplane/1_fake/v1.png",
+            # flat generator folder
+            "test/biggan/0_real/b0.png",
+            "test/biggan/0_real/b1.png",
+            "test/biggan/1_fake/b2.png",
+            "test/biggan/1_fake/b3.JPG",
+            "test/biggan/1_fake/b4.webp",
+            # nested generator/class folders
+            "test/stylegan/car/0_real/s0.png",
+            "test/stylegan/car/1_fake/s1.png",
+            "test/stylegan/cat/0_real/s2.png",
+            "test/stylegan/cat/1_fake/s3.png",
+            "test/stylegan/cat/1_fake/s4.png",
+        ],
+    )
     # noise that must be ignored
     (root / "test/biggan/1_fake/.hidden.png").write_bytes(b"x")
     (root / "test/biggan/1_fake/readme.txt").write_text("hi")
@@ -57,13 +70,20 @@ def cnn_root(tmp_path):
 def test_cnndetection_full_root(cnn_root):
     samples = discover(cnn_root)
     assert detect_layout(cnn_root) == "cnndetection"
-    assert _summary(samples) == Counter({
-        ("train", "airplane", 0): 2, ("train", "airplane", 1): 1,
-        ("train", "cat", 0): 1, ("train", "cat", 1): 1,
-        ("val", "airplane", 0): 1, ("val", "airplane", 1): 1,
-        ("test", "biggan", 0): 2, ("test", "biggan", 1): 3,
-        ("test", "stylegan", 0): 2, ("test", "stylegan", 1): 3,
-    })
+    assert _summary(samples) == Counter(
+        {
+            ("train", "airplane", 0): 2,
+            ("train", "airplane", 1): 1,
+            ("train", "cat", 0): 1,
+            ("train", "cat", 1): 1,
+            ("val", "airplane", 0): 1,
+            ("val", "airplane", 1): 1,
+            ("test", "biggan", 0): 2,
+            ("test", "biggan", 1): 3,
+            ("test", "stylegan", 0): 2,
+            ("test", "stylegan", 1): 3,
+        }
+    )
     names = _by_name(samples)
     assert "stray.png" not in names and ".hidden.png" not in names and "h.png" not in names
     assert names["b3.JPG"].label == 1  # upper-case extension
@@ -107,8 +127,9 @@ def test_cnndetection_generator_root_without_split(tmp_path):
 def test_labels_from_names_not_alphabetical_order(tmp_path):
     # 'fake' < 'real' alphabetically, yet fake = 1; also mixed 0_real/1_fake vs real/fake names
     root = tmp_path / "ds"
-    make_tree(root, ["test/gen/fake/f.png", "test/gen/real/r.png",
-                     "test/gen2/1_fake/f2.png", "test/gen2/0_real/r2.png"])
+    make_tree(
+        root, ["test/gen/fake/f.png", "test/gen/real/r.png", "test/gen2/1_fake/f2.png", "test/gen2/0_real/r2.png"]
+    )
     names = _by_name(discover(root))
     assert (names["f.png"].label, names["r.png"].label) == (1, 0)
     assert (names["f2.png"].label, names["r2.png"].label) == (1, 0)
@@ -126,30 +147,39 @@ def test_only_one_class_is_fine(tmp_path):
 @pytest.fixture
 def genimage_root(tmp_path):
     root = tmp_path / "GenImage"
-    make_tree(root, [
-        "stable_diffusion_v_1_4/imagenet_ai_0419_sdv4/train/ai/1.png",
-        "stable_diffusion_v_1_4/imagenet_ai_0419_sdv4/train/ai/2.png",
-        "stable_diffusion_v_1_4/imagenet_ai_0419_sdv4/train/nature/3.JPEG",
-        "stable_diffusion_v_1_4/imagenet_ai_0419_sdv4/val/ai/4.png",
-        "stable_diffusion_v_1_4/imagenet_ai_0419_sdv4/val/nature/5.JPEG",
-        "ADM/imagenet_ai_0508_adm/train/ai/6.PNG",
-        "ADM/imagenet_ai_0508_adm/train/nature/7.jpeg",
-        "ADM/imagenet_ai_0508_adm/train/nature/8.jpeg",
-        "ADM/imagenet_ai_0508_adm/val/ai/9.png",
-        "ADM/imagenet_ai_0508_adm/val/nature/10.jpeg",
-    ])
+    make_tree(
+        root,
+        [
+            "stable_diffusion_v_1_4/imagenet_ai_0419_sdv4/train/ai/1.png",
+            "stable_diffusion_v_1_4/imagenet_ai_0419_sdv4/train/ai/2.png",
+            "stable_diffusion_v_1_4/imagenet_ai_0419_sdv4/train/nature/3.JPEG",
+            "stable_diffusion_v_1_4/imagenet_ai_0419_sdv4/val/ai/4.png",
+            "stable_diffusion_v_1_4/imagenet_ai_0419_sdv4/val/nature/5.JPEG",
+            "ADM/imagenet_ai_0508_adm/train/ai/6.PNG",
+            "ADM/imagenet_ai_0508_adm/train/nature/7.jpeg",
+            "ADM/imagenet_ai_0508_adm/train/nature/8.jpeg",
+            "ADM/imagenet_ai_0508_adm/val/ai/9.png",
+            "ADM/imagenet_ai_0508_adm/val/nature/10.jpeg",
+        ],
+    )
     return root
 
 
 def test_genimage_labels_generators_splits(genimage_root):
     assert detect_layout(genimage_root) == "genimage"
     s = discover(genimage_root)
-    assert _summary(s) == Counter({
-        ("train", "stable_diffusion_v_1_4", 1): 2, ("train", "stable_diffusion_v_1_4", 0): 1,
-        ("val", "stable_diffusion_v_1_4", 1): 1, ("val", "stable_diffusion_v_1_4", 0): 1,
-        ("train", "ADM", 1): 1, ("train", "ADM", 0): 2,
-        ("val", "ADM", 1): 1, ("val", "ADM", 0): 1,
-    })
+    assert _summary(s) == Counter(
+        {
+            ("train", "stable_diffusion_v_1_4", 1): 2,
+            ("train", "stable_diffusion_v_1_4", 0): 1,
+            ("val", "stable_diffusion_v_1_4", 1): 1,
+            ("val", "stable_diffusion_v_1_4", 0): 1,
+            ("train", "ADM", 1): 1,
+            ("train", "ADM", 0): 2,
+            ("val", "ADM", 1): 1,
+            ("val", "ADM", 0): 1,
+        }
+    )
     names = _by_name(s)
     # 'ai' sorts before 'nature' yet ai = fake = 1
     assert names["1.png"].label == 1 and names["3.JPEG"].label == 0
@@ -212,8 +242,11 @@ def test_manifest_csv(tmp_path):
     assert detect_layout(m) == "manifest"
     s = discover(m)
     assert [(os.path.basename(x.path), x.label, x.generator) for x in s] == [
-        ("a.png", 0, "unknown"), ("b.png", 1, "sdxl"), ("c.png", 1, "midjourney"),
-        ("d.png", 0, "sdxl"), ("e.png", 1, "sdxl"),
+        ("a.png", 0, "unknown"),
+        ("b.png", 1, "sdxl"),
+        ("c.png", 1, "midjourney"),
+        ("d.png", 0, "sdxl"),
+        ("e.png", 1, "sdxl"),
     ]
     assert s[0].path == str(tmp_path / "imgs" / "a.png")  # resolved against the manifest folder
     assert s[2].path == str(abs_img)
@@ -248,7 +281,10 @@ def test_manifest_jsonl_and_json(tmp_path):
     jl.write_text("\n".join(json.dumps(r) for r in rows) + "\n\n")
     s = discover(jl)
     assert [(x.label, x.generator, x.split) for x in s] == [
-        (0, "g1", "train"), (1, "g2", "test"), (1, "unknown", "test")]
+        (0, "g1", "train"),
+        (1, "g2", "test"),
+        (1, "unknown", "test"),
+    ]
     assert s[0].path == str(tmp_path / "x" / "1.png")
     assert [x.label for x in discover(jl, split="test")] == [1, 1]  # split column filters
     js = tmp_path / "m.json"
@@ -275,8 +311,17 @@ def test_manifest_without_labels_is_unlabelled(tmp_path):
 
 
 def test_parse_label():
-    for v, want in [(0, 0), (1, 1), ("real", 0), ("FAKE", 1), ("nature", 0), ("ai", 1), ("0_real", 0),
-                    ("1_fake", 1), (1.0, 1)]:
+    for v, want in [
+        (0, 0),
+        (1, 1),
+        ("real", 0),
+        ("FAKE", 1),
+        ("nature", 0),
+        ("ai", 1),
+        ("0_real", 0),
+        ("1_fake", 1),
+        (1.0, 1),
+    ]:
         assert parse_label(v) == want
     for bad in [2, -1, "x", True, None, "", 0.5]:
         with pytest.raises(ValueError):
@@ -293,7 +338,10 @@ def test_folder_layout(tmp_path):
     s = discover(root, "folder")
     assert [x.label for x in s] == [-1] * 4
     assert {os.path.basename(x.path): x.generator for x in s} == {
-        "a.png": "predict", "b.jpg": "sub", "c.webp": "sub", "d.bmp": "other"
+        "a.png": "predict",
+        "b.jpg": "sub",
+        "c.webp": "sub",
+        "d.bmp": "other",
     }
     # auto does not guess labels for an unlabelled folder
     with pytest.raises(LayoutError) as ei:
@@ -332,4 +380,4 @@ def test_empty_structure_raises(tmp_path):
 def test_sample_dataclass():
     s = Sample("/a.png", 1, "g", "test")
     assert s.to_dict() == {"path": "/a.png", "label": 1, "generator": "g", "split": "test"}
-    assert Sample("/a.png", 0, "g") .split is None
+    assert Sample("/a.png", 0, "g").split is None

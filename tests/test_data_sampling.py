@@ -71,8 +71,9 @@ def test_distributed_round_robin(drop_last):
 def test_distributed_disjoint_indices_when_balanced():
     labels = [0, 1] * 48  # 48 per class
     R = 4
-    per_rank = [set(i for b in BalancedBatchSampler(labels, 4, seed=2, num_replicas=R, rank=r) for i in b)
-                for r in range(R)]
+    per_rank = [
+        set(i for b in BalancedBatchSampler(labels, 4, seed=2, num_replicas=R, rank=r) for i in b) for r in range(R)
+    ]
     for r in range(R):
         for q in range(r + 1, R):
             assert not per_rank[r] & per_rank[q]

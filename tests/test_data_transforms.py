@@ -40,7 +40,9 @@ def test_train_crop_is_native_resolution_crop():
     seen = set()
     for seed in range(20):
         x = t(img, random.Random(seed))
-        hits = [(i, j) for i in range(40 - 15) for j in range(50 - 15) if torch.equal(arr[:, i:i + 16, j:j + 16], x)]
+        hits = [
+            (i, j) for i in range(40 - 15) for j in range(50 - 15) if torch.equal(arr[:, i : i + 16, j : j + 16], x)
+        ]
         assert len(hits) == 1  # an exact crop, no resizing of larger images
         seen.add(hits[0])
     assert len(seen) > 5  # crop position is random
@@ -124,8 +126,13 @@ def test_eval_no_resize_mode():
 def test_non_rgb_input_and_bad_args():
     _check(EvalTransform(8)(Image.new("L", (10, 10), 3)), 8)
     _check(TrainTransform(8)(Image.new("RGBA", (10, 10)), random.Random(0)), 8)
-    for kw in [dict(crop="weird"), dict(blur_prob=1.5), dict(jpeg_quality=(50, 20)), dict(jpeg_quality=(0, 101)),
-               dict(blur_sigma=(3.0, 1.0))]:
+    for kw in [
+        dict(crop="weird"),
+        dict(blur_prob=1.5),
+        dict(jpeg_quality=(50, 20)),
+        dict(jpeg_quality=(0, 101)),
+        dict(blur_sigma=(3.0, 1.0)),
+    ]:
         with pytest.raises(ValueError):
             TrainTransform(8, **kw)
     with pytest.raises(ValueError):

@@ -43,7 +43,7 @@ def _worker(rank, world, port, result_path):
     model = SynerDetect.from_preset("tiny", **{"model.inversion_steps": 1, "loss.use_cmid": False})
     x, y = _batch()
     half = len(y) // world
-    vals, grads = _losses(model, x[rank * half:(rank + 1) * half], y[rank * half:(rank + 1) * half])
+    vals, grads = _losses(model, x[rank * half : (rank + 1) * half], y[rank * half : (rank + 1) * half])
     for g in grads.values():  # what DDP does: average the gradients over the processes
         dist.all_reduce(g)
         g /= world

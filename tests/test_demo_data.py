@@ -223,8 +223,9 @@ def test_build_demo_benchmark_tree_and_idempotence(tmp_path):
     assert info2["counts"] == info["counts"]
 
     # Different parameters -> rebuilt (old benchmark replaced, not mixed).
-    info3 = build_demo_benchmark(out, size=32, n_train=2, n_test=2, seed=1,
-                                 train_families=["diffusion_latent"], test_families=["gan_spectral"])
+    info3 = build_demo_benchmark(
+        out, size=32, n_train=2, n_test=2, seed=1, train_families=["diffusion_latent"], test_families=["gan_spectral"]
+    )
     assert info3["regenerated"] is True
     assert sorted(p.name for p in (out / "test").iterdir()) == ["gan_spectral"]
     assert len(_pngs(out / "train" / "diffusion_latent" / "1_fake")) == 2

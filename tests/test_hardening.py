@@ -28,8 +28,9 @@ def ckpt(tmp_path_factory, tiny_model):
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory):
     root = tmp_path_factory.mktemp("bench")
-    build_demo_benchmark(root, size=64, n_train=8, n_test=4, train_families=("gan_upsample",),
-                         test_families=("gan_upsample",), seed=0)
+    build_demo_benchmark(
+        root, size=64, n_train=8, n_test=4, train_families=("gan_upsample",), test_families=("gan_upsample",), seed=0
+    )
     return root
 
 
@@ -47,8 +48,7 @@ def test_wrong_shape_or_dtype_weights_are_refused_naming_the_tensor(ckpt, tmp_pa
     state = load_file(str(folder / WEIGHTS_NAME))
     name = next(k for k, v in state.items() if v.ndim == 2 and v.shape[0] > 1)
     # copy_() would broadcast a (1, n) row or a scalar into the (m, n) parameter: a silently wrong model
-    state[name] = {"row": state[name][:1].clone(), "scalar": torch.tensor(0.5),
-                   "int": state[name].to(torch.int32)}[bad]
+    state[name] = {"row": state[name][:1].clone(), "scalar": torch.tensor(0.5), "int": state[name].to(torch.int32)}[bad]
     save_file(state, str(folder / WEIGHTS_NAME))
     with pytest.raises(CheckpointError) as e:
         SynerDetect.from_pretrained(folder)
@@ -153,8 +153,19 @@ def test_predict_checks_output_paths_before_scoring(ckpt, tmp_path, capsys, monk
     Image.new("RGB", (64, 64)).save(img)
     loaded = []
     monkeypatch.setattr(SynerDetect, "from_pretrained", classmethod(lambda cls, *a, **k: loaded.append(1)))
-    rc = main(["predict", str(img), "--checkpoint", str(ckpt), "--json", str(tmp_path / "missing" / "x" / "o.json"),
-               "--csv", "/dev/full", "--no-progress"])
+    rc = main(
+        [
+            "predict",
+            str(img),
+            "--checkpoint",
+            str(ckpt),
+            "--json",
+            str(tmp_path / "missing" / "x" / "o.json"),
+            "--csv",
+            "/dev/full",
+            "--no-progress",
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and "/dev/full" in err and not loaded  # refused before the model was even loaded
 
@@ -165,8 +176,22 @@ def test_evaluate_validates_perturb_before_the_clean_pass(ckpt, bench, tmp_path,
 
     real = ev.score_samples
     monkeypatch.setattr(ev, "score_samples", lambda *a, **k: scored.append(1) or real(*a, **k))
-    rc = main(["evaluate", "--checkpoint", str(ckpt), "--data", str(bench / "test"), "--out", str(tmp_path / "e"),
-               "--perturb", "jpeg:abc", "--no-progress", "--workers", "0"])
+    rc = main(
+        [
+            "evaluate",
+            "--checkpoint",
+            str(ckpt),
+            "--data",
+            str(bench / "test"),
+            "--out",
+            str(tmp_path / "e"),
+            "--perturb",
+            "jpeg:abc",
+            "--no-progress",
+            "--workers",
+            "0",
+        ]
+    )
     assert rc == 2 and not scored
     assert "jpeg" in capsys.readouterr().err
 
@@ -184,10 +209,23 @@ def test_device_cuda_without_cuda_is_one_line(ckpt, tmp_path, capsys):
 
 # ----------------------------------------------------------------------------- runs
 def _cfg(bench, out, *extra):
-    return load_experiment(None, [f"data.train={bench / 'train'}", "data.train_layout=cnndetection",
-                                  "data.image_size=64", "model.inversion_steps=2", "train.batch_size=4",
-                                  "train.max_steps=4", "train.checkpoint_every=2", "train.log_every=1",
-                                  f"train.output_dir={out}", "train.num_workers=0", *extra], preset="tiny")
+    return load_experiment(
+        None,
+        [
+            f"data.train={bench / 'train'}",
+            "data.train_layout=cnndetection",
+            "data.image_size=64",
+            "model.inversion_steps=2",
+            "train.batch_size=4",
+            "train.max_steps=4",
+            "train.checkpoint_every=2",
+            "train.log_every=1",
+            f"train.output_dir={out}",
+            "train.num_workers=0",
+            *extra,
+        ],
+        preset="tiny",
+    )
 
 
 def test_max_steps_zero_is_refused():
@@ -251,9 +289,20 @@ def test_steps_without_update_are_reported(bench, tmp_path, caplog):
     for f in (data / "gan_upsample" / "1_fake").glob("*.png"):
         f.write_bytes(b"corrupt")  # every fake unreadable: no batch holds both classes
     out = tmp_path / "run"
-    cfg = load_experiment(None, [f"data.train={data}", "data.train_layout=cnndetection", "data.image_size=64",
-                                 "model.inversion_steps=2", "train.batch_size=4", "train.max_steps=2",
-                                 f"train.output_dir={out}", "train.num_workers=0"], preset="tiny")
+    cfg = load_experiment(
+        None,
+        [
+            f"data.train={data}",
+            "data.train_layout=cnndetection",
+            "data.image_size=64",
+            "model.inversion_steps=2",
+            "train.batch_size=4",
+            "train.max_steps=2",
+            f"train.output_dir={out}",
+            "train.num_workers=0",
+        ],
+        preset="tiny",
+    )
     summary = train(cfg, resume="never", progress=False)
     assert summary["no_update_steps"] == 2 and summary["skipped_files"] > 0
     assert json.loads((out / "train_summary.json").read_text())["no_update_steps"] == 2

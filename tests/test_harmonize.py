@@ -146,9 +146,16 @@ def test_size_overlap_warning_on_hand_made_records():
     assert s["generators"]["H"]["size_shortcut_warning"] is None
 
 
-@pytest.mark.parametrize("spec,msg", [("blur:1", "expected jpeg:QUALITY"), ("jpeg", "expected jpeg:QUALITY"),
-                                      ("jpeg:60,96", "one JPEG quality"), ("jpeg:101", "out of range"),
-                                      ("jpeg:9x", "not a number")])
+@pytest.mark.parametrize(
+    "spec,msg",
+    [
+        ("blur:1", "expected jpeg:QUALITY"),
+        ("jpeg", "expected jpeg:QUALITY"),
+        ("jpeg:60,96", "one JPEG quality"),
+        ("jpeg:101", "out of range"),
+        ("jpeg:9x", "not a number"),
+    ],
+)
 def test_bad_harmonize_specs_are_refused(spec, msg):
     with pytest.raises(ValueError, match=msg):
         parse_harmonize_spec(spec)

@@ -24,8 +24,16 @@ def rec(gen, label, logit, fmt="PNG", i=_COUNTER):
     i[0] += 1
     s_real = 0.25
     s_fake = s_real + logit
-    return ScoreRecord(f"{gen}/{i[0]}.png", gen, label, s_real, s_fake, s_fake - s_real,
-                       1.0 / (1.0 + math.exp(-(s_fake - s_real))), fmt)
+    return ScoreRecord(
+        f"{gen}/{i[0]}.png",
+        gen,
+        label,
+        s_real,
+        s_fake,
+        s_fake - s_real,
+        1.0 / (1.0 + math.exp(-(s_fake - s_real))),
+        fmt,
+    )
 
 
 def stepwise_ap(scores, labels):
@@ -188,9 +196,8 @@ def test_robustness_table_nested_and_flat(records):
     s_clean = summarize(records)
     lv1 = summarize(make(A + C))
     lv2 = summarize(make(B + D))  # only D has a defined AP
-    only_b = summarize(make(B))   # no defined AP
-    nested = robustness_table({"jpeg": {"q95": lv1, "q60": lv2}, "blur": {"sigma1": make(B)}},
-                              clean=s_clean)
+    only_b = summarize(make(B))  # no defined AP
+    nested = robustness_table({"jpeg": {"q95": lv1, "q60": lv2}, "blur": {"sigma1": make(B)}}, clean=s_clean)
     j = nested["perturbations"]["jpeg"]
     assert list(j["levels"]) == ["q95", "q60"]
     assert j["levels"]["q95"]["acc"] == pytest.approx(lv1["mean"]["acc"])
@@ -240,7 +247,7 @@ def test_ece_brier_nll_against_independent_computations():
 
     rng = np.random.default_rng(3)
     p = rng.random(500)
-    y = (rng.random(500) < p ** 1.5).astype(int)
+    y = (rng.random(500) < p**1.5).astype(int)
     m = probability_metrics(y, p)
     # ECE by a plain loop over 15 equal-width bins (right-closed, first bin includes 0)
     ece = 0.0

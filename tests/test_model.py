@@ -35,8 +35,9 @@ def test_real_folders_load_and_reload_identically(tmp_path):
     for sub in ("model_index.json", "unet", "vae", "text_encoder", "tokenizer", "scheduler"):
         assert (sd_dir / sub).exists(), sub
     assert (clip_dir / "config.json").is_file() and (clip_dir / "model.safetensors").is_file()
-    model = SynerDetect.from_preset("tiny", **{"model.clip": str(clip_dir), "model.sd": str(sd_dir),
-                                               "model.inversion_steps": 4})
+    model = SynerDetect.from_preset(
+        "tiny", **{"model.clip": str(clip_dir), "model.sd": str(sd_dir), "model.inversion_steps": 4}
+    )
     perturb_trainables(model)
     x, _ = batch(4)
     before = model.predict(x)
@@ -106,8 +107,8 @@ def test_tuner_equation_1_by_hand(tiny_model):
     Wo, bo = tuner.attn.out_proj.weight.detach().numpy(), tuner.attn.out_proj.bias.detach().numpy()
     for i in range(2):
         q = q_in @ W[:d].T + bias[:d]
-        k = kv[i] @ W[d:2 * d].T + bias[d:2 * d]
-        v = kv[i] @ W[2 * d:].T + bias[2 * d:]
+        k = kv[i] @ W[d : 2 * d].T + bias[d : 2 * d]
+        v = kv[i] @ W[2 * d :].T + bias[2 * d :]
         heads = []
         for j in range(h):
             sl = slice(j * d // h, (j + 1) * d // h)
@@ -148,7 +149,7 @@ def test_cmid_loss_equation_2_by_hand(tmp_path, prediction_type):
     t = torch.randint(0, 1000, (3,), generator=g)
     eps = torch.randn(z0.shape, generator=g)
     # alphas_cumprod of the scaled-linear schedule, computed here from the betas definition
-    betas = torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000, dtype=torch.float64) ** 2
+    betas = torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=torch.float64) ** 2
     ab = torch.cumprod(1 - betas, 0)[t].float().view(-1, 1, 1, 1)
     noisy = ab.sqrt() * z0 + (1 - ab).sqrt() * eps
     ctx = model.empty_context + model.cond_proj(c).unsqueeze(1)
@@ -275,8 +276,9 @@ def test_predict_equation_10(tiny_model):
 
 
 # ---------------------------------------------------------------- ablations
-@pytest.mark.parametrize("ablation", ["no_cmid", "no_ot_dcl", "no_pot", "fixed_prompts", "tuner_no_global",
-                                      "tuner_no_local"])
+@pytest.mark.parametrize(
+    "ablation", ["no_cmid", "no_ot_dcl", "no_pot", "fixed_prompts", "tuner_no_global", "tuner_no_local"]
+)
 def test_ablations_run(ablation):
     from synerdetect.presets import ABLATIONS
 
@@ -302,16 +304,19 @@ def test_adapter_noise_input_trains():
 
 
 # ---------------------------------------------------------------- bad input
-@pytest.mark.parametrize("images,labels,match", [
-    (torch.rand(4, 64, 64), None, "B x 3 x H x W"),
-    (torch.rand(4, 1, 64, 64), None, "B x 3 x H x W"),
-    ((torch.rand(4, 3, 64, 64) * 255).to(torch.uint8), None, "float"),
-    (torch.rand(4, 3, 64, 64) * 255, None, r"\[0, 1\]"),
-    (torch.full((4, 3, 64, 64), float("nan")), None, "NaN"),
-    (torch.rand(4, 3, 64, 64), torch.tensor([0, 1, 2, 1]), "0 \\(real\\) or 1"),
-    (torch.rand(4, 3, 64, 64), torch.tensor([0, 1]), "length 4"),
-    (torch.rand(4, 3, 64, 64), torch.tensor([1, 1, 1, 1]), "both real and fake"),
-])
+@pytest.mark.parametrize(
+    "images,labels,match",
+    [
+        (torch.rand(4, 64, 64), None, "B x 3 x H x W"),
+        (torch.rand(4, 1, 64, 64), None, "B x 3 x H x W"),
+        ((torch.rand(4, 3, 64, 64) * 255).to(torch.uint8), None, "float"),
+        (torch.rand(4, 3, 64, 64) * 255, None, r"\[0, 1\]"),
+        (torch.full((4, 3, 64, 64), float("nan")), None, "NaN"),
+        (torch.rand(4, 3, 64, 64), torch.tensor([0, 1, 2, 1]), "0 \\(real\\) or 1"),
+        (torch.rand(4, 3, 64, 64), torch.tensor([0, 1]), "length 4"),
+        (torch.rand(4, 3, 64, 64), torch.tensor([1, 1, 1, 1]), "both real and fake"),
+    ],
+)
 def test_bad_input_is_a_clear_error(tiny_model, images, labels, match):
     with pytest.raises(InputError, match=match):
         if labels is None:
@@ -389,8 +394,12 @@ def test_perceptual_mode_is_the_clip_branch_of_eq_10(tiny_model):
     per = tiny_model.predict(x, mode="perceptual")
     # the perceptual margin is exactly the first term of Eq. 10, computed by the full path too
     torch.testing.assert_close(per["logit"], full["sim_v_fake"] - full["sim_v_real"], rtol=0, atol=1e-6)
-    torch.testing.assert_close(full["logit"], (full["sim_v_fake"] + full["sim_n_fake"])
-                               - (full["sim_v_real"] + full["sim_n_real"]), rtol=0, atol=1e-6)
+    torch.testing.assert_close(
+        full["logit"],
+        (full["sim_v_fake"] + full["sim_n_fake"]) - (full["sim_v_real"] + full["sim_n_real"]),
+        rtol=0,
+        atol=1e-6,
+    )
     assert torch.isnan(per["sim_n_real"]).all()
     with pytest.raises(InputError, match="mode"):
         tiny_model.predict(x, mode="fast")

@@ -74,9 +74,7 @@ def test_w2_diag_matches_reference_and_full_path():
     ma, mb = rng.normal(size=(ka, d)), rng.normal(size=(kb, d))
     va, vb = rng.uniform(0.01, 2.0, size=(ka, d)), rng.uniform(0.01, 2.0, size=(kb, d))
     c_diag = sot.gaussian_w2_cost(_t(ma), _t(va), _t(mb), _t(vb), covariance="diag").numpy()
-    ref = np.array(
-        [[_w2_ref(ma[i], np.diag(va[i]), mb[j], np.diag(vb[j])) for j in range(kb)] for i in range(ka)]
-    )
+    ref = np.array([[_w2_ref(ma[i], np.diag(va[i]), mb[j], np.diag(vb[j])) for j in range(kb)] for i in range(ka)])
     np.testing.assert_allclose(c_diag, ref, rtol=1e-8, atol=1e-10)
     full_a = torch.diag_embed(_t(va))
     full_b = torch.diag_embed(_t(vb))
@@ -224,9 +222,7 @@ def test_gmm_matches_sklearn(covariance):
     rng = np.random.default_rng(6)
     x, _ = _clusters(rng, CENTERS, [50, 40, 30], 0.3)
     ours = sot.fit_gmm(torch.tensor(x), 3, covariance=covariance, iters=50, var_floor=1e-4)
-    sk = GaussianMixture(
-        3, covariance_type=covariance, reg_covar=1e-4, tol=1e-12, max_iter=1000, random_state=0
-    ).fit(x)
+    sk = GaussianMixture(3, covariance_type=covariance, reg_covar=1e-4, tol=1e-12, max_iter=1000, random_state=0).fit(x)
     perm = _match(ours.means.detach().numpy(), sk.means_)
     np.testing.assert_allclose(ours.means.detach().numpy()[perm], sk.means_, atol=1e-4)
     np.testing.assert_allclose(ours.weights.numpy()[perm], sk.weights_, atol=1e-4)
@@ -335,12 +331,8 @@ def test_pot_loss_gradients_and_detached_plan(covariance, term):
     plan = info["plan"].double()
     np.testing.assert_allclose(plan.sum(1).numpy(), info["pi_n"].double().numpy(), atol=1e-5)
     np.testing.assert_allclose(plan.sum(0).numpy(), info["pi_v"].double().numpy(), atol=1e-5)
-    np.testing.assert_allclose(
-        loss.item(), info["transport"].item() + info["sample"].item(), rtol=1e-6
-    )
-    np.testing.assert_allclose(
-        info["transport"].item(), (plan * info["cost"].double()).sum().item(), rtol=1e-5
-    )
+    np.testing.assert_allclose(loss.item(), info["transport"].item() + info["sample"].item(), rtol=1e-6)
+    np.testing.assert_allclose(info["transport"].item(), (plan * info["cost"].double()).sum().item(), rtol=1e-5)
     loss.backward()
     for z in (zn, zv):
         assert z.grad is not None and torch.isfinite(z.grad).all() and z.grad.abs().sum() > 0

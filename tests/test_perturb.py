@@ -35,8 +35,7 @@ def hf_energy(img: Image.Image) -> float:
     a = as_float(img).mean(-1)
     h, w = a.shape
     F = np.fft.fftshift(np.fft.fft2((a - a.mean()) * np.outer(np.hanning(h), np.hanning(w))))
-    fy, fx = np.meshgrid(np.fft.fftshift(np.fft.fftfreq(h)), np.fft.fftshift(np.fft.fftfreq(w)),
-                         indexing="ij")
+    fy, fx = np.meshgrid(np.fft.fftshift(np.fft.fftfreq(h)), np.fft.fftshift(np.fft.fftfreq(w)), indexing="ij")
     return float(np.sum(np.abs(F[np.hypot(fx, fy) > 0.125]) ** 2))
 
 
@@ -74,8 +73,9 @@ def test_crop_size_and_content(frac):
     assert out.size == (round(100 * frac), round(80 * frac))
     a, o = np.asarray(img), np.asarray(out)
     ch, cw = o.shape[:2]
-    hits = [(y, x) for y in range(80 - ch + 1) for x in range(100 - cw + 1)
-            if np.array_equal(a[y:y + ch, x:x + cw], o)]
+    hits = [
+        (y, x) for y in range(80 - ch + 1) for x in range(100 - cw + 1) if np.array_equal(a[y : y + ch, x : x + cw], o)
+    ]
     assert len(hits) == 1  # exactly a sub-window of the original, not resized
 
 
@@ -91,7 +91,7 @@ def test_noise_std_matches_level(std):
     out = apply(img, Perturbation("noise", std), seed=7)
     diff = as_float(out) - as_float(img)
     # uint8 quantisation adds variance 1/(12*255^2)
-    expected = np.sqrt(std ** 2 + 1 / (12 * 255 ** 2))
+    expected = np.sqrt(std**2 + 1 / (12 * 255**2))
     assert diff.std() == pytest.approx(expected, rel=0.03)
     assert abs(diff.mean()) < 3 * expected / np.sqrt(diff.size) + 1e-3
 
@@ -127,7 +127,7 @@ def test_names_and_image_seed():
     assert image_seed("a/b.png", 0) == image_seed("a/b.png", 0)
     assert image_seed("a/b.png", 0) != image_seed("a/c.png", 0)
     assert image_seed("a/b.png", 0) != image_seed("a/b.png", 1)
-    assert 0 <= image_seed("x") < 2 ** 63
+    assert 0 <= image_seed("x") < 2**63
 
 
 def test_parse_spec_defaults_and_custom():
@@ -140,23 +140,26 @@ def test_parse_spec_defaults_and_custom():
     assert [p.level for p in parse_perturb_spec("crop:1")] == [1.0]
 
 
-@pytest.mark.parametrize("spec, msg", [
-    ("sharpen", "unknown perturbation kind"),
-    ("", "empty"),
-    ("jpeg:", "empty level"),
-    ("jpeg:30,,60", "empty level"),
-    ("jpeg:abc", "not a number"),
-    ("jpeg:20", "out of range"),
-    ("jpeg:101", "out of range"),
-    ("jpeg:60.5", "integer"),
-    ("blur:0", "out of range"),
-    ("blur:3.5", "out of range"),
-    ("crop:1.5", "out of range"),
-    ("crop:0", "out of range"),
-    ("noise:-0.1", "out of range"),
-    ("noise:nan", "finite"),
-    ("jpeg:30,30", "duplicate"),
-])
+@pytest.mark.parametrize(
+    "spec, msg",
+    [
+        ("sharpen", "unknown perturbation kind"),
+        ("", "empty"),
+        ("jpeg:", "empty level"),
+        ("jpeg:30,,60", "empty level"),
+        ("jpeg:abc", "not a number"),
+        ("jpeg:20", "out of range"),
+        ("jpeg:101", "out of range"),
+        ("jpeg:60.5", "integer"),
+        ("blur:0", "out of range"),
+        ("blur:3.5", "out of range"),
+        ("crop:1.5", "out of range"),
+        ("crop:0", "out of range"),
+        ("noise:-0.1", "out of range"),
+        ("noise:nan", "finite"),
+        ("jpeg:30,30", "duplicate"),
+    ],
+)
 def test_parse_spec_errors(spec, msg):
     with pytest.raises(ValueError, match=msg):
         parse_perturb_spec(spec)

@@ -23,8 +23,7 @@ from synerdetect.engine.report import (
 
 
 def mk(gen, label, logit, fmt="PNG", idx=0):
-    return ScoreRecord.from_scores(f"{gen}/{label}_{idx}.png", gen, label, 0.1, 0.1 + logit,
-                                   tau=0.07, format=fmt)
+    return ScoreRecord.from_scores(f"{gen}/{label}_{idx}.png", gen, label, 0.1, 0.1 + logit, tau=0.07, format=fmt)
 
 
 @pytest.fixture
@@ -142,8 +141,7 @@ def test_scores_jsonl_optional_fields_round_trip(tmp_path, records):
 
     from synerdetect.engine.report import OPTIONAL_SCORE_FIELDS, write_scores_jsonl
 
-    recs = [replace(r, verdict="fake" if r.logit > 0 else "real", calibrated=True, size=(64, 48))
-            for r in records]
+    recs = [replace(r, verdict="fake" if r.logit > 0 else "real", calibrated=True, size=(64, 48)) for r in records]
     recs[0] = replace(recs[0], verdict="uncertain")
     write_scores_jsonl(tmp_path / "s.jsonl", recs)
     first = json.loads((tmp_path / "s.jsonl").read_text().splitlines()[0])
@@ -157,8 +155,17 @@ def _section(calibrated):
 
     rng = np.random.default_rng(0)
     recs = [mk("G", i % 2, float(rng.normal(0.3 if i % 2 else -0.3, 0.3)), "PNG", i) for i in range(200)]
-    cal = Calibration(method="temperature", a=4.0, band=[-0.1, 0.2], target_accuracy=0.9,
-                      fitted_on={"data": "/val", "split": "val", "n_real": 30, "n_fake": 30}) if calibrated else None
+    cal = (
+        Calibration(
+            method="temperature",
+            a=4.0,
+            band=[-0.1, 0.2],
+            target_accuracy=0.9,
+            fitted_on={"data": "/val", "split": "val", "n_real": 30, "n_fake": 30},
+        )
+        if calibrated
+        else None
+    )
     return calibration_section(recs, tau=0.07, calibration=cal), recs
 
 

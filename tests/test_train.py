@@ -19,16 +19,33 @@ from synerdetect.presets import load_experiment
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory):
     root = tmp_path_factory.mktemp("bench")
-    build_demo_benchmark(root, size=64, n_train=8, n_test=4, train_families=("gan_upsample",),
-                         test_families=("gan_upsample", "diffusion_latent"), seed=0)
+    build_demo_benchmark(
+        root,
+        size=64,
+        n_train=8,
+        n_test=4,
+        train_families=("gan_upsample",),
+        test_families=("gan_upsample", "diffusion_latent"),
+        seed=0,
+    )
     return root
 
 
 def _cfg(bench, out, **extra):
-    over = [f"data.train={bench / 'train'}", "data.train_layout=cnndetection", "data.image_size=64",
-            "model.inversion_steps=2", "train.batch_size=4", "train.max_steps=6", "train.checkpoint_every=2",
-            "train.log_every=1", f"train.output_dir={out}", "train.num_workers=0", "data.blur_prob=0.5",
-            "data.jpeg_prob=0.5"] + [f"{k}={v}" for k, v in extra.items()]
+    over = [
+        f"data.train={bench / 'train'}",
+        "data.train_layout=cnndetection",
+        "data.image_size=64",
+        "model.inversion_steps=2",
+        "train.batch_size=4",
+        "train.max_steps=6",
+        "train.checkpoint_every=2",
+        "train.log_every=1",
+        f"train.output_dir={out}",
+        "train.num_workers=0",
+        "data.blur_prob=0.5",
+        "data.jpeg_prob=0.5",
+    ] + [f"{k}={v}" for k, v in extra.items()]
     return load_experiment(None, over, preset="tiny")
 
 
@@ -73,19 +90,52 @@ def test_two_process_cpu_ddp_trains_in_sync_and_evaluates_each_image_once(bench,
     out = tmp_path / "ddp"
     port = str(29500 + os.getpid() % 1000)
     launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port]
-    r = _run(launcher + ["-m", "synerdetect.cli", "train", "--preset", "tiny", "--no-progress",
-                         f"data.train={bench / 'train'}", "data.train_layout=cnndetection", "data.image_size=64",
-                         "model.inversion_steps=2", "train.batch_size=4", "train.max_steps=3",
-                         f"train.output_dir={out}", "train.num_workers=0"])
+    r = _run(
+        launcher
+        + [
+            "-m",
+            "synerdetect.cli",
+            "train",
+            "--preset",
+            "tiny",
+            "--no-progress",
+            f"data.train={bench / 'train'}",
+            "data.train_layout=cnndetection",
+            "data.image_size=64",
+            "model.inversion_steps=2",
+            "train.batch_size=4",
+            "train.max_steps=3",
+            f"train.output_dir={out}",
+            "train.num_workers=0",
+        ]
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     summary = json.loads((out / "train_summary.json").read_text())
     assert summary["world_size"] == 2 and summary["global_step"] == 3
     assert len(summary["replica_checksums"]) == 2 and len(set(summary["replica_checksums"])) == 1
 
     ev = tmp_path / "eval"
-    r = _run(launcher + ["-m", "synerdetect.cli", "evaluate", "--checkpoint", str(out / "final"),
-                         "--data", str(bench / "test"), "--layout", "cnndetection", "--out", str(ev),
-                         "--no-progress", "--batch-size", "3", "--workers", "0"])
+    r = _run(
+        launcher
+        + [
+            "-m",
+            "synerdetect.cli",
+            "evaluate",
+            "--checkpoint",
+            str(out / "final"),
+            "--data",
+            str(bench / "test"),
+            "--layout",
+            "cnndetection",
+            "--out",
+            str(ev),
+            "--no-progress",
+            "--batch-size",
+            "3",
+            "--workers",
+            "0",
+        ]
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     paths = [json.loads(line)["path"] for line in (ev / "scores.jsonl").read_text().splitlines()]
     on_disk = sorted(str(p) for p in (bench / "test").rglob("*.png"))
@@ -100,9 +150,21 @@ def test_cli_end_to_end(bench, tmp_path):
 
     cli = [sys.executable, "-m", "synerdetect.cli"]
     out = tmp_path / "run"
-    r = _run(cli + ["train", "--preset", "tiny", "--no-progress", f"data.train={bench / 'train'}",
-                    "data.image_size=64", "model.inversion_steps=2", "train.batch_size=4", "train.max_steps=2",
-                    f"train.output_dir={out}"])
+    r = _run(
+        cli
+        + [
+            "train",
+            "--preset",
+            "tiny",
+            "--no-progress",
+            f"data.train={bench / 'train'}",
+            "data.image_size=64",
+            "model.inversion_steps=2",
+            "train.batch_size=4",
+            "train.max_steps=2",
+            f"train.output_dir={out}",
+        ]
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     ckpt = out / "final"
     # a folder laid out like a benchmark, with broken files among the good ones
@@ -120,8 +182,23 @@ def test_cli_end_to_end(bench, tmp_path):
     assert "broken.jpg" in r.stdout and "truncated.png" in r.stdout
 
     ev = tmp_path / "eval"
-    r = _run(cli + ["evaluate", "--checkpoint", str(ckpt), "--data", str(tmp_path / "data"), "--out", str(ev),
-                    "--no-progress", "--workers", "0", "--perturb", "jpeg:50"])
+    r = _run(
+        cli
+        + [
+            "evaluate",
+            "--checkpoint",
+            str(ckpt),
+            "--data",
+            str(tmp_path / "data"),
+            "--out",
+            str(ev),
+            "--no-progress",
+            "--workers",
+            "0",
+            "--perturb",
+            "jpeg:50",
+        ]
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert "| mygen |" in r.stdout and "broken.jpg" in r.stdout
     res = json.loads((ev / "results.json").read_text())
@@ -131,8 +208,20 @@ def test_cli_end_to_end(bench, tmp_path):
     for f in ("results.csv", "scores.jsonl", "logit_distributions.png"):
         assert (ev / f).is_file()
 
-    r = _run(cli + ["predict", str(data), "--checkpoint", str(ckpt), "--json", str(tmp_path / "p.json"),
-                    "--csv", str(tmp_path / "p.csv"), "--no-progress"])
+    r = _run(
+        cli
+        + [
+            "predict",
+            str(data),
+            "--checkpoint",
+            str(ckpt),
+            "--json",
+            str(tmp_path / "p.json"),
+            "--csv",
+            str(tmp_path / "p.csv"),
+            "--no-progress",
+        ]
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     pred = json.loads((tmp_path / "p.json").read_text())
     assert len(pred["predictions"]) == 6 and len(pred["errors"]) == 2
@@ -145,8 +234,11 @@ def test_cli_end_to_end(bench, tmp_path):
 
 
 def test_training_reads_from_the_feature_cache(bench, tmp_path):
-    cfg = _cfg(bench, tmp_path / "c", **{"cache.policy": "cached-fixed", "train.max_steps": 4,
-                                          "cache.dir": str(tmp_path / "cache")})
+    cfg = _cfg(
+        bench,
+        tmp_path / "c",
+        **{"cache.policy": "cached-fixed", "train.max_steps": 4, "cache.dir": str(tmp_path / "cache")},
+    )
     summary = train(cfg, resume="never", progress=False)
     assert summary["cache_hits"] == 4 and summary["cache_misses"] == 0
     assert any((tmp_path / "cache").rglob("*.safetensors"))
@@ -173,11 +265,32 @@ def test_ddp_rank_losing_a_class_does_not_hang(bench, tmp_path):
     Path(victim).write_bytes(b"corrupted")
     out = tmp_path / "ddp"
     port = str(30500 + os.getpid() % 1000)
-    r = _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port,
-              "-m", "synerdetect.cli", "train", "--preset", "tiny", "--no-progress", f"data.train={train_dir}",
-              "data.train_layout=cnndetection", "data.image_size=64", "model.inversion_steps=2",
-              "train.batch_size=4", "train.max_steps=2", f"train.output_dir={out}", "train.num_workers=0"],
-             timeout=300)
+    r = _run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            port,
+            "-m",
+            "synerdetect.cli",
+            "train",
+            "--preset",
+            "tiny",
+            "--no-progress",
+            f"data.train={train_dir}",
+            "data.train_layout=cnndetection",
+            "data.image_size=64",
+            "model.inversion_steps=2",
+            "train.batch_size=4",
+            "train.max_steps=2",
+            f"train.output_dir={out}",
+            "train.num_workers=0",
+        ],
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     summary = json.loads((out / "train_summary.json").read_text())
     assert summary["global_step"] == 2 and len(set(summary["replica_checksums"])) == 1
@@ -185,8 +298,16 @@ def test_ddp_rank_losing_a_class_does_not_hang(bench, tmp_path):
 
 
 def test_periodic_validation_is_logged(bench, tmp_path):
-    cfg = _cfg(bench, tmp_path / "v", **{"train.max_steps": 2, "train.val_every": 1,
-                                          "data.val": str(bench / "test"), "data.val_layout": "cnndetection"})
+    cfg = _cfg(
+        bench,
+        tmp_path / "v",
+        **{
+            "train.max_steps": 2,
+            "train.val_every": 1,
+            "data.val": str(bench / "test"),
+            "data.val_layout": "cnndetection",
+        },
+    )
     summary = train(cfg, resume="never", progress=False)
     recs = [json.loads(line) for line in (tmp_path / "v" / "metrics.jsonl").read_text().splitlines()]
     vals = [r for r in recs if "val_acc" in r]
@@ -197,8 +318,11 @@ def test_periodic_validation_is_logged(bench, tmp_path):
 
 
 def test_bf16_mixed_precision_training_runs(bench, tmp_path):
-    summary = train(_cfg(bench, tmp_path / "bf16", **{"train.max_steps": 2, "train.mixed_precision": "bf16"}),
-                    resume="never", progress=False)
+    summary = train(
+        _cfg(bench, tmp_path / "bf16", **{"train.max_steps": 2, "train.mixed_precision": "bf16"}),
+        resume="never",
+        progress=False,
+    )
     assert summary["global_step"] == 2
     assert all(math.isfinite(v) for v in summary["last_losses"].values())
 
@@ -220,11 +344,34 @@ def test_quick_demo_leaves_results_figure_and_checkpoint(tmp_path):
 def test_two_process_ddp_training_builds_and_reads_the_cache(bench, tmp_path):
     out = tmp_path / "ddpc"
     port = str(31500 + os.getpid() % 1000)
-    r = _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port,
-              "-m", "synerdetect.cli", "train", "--preset", "tiny", "--no-progress", f"data.train={bench / 'train'}",
-              "data.train_layout=cnndetection", "data.image_size=64", "model.inversion_steps=2",
-              "train.batch_size=4", "train.max_steps=2", f"train.output_dir={out}", "train.num_workers=0",
-              "cache.policy=cached-refresh", "cache.refresh_every=1"], timeout=300)
+    r = _run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            port,
+            "-m",
+            "synerdetect.cli",
+            "train",
+            "--preset",
+            "tiny",
+            "--no-progress",
+            f"data.train={bench / 'train'}",
+            "data.train_layout=cnndetection",
+            "data.image_size=64",
+            "model.inversion_steps=2",
+            "train.batch_size=4",
+            "train.max_steps=2",
+            f"train.output_dir={out}",
+            "train.num_workers=0",
+            "cache.policy=cached-refresh",
+            "cache.refresh_every=1",
+        ],
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     summary = json.loads((out / "train_summary.json").read_text())
     assert summary["cache_hits"] == 2 and summary["cache_misses"] == 0

@@ -37,9 +37,8 @@ def test_small_images_are_upscaled_and_resize_view_is_the_old_protocol():
     assert torch.equal(crop, torch.from_numpy(expected).permute(2, 0, 1))
     w = round(200 * 64 / 120)
     left = round((w - 64) / 2)  # the centre crop's offset, rounded like EvalTransform's
-    old = np.asarray(big.resize((w, 64), Image.Resampling.BICUBIC))[:, left:left + 64]
-    torch.testing.assert_close(resize, torch.from_numpy(old.astype(np.float32) / 255).permute(2, 0, 1),
-                               rtol=0, atol=0)
+    old = np.asarray(big.resize((w, 64), Image.Resampling.BICUBIC))[:, left : left + 64]
+    torch.testing.assert_close(resize, torch.from_numpy(old.astype(np.float32) / 255).permute(2, 0, 1), rtol=0, atol=0)
 
 
 def test_training_views_are_random_crops_with_shared_augmentation():
@@ -53,7 +52,7 @@ def test_training_views_are_random_crops_with_shared_augmentation():
     assert len(crops) > 1  # the position varies with the draws
     src = np.asarray(img).astype(np.float32) / 255
     c = t(img, random.Random(5)).clip.permute(1, 2, 0).numpy()
-    hits = [(y, x) for y in range(65) for x in range(65) if np.array_equal(src[y:y + 64, x:x + 64], c)]
+    hits = [(y, x) for y in range(65) for x in range(65) if np.array_equal(src[y : y + 64, x : x + 64], c)]
     assert len(hits) == 1  # an exact window of the original pixels
 
 
@@ -67,7 +66,8 @@ def test_predict_and_losses_accept_views(tiny_model):
     # a 64 px image: both views are the image itself, so views and the plain tensor agree exactly
     small = [_noise(64, 64, seed=9)]
     plain = torch.from_numpy(np.asarray(small[0]).astype(np.float32) / 255).permute(2, 0, 1)[None]
-    torch.testing.assert_close(tiny_model.predict(tiny_model.preprocess(small))["logit"],
-                               tiny_model.predict(plain)["logit"], rtol=0, atol=0)
+    torch.testing.assert_close(
+        tiny_model.predict(tiny_model.preprocess(small))["logit"], tiny_model.predict(plain)["logit"], rtol=0, atol=0
+    )
     with pytest.raises(Exception, match="preprocess needs"):
         tiny_model.preprocess([])

@@ -123,28 +123,67 @@ def _shard_worker(argv: list[str]) -> int:
         if time.monotonic() - t0 > 600:
             raise RuntimeError("sharded bench: the other ranks never became ready")
         time.sleep(0.005)
-    stats = build_cache(model, spec["paths"], spec["cache_root"], image_size=spec["image_size"],
-                        batch_size=spec["batch_size"], rank=rank, world_size=world, progress=False,
-                        num_threads=1, poll_interval=0.005)
+    stats = build_cache(
+        model,
+        spec["paths"],
+        spec["cache_root"],
+        image_size=spec["image_size"],
+        batch_size=spec["batch_size"],
+        rank=rank,
+        world_size=world,
+        progress=False,
+        num_threads=1,
+        poll_interval=0.005,
+    )
     Path(spec["out"]).with_suffix(f".rank{rank}.json").write_text(json.dumps(stats, default=str))
     return 0
 
 
-def _sharded_build_seconds(paths: list[str], work: Path, nprocs: int, *, preset: str, overrides: dict,
-                           image_size: int, batch_size: int, timeout: float = 900.0) -> float:
+def _sharded_build_seconds(
+    paths: list[str],
+    work: Path,
+    nprocs: int,
+    *,
+    preset: str,
+    overrides: dict,
+    image_size: int,
+    batch_size: int,
+    timeout: float = 900.0,
+) -> float:
     work.mkdir(parents=True, exist_ok=True)
     sync = work / f"sync-{nprocs}"
     sync.mkdir()
-    spec: dict[str, Any] = {"preset": preset, "overrides": overrides, "paths": paths,
-                            "cache_root": str(work / f"cache-{nprocs}"), "image_size": image_size,
-                            "batch_size": batch_size, "sync_dir": str(sync), "out": str(work / f"stats-{nprocs}.json")}
+    spec: dict[str, Any] = {
+        "preset": preset,
+        "overrides": overrides,
+        "paths": paths,
+        "cache_root": str(work / f"cache-{nprocs}"),
+        "image_size": image_size,
+        "batch_size": batch_size,
+        "sync_dir": str(sync),
+        "out": str(work / f"stats-{nprocs}.json"),
+    }
     procs = []
     for r in range(nprocs):
-        env = dict(os.environ, RANK=str(r), WORLD_SIZE=str(nprocs), LOCAL_RANK=str(r),
-                   LOCAL_WORLD_SIZE=str(nprocs), OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
-                   TOKENIZERS_PARALLELISM="false")
-        procs.append(subprocess.Popen([sys.executable, "-m", "synerdetect.bench", "--shard-worker", json.dumps(spec)],
-                                      env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        env = dict(
+            os.environ,
+            RANK=str(r),
+            WORLD_SIZE=str(nprocs),
+            LOCAL_RANK=str(r),
+            LOCAL_WORLD_SIZE=str(nprocs),
+            OMP_NUM_THREADS="1",
+            MKL_NUM_THREADS="1",
+            TOKENIZERS_PARALLELISM="false",
+        )
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "synerdetect.bench", "--shard-worker", json.dumps(spec)],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
     outputs = []
     for p in procs:
         try:
@@ -185,25 +224,46 @@ def _copy_without_noise_pixels(model, src, root: Path, image_size: int, batch_si
     dst = FeatureCache(root, key, info=info)
     hashes = src.hashes()
     for i in range(0, len(hashes), batch_size):
-        hs = hashes[i:i + batch_size]
+        hs = hashes[i : i + batch_size]
         got = src.get(hs)
         if any(g is None for g in got):
             raise RuntimeError("bench: the cache just built has unreadable entries")
-        dst.put_many(hs, torch.stack([g.latents for g in got]), torch.stack([g.inverted for g in got]),
-                     paths=[src.entries[h].path for h in hs])
+        dst.put_many(
+            hs,
+            torch.stack([g.latents for g in got]),
+            torch.stack([g.inverted for g in got]),
+            paths=[src.entries[h].path for h in hs],
+        )
     dst.merge()
 
 
-def _epoch_times(model, paths: list[str], cache_root: Path, *, image_size: int, batch_size: int,
-                 device: torch.device, latents_only: bool = True) -> dict[str, float]:
+def _epoch_times(
+    model,
+    paths: list[str],
+    cache_root: Path,
+    *,
+    image_size: int,
+    batch_size: int,
+    device: torch.device,
+    latents_only: bool = True,
+) -> dict[str, float]:
     """Build the cache (timed, with the E_d inputs), then one training epoch and one evaluation epoch, online
     and from the cache; with ``latents_only`` also the cached epochs that read only latents + inverted latents
     and decode the E_d input every step (the previous cache), from a second cache built without noise pixels."""
     from .cache import CachedFeatures, build_cache
 
     t0 = time.perf_counter()
-    st = build_cache(model, paths, cache_root / "full", image_size=image_size, batch_size=batch_size,
-                     progress=False, rank=0, world_size=1, store_noise_pixels=True)
+    st = build_cache(
+        model,
+        paths,
+        cache_root / "full",
+        image_size=image_size,
+        batch_size=batch_size,
+        progress=False,
+        rank=0,
+        world_size=1,
+        store_noise_pixels=True,
+    )
     build_s = time.perf_counter() - t0
     if st["n_computed"] != len(paths):
         raise RuntimeError(f"bench cache build computed {st['n_computed']} of {len(paths)}")
@@ -211,8 +271,9 @@ def _epoch_times(model, paths: list[str], cache_root: Path, *, image_size: int, 
     caches = {"cached": CachedFeatures(cache_root / "full", model, image_size, store_noise_pixels=True)}
     if latents_only:
         _copy_without_noise_pixels(model, caches["cached"].cache, cache_root / "latents", image_size, batch_size)
-        caches["cached_latents_only"] = CachedFeatures(cache_root / "latents", model, image_size,
-                                                       store_noise_pixels=False)
+        caches["cached_latents_only"] = CachedFeatures(
+            cache_root / "latents", model, image_size, store_noise_pixels=False
+        )
     loader = _epoch_loader(paths, image_size, batch_size)
     opt = _optimizer(model)
 
@@ -285,8 +346,10 @@ class BenchConfig:
             raise RuntimeError("bench --device cuda: no CUDA device is available")
         d = DEFAULTS[self.preset]
         self.batch_size_ = int(self.batch_size or d["batch_size"])
-        tbs = int(self.train_batch_size or (self.batch_size if self.batch_size and self.preset == "tiny"
-                                            else d["train_batch_size"]))
+        tbs = int(
+            self.train_batch_size
+            or (self.batch_size if self.batch_size and self.preset == "tiny" else d["train_batch_size"])
+        )
         self.train_batch_size_ = tbs + tbs % 2  # balanced training batches
         self.repeats_ = int(self.repeats or d["repeats"])
         self.epoch_images_ = int(self.epoch_images or d["epoch_images"])
@@ -311,19 +374,31 @@ class _Recorder:
         mc = model.mcfg
         self.bc = bc
         self.lines: list[dict[str, Any]] = []
-        self.common = {"device": bc.device, "preset": bc.preset, "steps": mc.inversion_steps,
-                       "resolution": f"clip{mc.clip_size}/sd{mc.sd_size}/inv{mc.inversion_size or mc.sd_size}",
-                       "dtype": mc.dtype, "batch_size": bc.batch_size_}
+        self.common = {
+            "device": bc.device,
+            "preset": bc.preset,
+            "steps": mc.inversion_steps,
+            "resolution": f"clip{mc.clip_size}/sd{mc.sd_size}/inv{mc.inversion_size or mc.sd_size}",
+            "dtype": mc.dtype,
+            "batch_size": bc.batch_size_,
+        }
         self.date = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
         if bc.out:
             Path(bc.out).parent.mkdir(parents=True, exist_ok=True)
         self.file = open(bc.out, "w") if bc.out else None
 
     def __call__(self, name: str, value: float, unit: str, **extra) -> None:
-        line = {"name": name, "value": float(value), "unit": unit,
-                **{k: extra.pop(k, v) for k, v in self.common.items()},
-                "compile": bool(self.bc.compile), "threads": torch.get_num_threads(), "torch": torch.__version__,
-                "date": self.date, **extra}
+        line = {
+            "name": name,
+            "value": float(value),
+            "unit": unit,
+            **{k: extra.pop(k, v) for k, v in self.common.items()},
+            "compile": bool(self.bc.compile),
+            "threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "date": self.date,
+            **extra,
+        }
         self.lines.append(line)
         s = json.dumps(line)
         if self.bc.print_lines:
@@ -372,9 +447,19 @@ def run_bench(preset: str = "tiny", device: str = "cpu", **options: Any) -> list
     return emit.lines
 
 
-def run_cascade_bench(checkpoint: str | os.PathLike, val: str, test: str, *, steps: int | None = 100,
-                      device: str = "cpu", batch_size: int = 32, target_agreement: float = 0.99, layout: str = "auto",
-                      out: str | os.PathLike | None = None, print_lines: bool = True) -> list[dict]:
+def run_cascade_bench(
+    checkpoint: str | os.PathLike,
+    val: str,
+    test: str,
+    *,
+    steps: int | None = 100,
+    device: str = "cpu",
+    batch_size: int = 32,
+    target_agreement: float = 0.99,
+    layout: str = "auto",
+    out: str | os.PathLike | None = None,
+    print_lines: bool = True,
+) -> list[dict]:
     """The cascade of Eq. 10 (engine/cascade.py) on a trained checkpoint, in one run: fit the band on the labelled
     ``val`` set, then on ``test`` the share of images inverted, the agreement with full Eq. 10, the accuracy of
     both and the wall time of a full pass vs a cascade pass. ``steps`` overrides the inversion steps (100: the
@@ -385,15 +470,27 @@ def run_cascade_bench(checkpoint: str | os.PathLike, val: str, test: str, *, ste
     from .model.detector import SynerDetect
 
     over = {"model.inversion_steps": int(steps)} if steps else {}
-    model = SynerDetect.from_pretrained(checkpoint, **over).to(torch.device(device)).eval().enable_fast_path()
-    bc = BenchConfig(preset="tiny" if model.cfg.preset == "tiny" else "paper", device=device, batch_size=batch_size,
-                     out=out, print_lines=print_lines, sharded=False)
+    model = SynerDetect.from_pretrained(Path(checkpoint), **over).to(torch.device(device)).eval().enable_fast_path()
+    bc = BenchConfig(
+        preset="tiny" if model.cfg.preset == "tiny" else "paper",
+        device=device,
+        batch_size=batch_size,
+        out=out,
+        print_lines=print_lines,
+        sharded=False,
+    )
     emit = _Recorder(bc, model)
     try:
         size = loader_image_size(model.cfg)
-        res = measure_cascade(model, load_labelled(val, layout), load_labelled(test, layout), image_size=size,
-                              batch_size=batch_size, target_agreement=target_agreement,
-                              out_dir=Path(out).parent if out else None)
+        res = measure_cascade(
+            model,
+            load_labelled(val, layout),
+            load_labelled(test, layout),
+            image_size=size,
+            batch_size=batch_size,
+            target_agreement=target_agreement,
+            out_dir=Path(out).parent if out else None,
+        )
         t = res["test"]
         kw = {"band": res["band"], "images": t["n"], "preset": model.cfg.preset}
         emit("cascade_share_inverted", t["share_inverted"], "share", **kw)
@@ -425,21 +522,31 @@ def _measure_components(model, x: torch.Tensor, bc: BenchConfig, emit: _Recorder
             "component_clip_vision": T(lambda: model.E_v(px)),
             "component_clip_vision_noise": T(lambda: model.E_d(noise_px)),
             "component_text_tower": T(lambda: model.prompts(z_v, x_clip)),
-            "component_unet_step": T(lambda: model.unet(lat_inv, t_mid, encoder_hidden_states=ctx,
-                                                        return_dict=False)),
+            "component_unet_step": T(lambda: model.unet(lat_inv, t_mid, encoder_hidden_states=ctx, return_dict=False)),
             "component_vae_encode": T(lambda: model.encode_latents(x)),
             "component_vae_decode": T(lambda: model.noise_pixels(gen.inverted)),
         }
-    notes = {"component_text_tower": "tuner + text tower on 2B prompts",
-             "component_unet_step": f"one UNet forward at {inv_size} px",
-             "component_vae_decode": "VAE decode of the noise map + resize to the E_d input"}
+    notes = {
+        "component_text_tower": "tuner + text tower on 2B prompts",
+        "component_unet_step": f"one UNet forward at {inv_size} px",
+        "component_vae_decode": "VAE decode of the noise map + resize to the E_d input",
+    }
     for k, v in comp.items():
         emit(k, v / bs, "s/img", **({"note": notes[k]} if k in notes else {}))
-    roof = (comp["component_clip_vision"] + comp["component_clip_vision_noise"] + comp["component_text_tower"]
-            + comp["component_vae_encode"] + mc.inversion_steps * comp["component_unet_step"]
-            + comp["component_vae_decode"]) / bs
-    emit("roofline_predict_s_per_img", roof, "s/img",
-         note="2 CLIP vision + text tower + VAE encode + steps x UNet + VAE decode")
+    roof = (
+        comp["component_clip_vision"]
+        + comp["component_clip_vision_noise"]
+        + comp["component_text_tower"]
+        + comp["component_vae_encode"]
+        + mc.inversion_steps * comp["component_unet_step"]
+        + comp["component_vae_decode"]
+    ) / bs
+    emit(
+        "roofline_predict_s_per_img",
+        roof,
+        "s/img",
+        note="2 CLIP vision + text tower + VAE encode + steps x UNet + VAE decode",
+    )
     return roof
 
 
@@ -482,8 +589,13 @@ def _measure_train_step(model, image_size: int, bc: BenchConfig, emit: _Recorder
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
     t_step = _timeit(step, dev, bc.repeats_, bc.warmup)
-    emit("train_step_throughput", tbs / t_step, "img/s", batch_size=tbs,
-         note="compute_losses + backward + optimiser step")
+    emit(
+        "train_step_throughput",
+        tbs / t_step,
+        "img/s",
+        batch_size=tbs,
+        note="compute_losses + backward + optimiser step",
+    )
     if dev.type == "cuda":
         emit("train_step_peak_memory", torch.cuda.max_memory_allocated(dev) / 2**30, "GiB", batch_size=tbs)
     # Restore the weights so that the cache key of the next measurements is the model's starting one.
@@ -497,33 +609,59 @@ def _measure_train_step(model, image_size: int, bc: BenchConfig, emit: _Recorder
 def _measure_cached_epochs(model, image_size: int, tmp: Path, bc: BenchConfig, emit: _Recorder) -> None:
     from .model.detector import SynerDetect
 
-    dev, bs, n_epoch, n_steps = next(model.parameters()).device, bc.batch_size_, bc.epoch_images_, \
-        model.mcfg.inversion_steps
+    dev, bs, n_epoch, n_steps = (
+        next(model.parameters()).device,
+        bc.batch_size_,
+        bc.epoch_images_,
+        model.mcfg.inversion_steps,
+    )
     paths = _write_images(tmp / "epoch", n_epoch, image_size, seed=1)
     variants = [(model, n_steps, "")]
     if bc.preset == "tiny" and bc.long_steps and bc.long_steps != n_steps:
         ov = {**bc.model_overrides(), "model.inversion_steps": int(bc.long_steps)}
-        variants.append((SynerDetect.from_preset(bc.preset, **ov).to(dev).eval(), int(bc.long_steps),
-                         f"_{int(bc.long_steps)}steps"))
+        variants.append(
+            (SynerDetect.from_preset(bc.preset, **ov).to(dev).eval(), int(bc.long_steps), f"_{int(bc.long_steps)}steps")
+        )
     for mdl, s, suffix in variants:
         ep = _epoch_times(mdl, paths, tmp / f"cache{suffix}", image_size=image_size, batch_size=bs, device=dev)
         kw = {"steps": s, "batch_size": bs}
         emit(f"cache_build_s_per_img{suffix}", ep["build"] / n_epoch, "s/img", **kw)
         emit(f"epoch_train_online_s{suffix}", ep["train_online"], "s", images=n_epoch, **kw)
         emit(f"epoch_train_cached_s{suffix}", ep["train_cached"], "s", images=n_epoch, **kw)
-        emit(f"epoch_train_cached_latents_only_s{suffix}", ep["train_cached_latents_only"], "s",
-             images=n_epoch, **kw)
-        emit(f"cached_epoch_speedup{suffix}", ep["train_online"] / ep["train_cached"], "x", images=n_epoch,
-             note="training epoch: online inversion / latents+inverted+E_d input (float16) from the cache; "
-                  "target >= 20", **kw)
-        emit(f"cached_epoch_speedup{suffix}_latents_only", ep["train_online"] / ep["train_cached_latents_only"],
-             "x", images=n_epoch, note="training epoch: online / latents+inverted from the cache, VAE decode "
-                                       "every step (cache without noise_pixels)", **kw)
-        emit(f"cached_eval_epoch_speedup{suffix}", ep["eval_online"] / ep["eval_cached"], "x",
-             images=n_epoch, note="evaluation epoch (predict), E_d input from the cache", **kw)
-        emit(f"cached_eval_epoch_speedup{suffix}_latents_only",
-             ep["eval_online"] / ep["eval_cached_latents_only"], "x", images=n_epoch,
-             note="evaluation epoch (predict), inverted latents from the cache, VAE decode every batch", **kw)
+        emit(f"epoch_train_cached_latents_only_s{suffix}", ep["train_cached_latents_only"], "s", images=n_epoch, **kw)
+        emit(
+            f"cached_epoch_speedup{suffix}",
+            ep["train_online"] / ep["train_cached"],
+            "x",
+            images=n_epoch,
+            note="training epoch: online inversion / latents+inverted+E_d input (float16) from the cache; target >= 20",
+            **kw,
+        )
+        emit(
+            f"cached_epoch_speedup{suffix}_latents_only",
+            ep["train_online"] / ep["train_cached_latents_only"],
+            "x",
+            images=n_epoch,
+            note="training epoch: online / latents+inverted from the cache, VAE decode "
+            "every step (cache without noise_pixels)",
+            **kw,
+        )
+        emit(
+            f"cached_eval_epoch_speedup{suffix}",
+            ep["eval_online"] / ep["eval_cached"],
+            "x",
+            images=n_epoch,
+            note="evaluation epoch (predict), E_d input from the cache",
+            **kw,
+        )
+        emit(
+            f"cached_eval_epoch_speedup{suffix}_latents_only",
+            ep["eval_online"] / ep["eval_cached_latents_only"],
+            "x",
+            images=n_epoch,
+            note="evaluation epoch (predict), inverted latents from the cache, VAE decode every batch",
+            **kw,
+        )
 
 
 def _measure_sharded_build(tmp: Path, bc: BenchConfig, emit: _Recorder) -> None:
@@ -536,13 +674,22 @@ def _measure_sharded_build(tmp: Path, bc: BenchConfig, emit: _Recorder) -> None:
     n_shard = bc.shard_images_
     spaths = _write_images(tmp / "shard", n_shard, t_size, seed=2)
     sbs = min(8, max(1, n_shard // 8))
-    t1 = _sharded_build_seconds(spaths, tmp / "sharded", 1, preset="tiny", overrides=tiny_ov, image_size=t_size,
-                                batch_size=sbs)
-    t2 = _sharded_build_seconds(spaths, tmp / "sharded", 2, preset="tiny", overrides=tiny_ov, image_size=t_size,
-                                batch_size=sbs)
-    kw = dict(device="cpu", preset="tiny", steps=t_steps, dtype="float32", batch_size=sbs,
-              resolution=f"clip{tcfg.clip_size}/sd{tcfg.sd_size}/inv{tcfg.inversion_size or tcfg.sd_size}",
-              images=n_shard, threads=1)
+    t1 = _sharded_build_seconds(
+        spaths, tmp / "sharded", 1, preset="tiny", overrides=tiny_ov, image_size=t_size, batch_size=sbs
+    )
+    t2 = _sharded_build_seconds(
+        spaths, tmp / "sharded", 2, preset="tiny", overrides=tiny_ov, image_size=t_size, batch_size=sbs
+    )
+    kw = dict(
+        device="cpu",
+        preset="tiny",
+        steps=t_steps,
+        dtype="float32",
+        batch_size=sbs,
+        resolution=f"clip{tcfg.clip_size}/sd{tcfg.sd_size}/inv{tcfg.inversion_size or tcfg.sd_size}",
+        images=n_shard,
+        threads=1,
+    )
     emit("sharded_build_seconds_1proc", t1, "s", **kw, note="1 process x 1 thread")
     emit("sharded_build_seconds_2proc", t2, "s", **kw, note="2 processes x 1 thread")
     emit("sharded_build_speedup", t1 / t2, "x", **kw, note="target >= 1.7")

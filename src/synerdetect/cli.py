@@ -69,9 +69,11 @@ def cmd_presets(args) -> int:
 
     for name in list_presets():
         cfg = get_preset(name)
-        print(f"{name}: clip={cfg.model.clip} sd={cfg.model.sd} clip_size={cfg.model.clip_size} "
-              f"sd_size={cfg.model.sd_size} inversion_steps={cfg.model.inversion_steps} "
-              f"optim={cfg.optim.name}@{cfg.optim.lr} batch={cfg.train.batch_size} epochs={cfg.train.epochs}")
+        print(
+            f"{name}: clip={cfg.model.clip} sd={cfg.model.sd} clip_size={cfg.model.clip_size} "
+            f"sd_size={cfg.model.sd_size} inversion_steps={cfg.model.inversion_steps} "
+            f"optim={cfg.optim.name}@{cfg.optim.lr} batch={cfg.train.batch_size} epochs={cfg.train.epochs}"
+        )
     print("ablations (Table 5):", ", ".join(sorted(ABLATIONS)))
     return 0
 
@@ -121,19 +123,36 @@ def cmd_evaluate(args) -> int:
 
         # The cache holds the same deterministic eval view, stored in float16 (logits within ~2e-5 of online).
         cf = CachedFeatures(args.cache_dir, model, _image_size(model, args.image_size))
-    res = evaluate(model, samples, args.out, image_size=_image_size(model, args.image_size),
-                   feature_lookup=cf.lookup if cf is not None else None,
-                   batch_size=args.batch_size, num_workers=args.workers, perturb=args.perturb or (),
-                   progress=not args.no_progress, title=Path(args.data).name,
-                   calibration=calibration, harmonize=args.harmonize, mode=args.mode,
-                   extra={"checkpoint": str(args.checkpoint), "data": str(args.data), "layout": args.layout,
-                          "split": args.split, "inversion_steps": model.mcfg.inversion_steps,
-                          "sd_size": model.mcfg.sd_size, "clip_size": model.mcfg.clip_size,
-                          "inversion_size": model.mcfg.inversion_size or model.mcfg.sd_size,
-                          "image_size": _image_size(model, args.image_size), "dtype": model.mcfg.dtype,
-                          "compile_unet": model.mcfg.compile_unet,
-                          "mode": args.mode,
-                          "feature_cache": None if cf is None else {"dir": str(args.cache_dir), "key": cf.key}})
+    res = evaluate(
+        model,
+        samples,
+        args.out,
+        image_size=_image_size(model, args.image_size),
+        feature_lookup=cf.lookup if cf is not None else None,
+        batch_size=args.batch_size,
+        num_workers=args.workers,
+        perturb=args.perturb or (),
+        progress=not args.no_progress,
+        title=Path(args.data).name,
+        calibration=calibration,
+        harmonize=args.harmonize,
+        mode=args.mode,
+        extra={
+            "checkpoint": str(args.checkpoint),
+            "data": str(args.data),
+            "layout": args.layout,
+            "split": args.split,
+            "inversion_steps": model.mcfg.inversion_steps,
+            "sd_size": model.mcfg.sd_size,
+            "clip_size": model.mcfg.clip_size,
+            "inversion_size": model.mcfg.inversion_size or model.mcfg.sd_size,
+            "image_size": _image_size(model, args.image_size),
+            "dtype": model.mcfg.dtype,
+            "compile_unet": model.mcfg.compile_unet,
+            "mode": args.mode,
+            "feature_cache": None if cf is None else {"dir": str(args.cache_dir), "key": cf.key},
+        },
+    )
     if cf is not None and rank_world()[0] == 0:
         print(f"feature cache {cf.key}: {cf.hits} batch hit(s), {cf.misses} miss(es) (misses were computed)")
     if rank_world()[0] == 0:
@@ -142,8 +161,10 @@ def cmd_evaluate(args) -> int:
             print(f"\n{len(res['errors'])} unreadable file(s) skipped:")
             for p, r in res["errors"]:
                 print(f"  {p}: {r}")
-        print(f"\nwrote {args.out}/results.json, results.csv, scores.jsonl, logit_distributions.png, reliability.png"
-              + (", scores_harmonized.jsonl" if args.harmonize else ""))
+        print(
+            f"\nwrote {args.out}/results.json, results.csv, scores.jsonl, logit_distributions.png, reliability.png"
+            + (", scores_harmonized.jsonl" if args.harmonize else "")
+        )
     return 0
 
 
@@ -166,41 +187,81 @@ def cmd_predict(args) -> int:
     calibration = Calibration.load(args.checkpoint)
     _check_mode(args.mode, calibration)  # before the model loads
     model = _load_model(args.checkpoint, args.device)
-    rows, errors = predict_paths(model, paths, image_size=_image_size(model, args.image_size),
-                                 batch_size=args.batch_size, num_workers=args.workers,
-                                 progress=not args.no_progress, calibration=calibration,
-                                 provenance=not args.no_provenance, trust_anchors=anchors,
-                                 trust_metadata=args.trust_metadata, mode=args.mode)
+    rows, errors = predict_paths(
+        model,
+        paths,
+        image_size=_image_size(model, args.image_size),
+        batch_size=args.batch_size,
+        num_workers=args.workers,
+        progress=not args.no_progress,
+        calibration=calibration,
+        provenance=not args.no_provenance,
+        trust_anchors=anchors,
+        trust_metadata=args.trust_metadata,
+        mode=args.mode,
+    )
     flat = [{**r, **provenance_summary(r.get("provenance"))} for r in rows]
     shown = [_printable(r["path"]) for r in flat]
-    verdicts = [r["verdict"] + (" (c2pa)" if r["verdict_source"] == "c2pa" else "")
-                + (" (perceptual)" if args.mode == "cascade" and r.get("decided_by") == "perceptual" else "")
-                for r in flat]
+    verdicts = [
+        r["verdict"]
+        + (" (c2pa)" if r["verdict_source"] == "c2pa" else "")
+        + (" (perceptual)" if args.mode == "cascade" and r.get("decided_by") == "perceptual" else "")
+        for r in flat
+    ]
     width = max([len(s) for s in shown] + [4])
     vw = max([len(v) for v in verdicts] + [9])
     print(f"{'path':<{width}}  label  {'verdict':<{vw}}  prob_fake    logit  provenance")
     for s, v, r in zip(shown, verdicts, flat):
-        print(f"{s:<{width}}  {r['label']:<5}  {v:<{vw}}  {r['prob_fake']:9.4f}  {r['logit']:+.4f}  "
-              f"{_provenance_cell(r) if not args.no_provenance else '-'}")
+        print(
+            f"{s:<{width}}  {r['label']:<5}  {v:<{vw}}  {r['prob_fake']:9.4f}  {r['logit']:+.4f}  "
+            f"{_provenance_cell(r) if not args.no_provenance else '-'}"
+        )
     if errors:
         print(f"\n{len(errors)} file(s) could not be scored:", file=sys.stderr)
         for p, reason in errors:
             print(f"  {_printable(p)}: {reason}", file=sys.stderr)
     if args.json:
-        atomic_write_json(args.json, {"predictions": rows, "errors": [{"path": p, "reason": r} for p, r in errors],
-                                      "calibration": calibration.to_dict() if calibration else None})
+        atomic_write_json(
+            args.json,
+            {
+                "predictions": rows,
+                "errors": [{"path": p, "reason": r} for p, r in errors],
+                "calibration": calibration.to_dict() if calibration else None,
+            },
+        )
     if args.csv:
         buf = io.StringIO()
-        w = csv.DictWriter(buf, extrasaction="ignore", fieldnames=[
-            "path", "label", "verdict", "verdict_source", "prob_fake", "calibrated", "logit", "s_real", "s_fake",
-            "sim_v_real", "sim_v_fake", "sim_n_real", "sim_n_fake", "declared_ai", "c2pa", "provenance_sources",
-            "sha256"])
+        w = csv.DictWriter(
+            buf,
+            extrasaction="ignore",
+            fieldnames=[
+                "path",
+                "label",
+                "verdict",
+                "verdict_source",
+                "prob_fake",
+                "calibrated",
+                "logit",
+                "s_real",
+                "s_fake",
+                "sim_v_real",
+                "sim_v_fake",
+                "sim_n_real",
+                "sim_n_fake",
+                "declared_ai",
+                "c2pa",
+                "provenance_sources",
+                "sha256",
+            ],
+        )
         w.writeheader()
         w.writerows(flat)
         atomic_write_text(args.csv, buf.getvalue())
     if calibration is not None:
-        print(f"prob_fake calibrated ({calibration.method}); verdict 'uncertain' for logits in {calibration.band}",
-              file=sys.stderr)
+        print(
+            f"prob_fake calibrated ({calibration.method}); verdict 'uncertain' for logits in {calibration.band}",
+            file=sys.stderr,
+        )
     print(f"\nscored {len(rows)} of {len(paths)} file(s)", file=sys.stderr)
     return 0 if rows else 1
 
@@ -225,31 +286,53 @@ def cmd_serve(args) -> int:
     from .serve import ServeSettings, create_app, read_api_keys
 
     limits = {"max_pixels": args.max_pixels} if args.max_pixels else {}  # default: the loader's cap
-    settings = ServeSettings(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
-                             max_inflight=args.max_inflight, max_files=args.max_files,
-                             max_file_bytes=int(args.max_file_mb * 1e6),
-                             max_request_bytes=int(args.max_request_mb * 1e6), request_timeout_s=args.timeout,
-                             api_keys=read_api_keys(args.api_key_file) if args.api_key_file else (), **limits)
-    scorer = Scorer.from_checkpoint(args.checkpoint, device=_device(args.device), image_size=args.image_size,
-                                    batch_size=args.max_batch, provenance=not args.no_provenance,
-                                    trust_anchors=args.c2pa_trust_anchors, trust_metadata=args.trust_metadata,
-                                    max_pixels=settings.max_pixels, max_bytes=settings.max_file_bytes,
-                                    mode=args.mode)
-    uvicorn.run(create_app(scorer, settings), host=args.host, port=args.port, log_level=args.log_level,
-                timeout_keep_alive=5)
+    settings = ServeSettings(
+        max_batch=args.max_batch,
+        max_wait_ms=args.max_wait_ms,
+        max_queue=args.max_queue,
+        max_inflight=args.max_inflight,
+        max_files=args.max_files,
+        max_file_bytes=int(args.max_file_mb * 1e6),
+        max_request_bytes=int(args.max_request_mb * 1e6),
+        request_timeout_s=args.timeout,
+        api_keys=read_api_keys(args.api_key_file) if args.api_key_file else (),
+        **limits,
+    )
+    scorer = Scorer.from_checkpoint(
+        args.checkpoint,
+        device=_device(args.device),
+        image_size=args.image_size,
+        batch_size=args.max_batch,
+        provenance=not args.no_provenance,
+        trust_anchors=args.c2pa_trust_anchors,
+        trust_metadata=args.trust_metadata,
+        max_pixels=settings.max_pixels,
+        max_bytes=settings.max_file_bytes,
+        mode=args.mode,
+    )
+    uvicorn.run(
+        create_app(scorer, settings), host=args.host, port=args.port, log_level=args.log_level, timeout_keep_alive=5
+    )
     return 0
+
 
 def _check_mode(mode: str, calibration) -> None:
     if mode == "cascade" and (calibration is None or not calibration.cascade):
-        raise ValueError("--mode cascade needs a fitted cascade band: run `synerdetect calibrate --checkpoint DIR "
-                         "--data VAL --cascade-agreement 0.99` on a labelled validation set first")
+        raise ValueError(
+            "--mode cascade needs a fitted cascade band: run `synerdetect calibrate --checkpoint DIR "
+            "--data VAL --cascade-agreement 0.99` on a labelled validation set first"
+        )
 
 
 def _add_mode_arg(q) -> None:
-    q.add_argument("--mode", choices=["full", "perceptual", "cascade"], default="full",
-                   help="full: Eq. 10 (default); perceptual: the CLIP branch only (no inversion); cascade: the "
-                        "inversion only for images whose perceptual margin is inside the band fitted by "
-                        "`calibrate --cascade-agreement`")
+    q.add_argument(
+        "--mode",
+        choices=["full", "perceptual", "cascade"],
+        default="full",
+        help="full: Eq. 10 (default); perceptual: the CLIP branch only (no inversion); cascade: the "
+        "inversion only for images whose perceptual margin is inside the band fitted by "
+        "`calibrate --cascade-agreement`",
+    )
 
 
 def cmd_inspect(args) -> int:
@@ -294,8 +377,10 @@ def cmd_cache_build(args) -> int:
     from .utils import check_output_dir, rank_world
 
     if not (args.checkpoint or args.config or args.preset):
-        raise ValueError("cache build: say which detector conditions the inversion: --checkpoint DIR (a trained "
-                         "detector) or --config CONFIG.yaml / --preset NAME (an untrained one)")
+        raise ValueError(
+            "cache build: say which detector conditions the inversion: --checkpoint DIR (a trained "
+            "detector) or --config CONFIG.yaml / --preset NAME (an untrained one)"
+        )
     _init_dist_if_launched()
     cfg = load_experiment(args.config, args.overrides, preset=args.preset)
     root = args.cache_dir or cfg.cache.dir
@@ -319,8 +404,15 @@ def cmd_bench(args) -> int:
     if args.cascade_checkpoint:
         if not (args.cascade_val and args.cascade_test):
             raise ValueError("bench --cascade-checkpoint needs --cascade-val VAL and --cascade-test TEST (labelled)")
-        run_cascade_bench(args.cascade_checkpoint, args.cascade_val, args.cascade_test, steps=args.cascade_steps,
-                          device=args.device, batch_size=args.batch_size or 32, out=args.out)
+        run_cascade_bench(
+            args.cascade_checkpoint,
+            args.cascade_val,
+            args.cascade_test,
+            steps=args.cascade_steps,
+            device=args.device,
+            batch_size=args.batch_size or 32,
+            out=args.out,
+        )
         return 0
     run_bench(args.preset, args.device, batch_size=args.batch_size, compile=args.compile, out=args.out)
     return 0
@@ -333,8 +425,9 @@ def cmd_calibrate(args) -> int:
     _init_dist_if_launched()
     if args.data is None:
         if not args.config:
-            raise ValueError("give --data VAL (a labelled validation set), or --config CONFIG.yaml whose data.val "
-                             "names one")
+            raise ValueError(
+                "give --data VAL (a labelled validation set), or --config CONFIG.yaml whose data.val names one"
+            )
         from .presets import load_experiment
 
         d = load_experiment(args.config).data
@@ -343,20 +436,32 @@ def cmd_calibrate(args) -> int:
         args.data, args.layout, args.split = d.val, d.val_layout, d.val_split
     check_not_test_set(args.data, args.split, args.config)  # before the model is loaded
     model = _load_model(args.checkpoint, args.device)
-    cal = calibrate_checkpoint(args.checkpoint, args.data, layout=args.layout, split=args.split,
-                               target_accuracy=args.target_accuracy, method=args.method,
-                               batch_size=args.batch_size, progress=not args.no_progress,
-                               protocol_config=args.config, min_per_class=args.min_per_class,
-                               generators=args.generators, num_workers=args.workers,
-                               image_size=_image_size(model, args.image_size), model=model,
-                               cascade_agreement=args.cascade_agreement)
+    cal = calibrate_checkpoint(
+        args.checkpoint,
+        args.data,
+        layout=args.layout,
+        split=args.split,
+        target_accuracy=args.target_accuracy,
+        method=args.method,
+        batch_size=args.batch_size,
+        progress=not args.no_progress,
+        protocol_config=args.config,
+        min_per_class=args.min_per_class,
+        generators=args.generators,
+        num_workers=args.workers,
+        image_size=_image_size(model, args.image_size),
+        model=model,
+        cascade_agreement=args.cascade_agreement,
+    )
     if rank_world()[0] == 0:
         print(format_calibration(cal))
         if cal.cascade is not None and args.cascade_agreement is not None:
             c = cal.cascade
-            print(f"cascade band [{c['band'][0]:+.4f}, {c['band'][1]:+.4f}] (perceptual margin): on this data "
-                  f"{c['share_inverted'] * 100:.1f}% of images need the inversion, agreement with full Eq. 10 "
-                  f"{c['agreement'] * 100:.1f}% (target {c['target_agreement'] * 100:.0f}%)")
+            print(
+                f"cascade band [{c['band'][0]:+.4f}, {c['band'][1]:+.4f}] (perceptual margin): on this data "
+                f"{c['share_inverted'] * 100:.1f}% of images need the inversion, agreement with full Eq. 10 "
+                f"{c['agreement'] * 100:.1f}% (target {c['target_agreement'] * 100:.0f}%)"
+            )
         print(f"\nwrote {Path(args.checkpoint) / CALIBRATION_NAME}")
     return 0
 
@@ -407,30 +512,56 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--config", help="take the test set from this experiment YAML (data.test) when --data is absent")
     e.add_argument("--out", required=True, help="output folder for results.json/csv, scores.jsonl, figure")
     e.add_argument("--generators", nargs="*", help="only these generators")
-    e.add_argument("--perturb", action="append", help="blur | jpeg | crop | noise, or e.g. jpeg:30,60,90 "
-                   "(repeatable): the paper's Table 4")
-    e.add_argument("--cache-dir", help="read inverted latents from this feature cache when the key matches "
-                   "(build it with `synerdetect cache build --checkpoint ...`)")
+    e.add_argument(
+        "--perturb",
+        action="append",
+        help="blur | jpeg | crop | noise, or e.g. jpeg:30,60,90 (repeatable): the paper's Table 4",
+    )
+    e.add_argument(
+        "--cache-dir",
+        help="read inverted latents from this feature cache when the key matches "
+        "(build it with `synerdetect cache build --checkpoint ...`)",
+    )
     _add_mode_arg(e)
-    e.add_argument("--harmonize", metavar="jpeg:Q", help="also score every image, real and fake, re-encoded to JPEG "
-                   "quality Q in memory (e.g. jpeg:96) and report both results side by side: a format-fair check")
+    e.add_argument(
+        "--harmonize",
+        metavar="jpeg:Q",
+        help="also score every image, real and fake, re-encoded to JPEG "
+        "quality Q in memory (e.g. jpeg:96) and report both results side by side: a format-fair check",
+    )
     add_scoring_args(e, batch_size=32, workers=2)
     e.set_defaults(func=cmd_evaluate)
 
-    c = sub.add_parser("calibrate", help="fit calibrated probabilities and an uncertain band on a labelled "
-                       "validation set (never the test set); saves calibration.json in the checkpoint")
+    c = sub.add_parser(
+        "calibrate",
+        help="fit calibrated probabilities and an uncertain band on a labelled "
+        "validation set (never the test set); saves calibration.json in the checkpoint",
+    )
     c.add_argument("--checkpoint", required=True)
     add_data_args(c, required=False)
     c.add_argument("--config", help="protocol YAML: --data defaults to its data.val, and its data.test is refused")
-    c.add_argument("--target-accuracy", type=float, default=0.95,
-                   help="accuracy wanted outside the uncertain band on the validation set (default: 0.95)")
-    c.add_argument("--method", choices=["temperature", "platt"], default="temperature",
-                   help="temperature scaling (one scale; default) or Platt scaling (scale and offset)")
+    c.add_argument(
+        "--target-accuracy",
+        type=float,
+        default=0.95,
+        help="accuracy wanted outside the uncertain band on the validation set (default: 0.95)",
+    )
+    c.add_argument(
+        "--method",
+        choices=["temperature", "platt"],
+        default="temperature",
+        help="temperature scaling (one scale; default) or Platt scaling (scale and offset)",
+    )
     c.add_argument("--min-per-class", type=int, default=20, help="refuse with fewer images of a class (default: 20)")
     c.add_argument("--generators", nargs="*", help="only these generators")
-    c.add_argument("--cascade-agreement", type=float, default=None, metavar="SHARE",
-                   help="also fit the cascade band (--mode cascade): the narrowest band of perceptual margins for "
-                        "which the cascade agrees with full Eq. 10 on this share of the images, e.g. 0.99")
+    c.add_argument(
+        "--cascade-agreement",
+        type=float,
+        default=None,
+        metavar="SHARE",
+        help="also fit the cascade band (--mode cascade): the narrowest band of perceptual margins for "
+        "which the cascade agrees with full Eq. 10 on this share of the images, e.g. 0.99",
+    )
     add_scoring_args(c, batch_size=32, workers=2)
     c.set_defaults(func=cmd_calibrate)
 
@@ -441,10 +572,16 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--csv", help="write predictions to this CSV file")
     pr.add_argument("--no-provenance", action="store_true", help="do not read C2PA / XMP / EXIF provenance")
     _add_mode_arg(pr)
-    pr.add_argument("--trust-metadata", action="store_true", help="let a valid C2PA manifest from a trusted signer "
-                    "decide the verdict (the scores stay the model's; the record says verdict_source: c2pa)")
-    pr.add_argument("--c2pa-trust-anchors", help="PEM file of trusted C2PA root certificates (default: none, so "
-                    "no signer is trusted)")
+    pr.add_argument(
+        "--trust-metadata",
+        action="store_true",
+        help="let a valid C2PA manifest from a trusted signer "
+        "decide the verdict (the scores stay the model's; the record says verdict_source: c2pa)",
+    )
+    pr.add_argument(
+        "--c2pa-trust-anchors",
+        help="PEM file of trusted C2PA root certificates (default: none, so no signer is trusted)",
+    )
     add_scoring_args(pr, batch_size=16, workers=0)
     pr.set_defaults(func=cmd_predict)
 
@@ -462,23 +599,32 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--max-request-mb", type=float, default=100.0, help="bytes per request body, in MB")
     sv.add_argument("--max-pixels", type=int, default=None, help="pixels per image (default: the loader's cap)")
     sv.add_argument("--timeout", type=float, default=60.0, help="seconds per detect request (default: 60)")
-    sv.add_argument("--api-key-file", help="require one of the keys in this file (one per line) as "
-                    "'Authorization: Bearer KEY' or 'X-API-Key' (health endpoints stay open)")
+    sv.add_argument(
+        "--api-key-file",
+        help="require one of the keys in this file (one per line) as "
+        "'Authorization: Bearer KEY' or 'X-API-Key' (health endpoints stay open)",
+    )
     sv.add_argument("--no-provenance", action="store_true", help="do not read C2PA / XMP / EXIF provenance")
-    sv.add_argument("--trust-metadata", action="store_true", help="let a valid C2PA manifest from a trusted "
-                    "signer decide the verdict")
+    sv.add_argument(
+        "--trust-metadata",
+        action="store_true",
+        help="let a valid C2PA manifest from a trusted signer decide the verdict",
+    )
     sv.add_argument("--c2pa-trust-anchors", help="PEM file of trusted C2PA root certificates")
     sv.add_argument("--device", default=None, help="cuda | cpu (default: cuda when available)")
     sv.add_argument("--image-size", type=int, default=None, help="loader size (default: the checkpoint's)")
     sv.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     sv.set_defaults(func=cmd_serve)
 
-    ins = sub.add_parser("inspect", help="provenance evidence only (C2PA, IPTC/XMP, generator metadata, EXIF); "
-                         "no model is loaded")
+    ins = sub.add_parser(
+        "inspect", help="provenance evidence only (C2PA, IPTC/XMP, generator metadata, EXIF); no model is loaded"
+    )
     ins.add_argument("inputs", nargs="+", help="files, folders (recursive) and globs")
     ins.add_argument("--json", help="write the records to this JSON file instead of printing the table")
-    ins.add_argument("--c2pa-trust-anchors", help="PEM file of trusted C2PA root certificates (default: none, so "
-                     "every signer is reported untrusted)")
+    ins.add_argument(
+        "--c2pa-trust-anchors",
+        help="PEM file of trusted C2PA root certificates (default: none, so every signer is reported untrusted)",
+    )
     ins.set_defaults(func=cmd_inspect)
 
     da = sub.add_parser("data", help="dataset tools")
@@ -508,8 +654,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--batch-size", type=int, default=None)
     b.add_argument("--compile", action="store_true", help="torch.compile the UNet")
     b.add_argument("--out", help="also write the JSON lines to this file")
-    b.add_argument("--cascade-checkpoint", help="instead: measure the cascade of Eq. 10 on this trained checkpoint "
-                   "(fit on --cascade-val, time cascade vs full on --cascade-test)")
+    b.add_argument(
+        "--cascade-checkpoint",
+        help="instead: measure the cascade of Eq. 10 on this trained checkpoint "
+        "(fit on --cascade-val, time cascade vs full on --cascade-test)",
+    )
     b.add_argument("--cascade-val", help="labelled validation set for the cascade band")
     b.add_argument("--cascade-test", help="labelled test set for the cascade measurement")
     b.add_argument("--cascade-steps", type=int, default=100, help="inversion steps for the cascade (default: 100)")

@@ -158,6 +158,7 @@ class ExperimentConfig:
 # generic (de)serialisation
 # ---------------------------------------------------------------------------
 
+
 def _coerce(value: Any, tp: Any, where: str) -> Any:
     """Convert a YAML/CLI value to the annotated type, or raise ConfigError naming the key."""
     origin = get_origin(tp)
@@ -294,8 +295,10 @@ def validate_experiment(cfg: ExperimentConfig) -> None:
         (m.noise_encoder_input in {"vae_decode", "adapter"}, "model.noise_encoder_input must be vae_decode or adapter"),
         (m.dtype in {"float32", "bfloat16", "float16"}, "model.dtype must be float32, bfloat16 or float16"),
         (m.tau > 0, "model.tau must be > 0"),
-        (m.compile_mode in {"default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"},
-         "model.compile_mode must be default, reduce-overhead, max-autotune or max-autotune-no-cudagraphs"),
+        (
+            m.compile_mode in {"default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"},
+            "model.compile_mode must be default, reduce-overhead, max-autotune or max-autotune-no-cudagraphs",
+        ),
         (m.lora_rank >= 1, "model.lora_rank must be >= 1"),
         (0.0 <= loss.lam <= 1.0, "loss.lam must be in [0, 1]"),
         (loss.alpha >= 0, "loss.alpha must be >= 0"),
@@ -303,21 +306,29 @@ def validate_experiment(cfg: ExperimentConfig) -> None:
         (loss.gmm_covariance in {"diag", "full"}, "loss.gmm_covariance must be diag or full"),
         (loss.pot_sample_term in {"routed", "literal"}, "loss.pot_sample_term must be routed or literal"),
         (loss.sinkhorn_eps > 0, "loss.sinkhorn_eps must be > 0"),
-        (t.batch_size >= 2 and t.batch_size % 2 == 0,
-         "train.batch_size must be even and >= 2 (class-balanced batches)"),
-        (t.max_steps is None or t.max_steps >= 1,
-         f"train.max_steps={t.max_steps}: a run must make at least one step (leave it unset to train for epochs)"),
+        (
+            t.batch_size >= 2 and t.batch_size % 2 == 0,
+            "train.batch_size must be even and >= 2 (class-balanced batches)",
+        ),
+        (
+            t.max_steps is None or t.max_steps >= 1,
+            f"train.max_steps={t.max_steps}: a run must make at least one step (leave it unset to train for epochs)",
+        ),
         (t.mixed_precision in {"no", "bf16", "fp16"}, "train.mixed_precision must be no, bf16 or fp16"),
         (cfg.optim.name in {"sgd", "adamw"}, "optim.name must be sgd or adamw"),
         (cfg.optim.schedule in {"constant", "cosine"}, "optim.schedule must be constant or cosine"),
         (cfg.cache.cmid_latents in {"cached", "augmented"}, "cache.cmid_latents must be cached or augmented"),
         (cfg.data.clip_view in {"crop", "resize"}, "data.clip_view must be crop or resize"),
-        (cfg.cache.policy in {"online", "cached-fixed", "cached-refresh"},
-         "cache.policy must be online, cached-fixed or cached-refresh"),
+        (
+            cfg.cache.policy in {"online", "cached-fixed", "cached-refresh"},
+            "cache.policy must be online, cached-fixed or cached-refresh",
+        ),
     ]
     for ok, msg in checks:
         if not ok:
             raise ConfigError(msg)
     if loss.use_ot_dcl and loss.use_pot and loss.gmm_components * 2 > t.batch_size:
-        raise ConfigError(f"loss.gmm_components={loss.gmm_components} needs a batch of at least "
-                          f"{2 * loss.gmm_components}; train.batch_size={t.batch_size}")
+        raise ConfigError(
+            f"loss.gmm_components={loss.gmm_components} needs a batch of at least "
+            f"{2 * loss.gmm_components}; train.batch_size={t.batch_size}"
+        )

@@ -29,6 +29,7 @@ def register_preset(name: str):
     def deco(fn: Callable[[], ExperimentConfig]):
         _PRESETS[name] = fn
         return fn
+
     return deco
 
 
@@ -74,15 +75,25 @@ def tiny() -> ExperimentConfig:
     return ExperimentConfig(
         preset="tiny",
         model=ModelConfig(
-            clip="tiny", sd="tiny", clip_size=64, sd_size=64, lora_rank=8, lora_alpha=16.0,
-            n_ctx=4, tuner_heads=4, cconv_channels=16, cconv_grid=4, inversion_steps=10,
+            clip="tiny",
+            sd="tiny",
+            clip_size=64,
+            sd_size=64,
+            lora_rank=8,
+            lora_alpha=16.0,
+            n_ctx=4,
+            tuner_heads=4,
+            cconv_channels=16,
+            cconv_grid=4,
+            inversion_steps=10,
             tau=0.07,
         ),
         # the recommended losses (the demo trains a detector; it does not reproduce the paper)
         loss=LossConfig(gmm_components=2, dcl_class_negative=True, pot_sample_term="routed"),
         optim=OptimConfig(name="adamw", lr=1e-2, weight_decay=0.0, schedule="cosine", warmup_steps=5, grad_clip=1.0),
-        train=TrainConfig(batch_size=16, epochs=4, num_workers=0, log_every=5, checkpoint_every=25,
-                          output_dir="runs/tiny"),
+        train=TrainConfig(
+            batch_size=16, epochs=4, num_workers=0, log_every=5, checkpoint_every=25, output_dir="runs/tiny"
+        ),
     )
 
 
@@ -104,8 +115,9 @@ def with_ablation(cfg: ExperimentConfig, name: str) -> ExperimentConfig:
     return merge(cfg, ABLATIONS[name])
 
 
-def load_experiment(path: str | Path | None = None, overrides: list[str] | None = None,
-                    preset: str | None = None) -> ExperimentConfig:
+def load_experiment(
+    path: str | Path | None = None, overrides: list[str] | None = None, preset: str | None = None
+) -> ExperimentConfig:
     """Load an experiment: preset defaults <- YAML file <- ``key=value`` overrides."""
     doc: dict[str, Any] = {}
     if path is not None:

@@ -91,8 +91,9 @@ def atomic_write_text(path: str | os.PathLike, text: str, **kw: Any) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"), **kw)
 
 
-def atomic_write_json(path: str | os.PathLike, doc: Any, *, indent: int | None = 2, sort_keys: bool = False,
-                      **kw: Any) -> Path:
+def atomic_write_json(
+    path: str | os.PathLike, doc: Any, *, indent: int | None = 2, sort_keys: bool = False, **kw: Any
+) -> Path:
     return atomic_write_text(path, json.dumps(doc, indent=indent, sort_keys=sort_keys, default=str) + "\n", **kw)
 
 

@@ -17,7 +17,21 @@ from .store import (
 )
 
 __all__ = [
-    "CACHE_FORMAT", "POLICIES", "CacheError", "CachePlan", "CacheSchedule", "CachedBatch", "CachedFeatures",
-    "CachedItem", "Entry", "FeatureCache", "build_cache", "compute_noise_pixels", "content_hash", "feature_key",
-    "policy_wants_cache", "remove_stale_keys", "stores_noise_pixels",
+    "CACHE_FORMAT",
+    "POLICIES",
+    "CacheError",
+    "CachePlan",
+    "CacheSchedule",
+    "CachedBatch",
+    "CachedFeatures",
+    "CachedItem",
+    "Entry",
+    "FeatureCache",
+    "build_cache",
+    "compute_noise_pixels",
+    "content_hash",
+    "feature_key",
+    "policy_wants_cache",
+    "remove_stale_keys",
+    "stores_noise_pixels",
 ]

@@ -33,7 +33,7 @@ def compute_noise_pixels(model, inverted: torch.Tensor, chunk_size: int | None =
         raise ValueError("noise_pixels depend on the trainable noise adapter; they are not cached")
     n = inverted.shape[0]
     step = n if not chunk_size or chunk_size >= n else int(chunk_size)
-    return torch.cat([model.noise_pixels(inverted[i:i + step]).to(NOISE_PIXELS_DTYPE) for i in range(0, n, step)])
+    return torch.cat([model.noise_pixels(inverted[i : i + step]).to(NOISE_PIXELS_DTYPE) for i in range(0, n, step)])
 
 
 def _set_threads(num_threads: int | None, world: int, device: torch.device) -> int | None:
@@ -68,14 +68,27 @@ def _wait_for_ranks(d: Path, world: int, job: str, timeout: float, poll: float) 
                 f"rank 0 waited {waited:.0f} s for ranks {missing} to finish their slice of the cache build in {d} "
                 f"(no matching done-rank<r> marker). Did they crash or run with other data/config? Their finished "
                 f"batches are kept: re-run the same build (it resumes), or merge what exists with "
-                f"FeatureCache(root, key).merge().")
+                f"FeatureCache(root, key).merge()."
+            )
         time.sleep(poll)
 
 
-def build_cache(model, samples: Sequence, cache_root: str | os.PathLike, *, image_size: int, batch_size: int = 16,
-                rank: int | None = None, world_size: int | None = None, progress: bool = True,
-                num_threads: int | None = None, verify: bool = True, wait_timeout: float = 6 * 3600.0,
-                poll_interval: float = 0.5, store_noise_pixels: bool = True) -> dict:
+def build_cache(
+    model,
+    samples: Sequence,
+    cache_root: str | os.PathLike,
+    *,
+    image_size: int,
+    batch_size: int = 16,
+    rank: int | None = None,
+    world_size: int | None = None,
+    progress: bool = True,
+    num_threads: int | None = None,
+    verify: bool = True,
+    wait_timeout: float = 6 * 3600.0,
+    poll_interval: float = 0.5,
+    store_noise_pixels: bool = True,
+) -> dict:
     """Compute and store ``(latents, inverted)`` for every readable image of ``samples`` (objects with ``.path``,
     e.g. :class:`synerdetect.data.Sample`, or plain paths) under ``cache_root/<feature_key>/``.
 
@@ -114,10 +127,21 @@ def build_cache(model, samples: Sequence, cache_root: str | os.PathLike, *, imag
     job = hashlib.sha256(json.dumps([key, world, paths]).encode()).hexdigest()[:24]
     mine = paths[rank::world]
     transform = EvalTransform(image_size)
-    stats: dict[str, Any] = {"key": key, "dir": str(cache.dir), "rank": rank, "world_size": world,
-                             "threads": threads, "n_total": len(mine), "n_total_all_ranks": len(paths),
-                             "n_computed": 0, "n_skipped_cached": 0, "n_unreadable": 0, "n_duplicates": 0,
-                             "unreadable": [], "n_dropped_corrupt": 0}
+    stats: dict[str, Any] = {
+        "key": key,
+        "dir": str(cache.dir),
+        "rank": rank,
+        "world_size": world,
+        "threads": threads,
+        "n_total": len(mine),
+        "n_total_all_ranks": len(paths),
+        "n_computed": 0,
+        "n_skipped_cached": 0,
+        "n_unreadable": 0,
+        "n_duplicates": 0,
+        "unreadable": [],
+        "n_dropped_corrupt": 0,
+    }
 
     def unreadable(path: str, reason: str) -> None:
         log.warning("cache build: skipping unreadable image %s: %s", path, reason)
@@ -217,8 +241,7 @@ def build_cache(model, samples: Sequence, cache_root: str | os.PathLike, *, imag
     atomic_write_json(marker, {"job": job, "rank": rank, "stats": stats}, indent=1, sort_keys=True)
 
     if rank == 0:
-        docs = _wait_for_ranks(cache.dir, world, job, wait_timeout, poll_interval) if world > 1 else \
-            [{"stats": stats}]
+        docs = _wait_for_ranks(cache.dir, world, job, wait_timeout, poll_interval) if world > 1 else [{"stats": stats}]
         cache.info = info
         stats["n_indexed"] = cache.merge()
         for r in range(world):
@@ -236,5 +259,3 @@ def build_cache(model, samples: Sequence, cache_root: str | os.PathLike, *, imag
         stats["all_ranks"]["t_end"] = max(s["t_end"] for s in all_stats)
         stats["wall_seconds"] = time.perf_counter() - t0
     return stats
-
-

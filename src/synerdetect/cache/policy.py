@@ -64,8 +64,16 @@ class CachedFeatures:
     of the batch is cached, else ``None`` (then compute online); ``noise_pixels`` (float16) is None when the
     cache does not hold them. Content hashes are memoised per (path, size, mtime)."""
 
-    def __init__(self, cache: FeatureCache | str | os.PathLike, model, image_size: int, *, key: str | None = None,
-                 rank: int | None = None, store_noise_pixels: bool = True):
+    def __init__(
+        self,
+        cache: FeatureCache | str | os.PathLike,
+        model,
+        image_size: int,
+        *,
+        key: str | None = None,
+        rank: int | None = None,
+        store_noise_pixels: bool = True,
+    ):
         self.model = model
         self.image_size = int(image_size)
         self.store_noise_pixels = bool(store_noise_pixels)
@@ -83,8 +91,7 @@ class CachedFeatures:
         if model is not None:
             self.model = model
         if key is None:
-            key, info = feature_key(self.model, image_size=self.image_size,
-                                    store_noise_pixels=self.store_noise_pixels)
+            key, info = feature_key(self.model, image_size=self.image_size, store_noise_pixels=self.store_noise_pixels)
         else:
             info = None
         self.cache = FeatureCache(self.root, key, rank=self.rank, info=info)
@@ -135,14 +142,24 @@ class CachedFeatures:
         return CachedBatch(lat, inv, npx)
 
 
-
 class CacheSchedule:
     """``cache.policy`` applied to one training run: call :meth:`before_epoch` before each epoch (it builds or
     refreshes the cache, sharded over the processes, when the policy says so) and :meth:`lookup` per batch.
     ``key`` is the feature key the run reads (saved in checkpoints so that a resumed run reads the same one)."""
 
-    def __init__(self, policy: str, refresh_every: int, model, samples: Sequence, root: str | os.PathLike, *,
-                 image_size: int, batch_size: int, key: str | None = None, progress: bool = True):
+    def __init__(
+        self,
+        policy: str,
+        refresh_every: int,
+        model,
+        samples: Sequence,
+        root: str | os.PathLike,
+        *,
+        image_size: int,
+        batch_size: int,
+        key: str | None = None,
+        progress: bool = True,
+    ):
         self.policy, self.refresh_every = policy, refresh_every
         self.model, self.samples, self.root = model, samples, Path(root)
         self.image_size, self.batch_size, self.progress = image_size, batch_size, progress
@@ -160,12 +177,28 @@ class CacheSchedule:
             self.key = self.reader.key
 
     def _build(self, epoch: int, rank: int, world: int) -> None:
-        stats = build_cache(self.model, self.samples, self.root, image_size=self.image_size,
-                            batch_size=self.batch_size, rank=rank, world_size=world,
-                            progress=self.progress and rank == 0)
+        stats = build_cache(
+            self.model,
+            self.samples,
+            self.root,
+            image_size=self.image_size,
+            batch_size=self.batch_size,
+            rank=rank,
+            world_size=world,
+            progress=self.progress and rank == 0,
+        )
         barrier()
-        log.info("feature cache (epoch %d): %s", epoch, json.dumps({k: stats[k] for k in
-                 ("n_total", "n_computed", "n_skipped_cached", "n_unreadable", "key") if k in stats}))
+        log.info(
+            "feature cache (epoch %d): %s",
+            epoch,
+            json.dumps(
+                {
+                    k: stats[k]
+                    for k in ("n_total", "n_computed", "n_skipped_cached", "n_unreadable", "key")
+                    if k in stats
+                }
+            ),
+        )
         self.reader = CachedFeatures(self.root, self.model, self.image_size, rank=rank)
         self.key = self.reader.key
         if rank == 0 and self.policy == "cached-refresh":

@@ -198,12 +198,15 @@ def feature_key(model, *, image_size: int, store_noise_pixels: bool = True) -> t
 def _noise_pixels_info(model, store_noise_pixels: bool) -> dict:
     if not stores_noise_pixels(model, store_noise_pixels):
         return {"stored": False}
-    return {"stored": True, "dtype": str(NOISE_PIXELS_DTYPE).replace("torch.", ""),
-            "shape": [3, int(model.mcfg.clip_size), int(model.mcfg.clip_size)],
-            "computation": "model.noise_pixels(inverted): VAE decode (compute dtype), clamp(-1, 1), [0, 1], bilinear "
-                           "antialiased resize to clip_size, CLIP mean/std normalisation; stored as float16",
-            "clip_mean": [float(v) for v in model.clip_mean.reshape(-1).tolist()],
-            "clip_std": [float(v) for v in model.clip_std.reshape(-1).tolist()]}
+    return {
+        "stored": True,
+        "dtype": str(NOISE_PIXELS_DTYPE).replace("torch.", ""),
+        "shape": [3, int(model.mcfg.clip_size), int(model.mcfg.clip_size)],
+        "computation": "model.noise_pixels(inverted): VAE decode (compute dtype), clamp(-1, 1), [0, 1], bilinear "
+        "antialiased resize to clip_size, CLIP mean/std normalisation; stored as float16",
+        "clip_mean": [float(v) for v in model.clip_mean.reshape(-1).tolist()],
+        "clip_std": [float(v) for v in model.clip_std.reshape(-1).tolist()],
+    }
 
 
 # ============================================================================ the cache
@@ -219,8 +222,14 @@ class Entry:
     noise_pixels_dtype: str | None = None
 
     def to_dict(self) -> dict:
-        d = {"shard": self.shard, "checksum": self.checksum, "latents": self.latents,
-             "inverted": self.inverted, "dtype": self.dtype, "path": self.path}
+        d = {
+            "shard": self.shard,
+            "checksum": self.checksum,
+            "latents": self.latents,
+            "inverted": self.inverted,
+            "dtype": self.dtype,
+            "path": self.path,
+        }
         if self.noise_pixels is not None:
             d["noise_pixels"], d["noise_pixels_dtype"] = self.noise_pixels, self.noise_pixels_dtype
         return d
@@ -242,8 +251,9 @@ class FeatureCache:
     folds every rank's log into ``index.json``. Reading never creates folders.
     """
 
-    def __init__(self, root: str | os.PathLike, key: str, *, rank: int = 0, info: dict | None = None,
-                 max_open_shards: int = 32):
+    def __init__(
+        self, root: str | os.PathLike, key: str, *, rank: int = 0, info: dict | None = None, max_open_shards: int = 32
+    ):
         self.root = Path(root)
         self.key = str(key)
         self.dir = self.root / self.key
@@ -258,8 +268,9 @@ class FeatureCache:
         self._log_checked = False
 
     @classmethod
-    def for_model(cls, root: str | os.PathLike, model, *, image_size: int, rank: int = 0,
-                  store_noise_pixels: bool = True) -> FeatureCache:
+    def for_model(
+        cls, root: str | os.PathLike, model, *, image_size: int, rank: int = 0, store_noise_pixels: bool = True
+    ) -> FeatureCache:
         key, info = feature_key(model, image_size=image_size, store_noise_pixels=store_noise_pixels)
         return cls(root, key, rank=rank, info=info)
 
@@ -303,10 +314,16 @@ class FeatureCache:
                     op = rec.get("op", "put")
                     h = rec["hash"]
                     if op == "put":
-                        entries[h] = Entry(shard=rec["shard"], checksum=rec["checksum"], latents=rec["latents"],
-                                           inverted=rec["inverted"], dtype=rec.get("dtype", "float32"),
-                                           path=rec.get("path"), noise_pixels=rec.get("noise_pixels"),
-                                           noise_pixels_dtype=rec.get("noise_pixels_dtype"))
+                        entries[h] = Entry(
+                            shard=rec["shard"],
+                            checksum=rec["checksum"],
+                            latents=rec["latents"],
+                            inverted=rec["inverted"],
+                            dtype=rec.get("dtype", "float32"),
+                            path=rec.get("path"),
+                            noise_pixels=rec.get("noise_pixels"),
+                            noise_pixels_dtype=rec.get("noise_pixels_dtype"),
+                        )
                     elif op == "drop":
                         # Drop only the entry the reader saw fail: a rebuilt entry lives in another shard.
                         if h in entries and entries[h].shard == rec.get("shard"):
@@ -381,8 +398,10 @@ class FeatureCache:
         e = self.entries.pop(h, None)
         if e is None:
             return
-        msg = f"feature cache entry {h[:16]} (shard {e.shard}, image {e.path}) is unusable: {reason}; " \
-              "dropped, it will be recomputed"
+        msg = (
+            f"feature cache entry {h[:16]} (shard {e.shard}, image {e.path}) is unusable: {reason}; "
+            "dropped, it will be recomputed"
+        )
         log.warning(msg)
         self.problems.append(msg)
         self._verified.discard(h)
@@ -400,10 +419,13 @@ class FeatureCache:
         if h not in self._verified:
             if list(lat.shape) != list(e.latents) or list(inv.shape) != list(e.inverted):
                 raise ValueError(f"shape {tuple(lat.shape)}/{tuple(inv.shape)} != indexed {e.latents}/{e.inverted}")
-            if npx is not None and (list(npx.shape) != list(e.noise_pixels or [])
-                                    or str(npx.dtype).replace("torch.", "") != e.noise_pixels_dtype):
-                raise ValueError(f"noise_pixels {tuple(npx.shape)} {npx.dtype} != indexed {e.noise_pixels} "
-                                 f"{e.noise_pixels_dtype}")
+            if npx is not None and (
+                list(npx.shape) != list(e.noise_pixels or [])
+                or str(npx.dtype).replace("torch.", "") != e.noise_pixels_dtype
+            ):
+                raise ValueError(
+                    f"noise_pixels {tuple(npx.shape)} {npx.dtype} != indexed {e.noise_pixels} {e.noise_pixels_dtype}"
+                )
             got = _checksum(lat, inv, npx)
             if got != e.checksum:
                 raise ValueError(f"checksum mismatch (stored {e.checksum[:12]}, read {got[:12]})")
@@ -446,8 +468,15 @@ class FeatureCache:
         return state
 
     # ------------------------------------------------------------------ write
-    def put_many(self, hashes: Sequence[str], latents: torch.Tensor, inverted: torch.Tensor,
-                 paths: Sequence[str] | None = None, *, noise_pixels: torch.Tensor | None = None) -> str:
+    def put_many(
+        self,
+        hashes: Sequence[str],
+        latents: torch.Tensor,
+        inverted: torch.Tensor,
+        paths: Sequence[str] | None = None,
+        *,
+        noise_pixels: torch.Tensor | None = None,
+    ) -> str:
         """Store one batch as one new shard (atomically), then append its index records. Returns the shard name.
 
         ``noise_pixels`` (B x 3 x clip_size x clip_size, E_d's input) is stored as float16; when this cache knows
@@ -460,8 +489,10 @@ class FeatureCache:
             raise ValueError("put_many got the same content hash twice in one batch")
         want = self.info.get("noise_pixels", {}).get("stored") if self.info else None
         if want is not None and bool(want) != (noise_pixels is not None):
-            raise ValueError(f"feature key {self.key} {'stores' if want else 'does not store'} noise_pixels, "
-                             f"put_many got {'none' if noise_pixels is None else 'some'}")
+            raise ValueError(
+                f"feature key {self.key} {'stores' if want else 'does not store'} noise_pixels, "
+                f"put_many got {'none' if noise_pixels is None else 'some'}"
+            )
         from safetensors.torch import save
 
         lat = latents.detach().float().cpu()
@@ -474,8 +505,15 @@ class FeatureCache:
         for i, h in enumerate(hashes):
             li, ii = lat[i].clone().contiguous(), inv[i].clone().contiguous()
             tensors[f"{h}.latents"], tensors[f"{h}.inverted"] = li, ii
-            rec = {"op": "put", "hash": h, "shard": name, "latents": list(li.shape), "inverted": list(ii.shape),
-                   "dtype": "float32", "path": None if paths is None else str(paths[i])}
+            rec = {
+                "op": "put",
+                "hash": h,
+                "shard": name,
+                "latents": list(li.shape),
+                "inverted": list(ii.shape),
+                "dtype": "float32",
+                "path": None if paths is None else str(paths[i]),
+            }
             ni = None
             if npx is not None:
                 ni = npx[i].clone().contiguous()
@@ -492,9 +530,15 @@ class FeatureCache:
         self._append_log(records)  # only after the shard is durable
         entries = self.entries
         for r in records:
-            entries[r["hash"]] = Entry(shard=name, checksum=r["checksum"], latents=r["latents"],
-                                       inverted=r["inverted"], path=r["path"], noise_pixels=r.get("noise_pixels"),
-                                       noise_pixels_dtype=r.get("noise_pixels_dtype"))
+            entries[r["hash"]] = Entry(
+                shard=name,
+                checksum=r["checksum"],
+                latents=r["latents"],
+                inverted=r["inverted"],
+                path=r["path"],
+                noise_pixels=r.get("noise_pixels"),
+                noise_pixels_dtype=r.get("noise_pixels_dtype"),
+            )
         return name
 
     # ------------------------------------------------------------------ merge
@@ -503,9 +547,14 @@ class FeatureCache:
         leftover temporary files and shards no entry refers to are deleted: call it only when no build of this
         key is running (``build_cache`` calls it on rank 0 once every rank is done). Returns the entry count."""
         entries, logs = self._read_index()
-        doc = {"format": CACHE_FORMAT, "key": self.key, "info": self.info or self._stored_info(),
-               "n_entries": len(entries), "merged_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-               "entries": {h: e.to_dict() for h, e in sorted(entries.items())}}
+        doc = {
+            "format": CACHE_FORMAT,
+            "key": self.key,
+            "info": self.info or self._stored_info(),
+            "n_entries": len(entries),
+            "merged_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "entries": {h: e.to_dict() for h, e in sorted(entries.items())},
+        }
         atomic_write_json(self.dir / INDEX_NAME, doc, indent=1, sort_keys=True)
         if remove_logs:
             for lp in logs:

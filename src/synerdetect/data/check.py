@@ -130,9 +130,7 @@ def check_dataset(
         bar.close()
 
     bad.sort(key=lambda b: b["path"])
-    plain_counts = {
-        g: {c: dict(sorted(f.items())) for c, f in sorted(counts[g].items())} for g in sorted(counts)
-    }
+    plain_counts = {g: {c: dict(sorted(f.items())) for c, f in sorted(counts[g].items())} for g in sorted(counts)}
     return {
         "root": os.path.abspath(os.fspath(root)),
         "layout": resolved,

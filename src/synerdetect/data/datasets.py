@@ -102,8 +102,14 @@ class ImageDataset(Dataset):
             x = self.transform(img, self.rng_for(index, epoch))
         except Exception as e:  # noqa: BLE001 - report, never crash the loader
             return {"error": f"transform failed: {type(e).__name__}: {e}", "path": s.path, "index": index}
-        return {"image": x, "label": int(s.label), "generator": s.generator, "path": s.path, "index": index,
-                "format": fmt}
+        return {
+            "image": x,
+            "label": int(s.label),
+            "generator": s.generator,
+            "path": s.path,
+            "index": index,
+            "format": fmt,
+        }
 
 
 def collate(batch: Sequence[dict[str, Any]]) -> dict[str, Any]:

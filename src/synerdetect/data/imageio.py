@@ -167,9 +167,7 @@ def load_image(path: PathLike, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -
     return img
 
 
-def load_image_with_format(
-    path: PathLike, *, max_pixels: int | None = DEFAULT_MAX_PIXELS
-) -> tuple[Image.Image, str]:
+def load_image_with_format(path: PathLike, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> tuple[Image.Image, str]:
     """Like :func:`load_image` but also returns the detected container format."""
     path_s = os.fspath(path)
     with open_regular_file(path_s) as f:

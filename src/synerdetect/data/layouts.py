@@ -153,10 +153,14 @@ MANIFEST_EXTENSIONS: frozenset[str] = frozenset({".csv", ".jsonl", ".json"})
 CLASS_DIR_NAMES: frozenset[str] = frozenset(CNN_LABEL_DIRS) | frozenset(GENIMAGE_LABEL_DIRS)
 
 _LABEL_VALUES: dict[str, int] = {
-    "0": 0, "1": 1,
-    "real": 0, "fake": 1,
-    "nature": 0, "ai": 1,
-    "0_real": 0, "1_fake": 1,
+    "0": 0,
+    "1": 1,
+    "real": 0,
+    "fake": 1,
+    "nature": 0,
+    "ai": 1,
+    "0_real": 0,
+    "1_fake": 1,
 }
 
 
@@ -348,9 +352,7 @@ def parse_label(value: Any) -> int:
             return _LABEL_VALUES[key]
         if key in ("0.0", "1.0"):
             return int(float(key))
-    raise ValueError(
-        f"unrecognised label {value!r}; expected one of 0, 1, real, fake, nature, ai, 0_real, 1_fake"
-    )
+    raise ValueError(f"unrecognised label {value!r}; expected one of 0, 1, real, fake, nature, ai, 0_real, 1_fake")
 
 
 # ----------------------------------------------------------------------------- file system helpers
@@ -395,18 +397,18 @@ def _list_dir(d: Path, *, want_files: bool = True) -> tuple[list[Path], list[str
         return [], []
     dirs: list[Path] = []
     files: list[tuple[str, str]] = []
-    for e in entries:
-        name = e.name
+    for entry in entries:
+        name = entry.name
         if _skip_name(name):
             continue
         try:
-            is_dir = e.is_dir(follow_symlinks=True)
+            is_dir = entry.is_dir(follow_symlinks=True)
         except OSError:
             continue
         if is_dir:
-            dirs.append(Path(e.path))
+            dirs.append(Path(entry.path))
         elif want_files and _is_image(name):
-            files.append((name, e.path))
+            files.append((name, entry.path))
     dirs.sort(key=lambda p: p.name)
     files.sort()
     return dirs, [path for _, path in files]
@@ -599,15 +601,14 @@ def _discover_cnndetection(root: Path, split: str | None, scan: _Scan) -> list[S
         units.append((root, root.parent.name, root.name, root))
     else:
         split_dirs = [
-            d for d in _subdirs(root)
+            d
+            for d in _subdirs(root)
             if _is_split(d.name) and _find_label_dirs(d, CNN_LABEL_DIRS, max_depth=4, first_only=True)
         ]
         if split_dirs:
             chosen = [d for d in split_dirs if _split_matches(d.name, split)]
             if not chosen:
-                raise LayoutError(
-                    f"split {split!r} not found under {root}; available: {[d.name for d in split_dirs]}"
-                )
+                raise LayoutError(f"split {split!r} not found under {root}; available: {[d.name for d in split_dirs]}")
             units.extend((d, d.name, None, None) for d in chosen)
         else:
             units.append((root, None, None, None))
@@ -619,9 +620,7 @@ def _discover_cnndetection(root: Path, split: str | None, scan: _Scan) -> list[S
         rec_split = base_split if base_split is not None else split
         label_dirs = _find_label_dirs(base, CNN_LABEL_DIRS, max_depth=_CNN_MAX_DEPTH)
         if not label_dirs:
-            raise LayoutError(
-                f"no 0_real/1_fake (or real/fake) folders found under {base} (cnndetection layout)"
-            )
+            raise LayoutError(f"no 0_real/1_fake (or real/fake) folders found under {base} (cnndetection layout)")
         for label_dir, label, parts in label_dirs:
             if fixed_gen is not None and fixed_dir is not None:
                 gen, gen_dir = fixed_gen, fixed_dir
@@ -663,9 +662,7 @@ def _discover_genimage(root: Path, split: str | None, scan: _Scan) -> list[Sampl
         )
     chosen = [d for d in split_dirs if _split_matches(d.name, split)]
     if not chosen:
-        raise LayoutError(
-            f"split {split!r} not found under {root}; available: {sorted({d.name for d in split_dirs})}"
-        )
+        raise LayoutError(f"split {split!r} not found under {root}; available: {sorted({d.name for d in split_dirs})}")
     samples: list[Sample] = []
     for d in chosen:
         parts: tuple[str, ...] = ()

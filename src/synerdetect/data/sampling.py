@@ -214,5 +214,7 @@ class ShardedEvalSampler(Sampler[int]):
         return self.stop - self.start
 
     def __repr__(self) -> str:
-        return (f"ShardedEvalSampler(n={self.n}, num_replicas={self.num_replicas}, rank={self.rank}, "
-                f"slice=[{self.start}, {self.stop}))")
+        return (
+            f"ShardedEvalSampler(n={self.n}, num_replicas={self.num_replicas}, rank={self.rank}, "
+            f"slice=[{self.start}, {self.stop}))"
+        )

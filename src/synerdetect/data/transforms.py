@@ -358,16 +358,32 @@ class ViewTransform:
 
     VIEWS = ("crop", "resize")
 
-    def __init__(self, clip_size: int, sd_size: int, *, train: bool = False, clip_view: str = "crop",
-                 flip: bool = True, blur_prob: float = 0.1, blur_sigma: tuple[float, float] = (0.0, 3.0),
-                 jpeg_prob: float = 0.1, jpeg_quality: tuple[int, int] = (30, 100)):
+    def __init__(
+        self,
+        clip_size: int,
+        sd_size: int,
+        *,
+        train: bool = False,
+        clip_view: str = "crop",
+        flip: bool = True,
+        blur_prob: float = 0.1,
+        blur_sigma: tuple[float, float] = (0.0, 3.0),
+        jpeg_prob: float = 0.1,
+        jpeg_quality: tuple[int, int] = (30, 100),
+    ):
         if clip_view not in self.VIEWS:
             raise ValueError(f"clip_view must be one of {self.VIEWS}, got {clip_view!r}")
         self.clip_size, self.sd_size = _check_size(clip_size), _check_size(sd_size)
         self.train, self.clip_view = bool(train), clip_view
         # the augmentation (blur, JPEG, flip) of TrainTransform; its crop is not used
-        self.aug = TrainTransform(self.clip_size, flip=flip, blur_prob=blur_prob, blur_sigma=blur_sigma,
-                                  jpeg_prob=jpeg_prob, jpeg_quality=jpeg_quality)
+        self.aug = TrainTransform(
+            self.clip_size,
+            flip=flip,
+            blur_prob=blur_prob,
+            blur_sigma=blur_sigma,
+            jpeg_prob=jpeg_prob,
+            jpeg_quality=jpeg_quality,
+        )
 
     def __call__(self, img: Image.Image, rng: RngLike = None) -> Views:
         u_blur, u_sigma, u_jpeg, u_quality, u_crop_x, u_crop_y, u_flip = (_rand(rng) for _ in range(7))
@@ -403,5 +419,7 @@ class ViewTransform:
         return Views(clip, sd)
 
     def __repr__(self) -> str:
-        return (f"ViewTransform(clip_size={self.clip_size}, sd_size={self.sd_size}, train={self.train}, "
-                f"clip_view={self.clip_view!r})")
+        return (
+            f"ViewTransform(clip_size={self.clip_size}, sd_size={self.sd_size}, train={self.train}, "
+            f"clip_view={self.clip_view!r})"
+        )

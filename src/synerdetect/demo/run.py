@@ -20,12 +20,27 @@ def demo_config(out: Path, quick: bool = False):
     from ..presets import get_preset
 
     cfg = get_preset("tiny")
-    return merge(cfg, {
-        "data": {"train": str(out / "data" / "train"), "train_layout": "cnndetection", "train_split": "train",
-                 "image_size": 64, "blur_prob": 0.0, "jpeg_prob": 0.0},
-        "train": {"output_dir": str(out / "run"), "epochs": 1 if quick else 4, "batch_size": 16,
-                  "checkpoint_every": 20, "log_every": 5, "num_workers": 0},
-    })
+    return merge(
+        cfg,
+        {
+            "data": {
+                "train": str(out / "data" / "train"),
+                "train_layout": "cnndetection",
+                "train_split": "train",
+                "image_size": 64,
+                "blur_prob": 0.0,
+                "jpeg_prob": 0.0,
+            },
+            "train": {
+                "output_dir": str(out / "run"),
+                "epochs": 1 if quick else 4,
+                "batch_size": 16,
+                "checkpoint_every": 20,
+                "log_every": 5,
+                "num_workers": 0,
+            },
+        },
+    )
 
 
 def run_demo(out_dir: str | Path = "demo_out", *, quick: bool = False, progress: bool = True) -> int:
@@ -47,15 +62,19 @@ def run_demo(out_dir: str | Path = "demo_out", *, quick: bool = False, progress:
     print(describe())
     n_train, n_test = (32, 16) if quick else (256, 64)
     build_demo_benchmark(out / "data", size=64, n_train=n_train, n_test=n_test, train_families=seen, seed=0)
-    print(f"\nbenchmark in {out / 'data'}: train on {', '.join(seen)} ({n_train} real + {n_train} fake), "
-          f"test on {len(FAMILY_KIND)} families ({n_test} real + {n_test} fake each)")
+    print(
+        f"\nbenchmark in {out / 'data'}: train on {', '.join(seen)} ({n_train} real + {n_train} fake), "
+        f"test on {len(FAMILY_KIND)} families ({n_test} real + {n_test} fake each)"
+    )
 
     cfg = demo_config(out, quick)
     run = Path(cfg.train.output_dir)
     if (run / "final").exists():
         shutil.rmtree(run)  # a fresh run each time: the demo shows training, not resuming
-    print(f"\ntraining the tiny preset (random-weight CLIP + SD built from config, "
-          f"{cfg.model.inversion_steps} inversion steps) for {cfg.train.epochs} epoch(s) ...")
+    print(
+        f"\ntraining the tiny preset (random-weight CLIP + SD built from config, "
+        f"{cfg.model.inversion_steps} inversion steps) for {cfg.train.epochs} epoch(s) ..."
+    )
     summary = train(cfg, resume="never", progress=progress)
     ckpt = out / "checkpoint"
     if ckpt.exists():
@@ -69,65 +88,117 @@ def run_demo(out_dir: str | Path = "demo_out", *, quick: bool = False, progress:
     # noise). The builder always writes a train/ folder too (one image per class, unused): the val set is test/.
     n_val = 24 if quick else 64
     val_root = out / "data" / "val"
-    build_demo_benchmark(val_root, size=64, n_train=1, n_test=n_val, train_families=seen, test_families=seen,
-                         seed=1)
-    print(f"\ncalibrating on a validation split of {', '.join(seen)} ({n_val} real + {n_val} fake, seed 1, "
-          f"in {val_root / 'test'}) ...")
-    cal = calibrate_checkpoint(ckpt, val_root / "test", layout="cnndetection", split="test", model=model,
-                               image_size=64, batch_size=32, progress=progress, cascade_agreement=0.99)
+    build_demo_benchmark(val_root, size=64, n_train=1, n_test=n_val, train_families=seen, test_families=seen, seed=1)
+    print(
+        f"\ncalibrating on a validation split of {', '.join(seen)} ({n_val} real + {n_val} fake, seed 1, "
+        f"in {val_root / 'test'}) ..."
+    )
+    cal = calibrate_checkpoint(
+        ckpt,
+        val_root / "test",
+        layout="cnndetection",
+        split="test",
+        model=model,
+        image_size=64,
+        batch_size=32,
+        progress=progress,
+        cascade_agreement=0.99,
+    )
     print(format_calibration(cal))
 
     samples = load_labelled(str(out / "data" / "test"), "cnndetection", "test")
-    res = evaluate(model, samples, out, image_size=64, batch_size=32, progress=progress, calibration=cal,
-                   title="demo: trained on gan_upsample",
-                   extra={"demo": True, "seen_families": list(seen), "checkpoint": str(ckpt),
-                          "note": "synthetic stand-ins for GAN/diffusion generators, not real generators"})
+    res = evaluate(
+        model,
+        samples,
+        out,
+        image_size=64,
+        batch_size=32,
+        progress=progress,
+        calibration=cal,
+        title="demo: trained on gan_upsample",
+        extra={
+            "demo": True,
+            "seen_families": list(seen),
+            "checkpoint": str(ckpt),
+            "note": "synthetic stand-ins for GAN/diffusion generators, not real generators",
+        },
+    )
     gens = res["summary"]["generators"]
     print("\n" + res["markdown"])
     print("\nseen family:   " + ", ".join(f"{g} acc {gens[g]['acc'] * 100:.1f}%" for g in seen if g in gens))
     unseen = [g for g in gens if g not in seen]
-    print("unseen:        " + ", ".join(f"{g} ({FAMILY_KIND.get(g, '?')}) acc {gens[g]['acc'] * 100:.1f}%"
-                                        for g in unseen))
-    print("(chance is 50%; the fakes are synthetic stand-ins made by this project, not real GANs or diffusion "
-          "models, and the tiny model has random base weights: unseen-family numbers are whatever they are.)")
+    print(
+        "unseen:        "
+        + ", ".join(f"{g} ({FAMILY_KIND.get(g, '?')}) acc {gens[g]['acc'] * 100:.1f}%" for g in unseen)
+    )
+    print(
+        "(chance is 50%; the fakes are synthetic stand-ins made by this project, not real GANs or diffusion "
+        "models, and the tiny model has random base weights: unseen-family numbers are whatever they are.)"
+    )
     cs, vm = res["calibration"], cal.metrics
-    print(f"calibration:   validation ECE {vm['ece_before'] * 100:.2f}% -> {vm['ece_after'] * 100:.2f}%, "
-          f"band {describe_band(cal.band)}, coverage {vm['coverage'] * 100:.1f}%, selective accuracy "
-          + ("n/a" if vm["selective_accuracy"] is None else f"{vm['selective_accuracy'] * 100:.1f}%"))
-    print(f"               test ECE {cs['raw']['ece'] * 100:.2f}% -> {cs['ece'] * 100:.2f}%, coverage "
-          f"{cs['coverage'] * 100:.1f}%, selective accuracy "
-          + ("n/a" if cs["selective_accuracy"] is None else f"{cs['selective_accuracy'] * 100:.1f}%")
-          + f" (accuracy on all {cs['accuracy'] * 100:.1f}%)")
+    print(
+        f"calibration:   validation ECE {vm['ece_before'] * 100:.2f}% -> {vm['ece_after'] * 100:.2f}%, "
+        f"band {describe_band(cal.band)}, coverage {vm['coverage'] * 100:.1f}%, selective accuracy "
+        + ("n/a" if vm["selective_accuracy"] is None else f"{vm['selective_accuracy'] * 100:.1f}%")
+    )
+    print(
+        f"               test ECE {cs['raw']['ece'] * 100:.2f}% -> {cs['ece'] * 100:.2f}%, coverage "
+        f"{cs['coverage'] * 100:.1f}%, selective accuracy "
+        + ("n/a" if cs["selective_accuracy"] is None else f"{cs['selective_accuracy'] * 100:.1f}%")
+        + f" (accuracy on all {cs['accuracy'] * 100:.1f}%)"
+    )
     for g in seen:
         if g in cs["generators"]:
             sg = cs["generators"][g]
-            print(f"               seen family {g}: test ECE {sg['raw_ece'] * 100:.2f}% -> {sg['ece'] * 100:.2f}%, "
-                  f"coverage {sg['coverage'] * 100:.1f}%, selective accuracy "
-                  + ("n/a" if sg["selective_accuracy"] is None else f"{sg['selective_accuracy'] * 100:.1f}%"))
-    print("(the calibration is fitted on the seen family only: unseen families shift the logits, so the pooled test "
-          "set can be less calibrated than the validation split)")
+            print(
+                f"               seen family {g}: test ECE {sg['raw_ece'] * 100:.2f}% -> {sg['ece'] * 100:.2f}%, "
+                f"coverage {sg['coverage'] * 100:.1f}%, selective accuracy "
+                + ("n/a" if sg["selective_accuracy"] is None else f"{sg['selective_accuracy'] * 100:.1f}%")
+            )
+    print(
+        "(the calibration is fitted on the seen family only: unseen families shift the logits, so the pooled test "
+        "set can be less calibrated than the validation split)"
+    )
     # The cascade (engine/cascade.py): the inversion only for images whose perceptual margin is inside the band
     # fitted on the validation split; timed against the full method on the test set, in this run.
     assert cal.cascade is not None
     band = (cal.cascade["band"][0], cal.cascade["band"][1])
     casc = measure_cascade(model, [], samples, image_size=64, batch_size=32, band=band, out_dir=out)
     ct = casc["test"]
-    print(f"cascade:       band [{band[0]:+.4f}, {band[1]:+.4f}] fitted on validation for 99% agreement with full "
-          f"Eq. 10; on test {ct['share_inverted'] * 100:.1f}% of images inverted, "
-          f"agreement {ct['agreement'] * 100:.1f}%, "
-          f"accuracy {ct['acc_cascade'] * 100:.1f}% (full {ct['acc_full'] * 100:.1f}%), "
-          f"{ct['seconds_full']:.1f} s -> {ct['seconds_cascade']:.1f} s ({ct['speedup']:.1f}x) at "
-          f"{model.mcfg.inversion_steps} inversion steps (curve: cascade_curve.png)")
-    (out / "demo_summary.json").write_text(json.dumps({
-        "seconds": round(time.time() - t0, 1), "train": summary, "seen": list(seen),
-        "acc": {g: gens[g]["acc"] for g in gens}, "ap": {g: gens[g]["ap"] for g in gens},
-        "calibration": {"validation": cal.metrics, "band": cal.band, "method": cal.method, "a": cal.a, "b": cal.b,
-                        "test": {k: cs[k] for k in ("ece", "brier", "nll", "coverage", "selective_accuracy",
-                                                    "accuracy")},
-                        "test_uncalibrated": {k: cs["raw"][k] for k in ("ece", "brier", "nll")}},
-        "cascade": {"band": list(band), "validation": cal.cascade, "test": ct}},
-        indent=2, default=str))
-    print(f"\nwrote {out}/results.json, results.csv, scores.jsonl, logit_distributions.png, reliability.png, "
-          f"checkpoint/ (with calibration.json) in {time.time() - t0:.0f} s")
+    print(
+        f"cascade:       band [{band[0]:+.4f}, {band[1]:+.4f}] fitted on validation for 99% agreement with full "
+        f"Eq. 10; on test {ct['share_inverted'] * 100:.1f}% of images inverted, "
+        f"agreement {ct['agreement'] * 100:.1f}%, "
+        f"accuracy {ct['acc_cascade'] * 100:.1f}% (full {ct['acc_full'] * 100:.1f}%), "
+        f"{ct['seconds_full']:.1f} s -> {ct['seconds_cascade']:.1f} s ({ct['speedup']:.1f}x) at "
+        f"{model.mcfg.inversion_steps} inversion steps (curve: cascade_curve.png)"
+    )
+    (out / "demo_summary.json").write_text(
+        json.dumps(
+            {
+                "seconds": round(time.time() - t0, 1),
+                "train": summary,
+                "seen": list(seen),
+                "acc": {g: gens[g]["acc"] for g in gens},
+                "ap": {g: gens[g]["ap"] for g in gens},
+                "calibration": {
+                    "validation": cal.metrics,
+                    "band": cal.band,
+                    "method": cal.method,
+                    "a": cal.a,
+                    "b": cal.b,
+                    "test": {k: cs[k] for k in ("ece", "brier", "nll", "coverage", "selective_accuracy", "accuracy")},
+                    "test_uncalibrated": {k: cs["raw"][k] for k in ("ece", "brier", "nll")},
+                },
+                "cascade": {"band": list(band), "validation": cal.cascade, "test": ct},
+            },
+            indent=2,
+            default=str,
+        )
+    )
+    print(
+        f"\nwrote {out}/results.json, results.csv, scores.jsonl, logit_distributions.png, reliability.png, "
+        f"checkpoint/ (with calibration.json) in {time.time() - t0:.0f} s"
+    )
     print(f"try: synerdetect predict {out}/data/test/gan_upsample/1_fake --checkpoint {ckpt}")
     return 0

@@ -101,9 +101,7 @@ def _load_photos() -> tuple[np.ndarray, ...]:
         arr.setflags(write=False)
         photos.append(arr)
     if not photos:
-        raise FileNotFoundError(
-            f"none of the bundled scikit-image photographs were found in {data_dir}"
-        )
+        raise FileNotFoundError(f"none of the bundled scikit-image photographs were found in {data_dir}")
     return tuple(photos)
 
 
@@ -139,9 +137,7 @@ def sample_real(rng: np.random.Generator, size: int, *, split: str = "train") ->
     x = int(rng.integers(w - side + 1))
     crop = img[y : y + side, x : x + side]
     if side != size:
-        crop = np.asarray(
-            Image.fromarray(crop).resize((size, size), Image.Resampling.LANCZOS), dtype=np.uint8
-        )
+        crop = np.asarray(Image.fromarray(crop).resize((size, size), Image.Resampling.LANCZOS), dtype=np.uint8)
     if rng.random() < 0.5:
         crop = crop[:, ::-1]
     return np.ascontiguousarray(crop)
@@ -224,9 +220,7 @@ def _powerlaw_noise(rng: np.random.Generator, h: int, w: int, c: int, beta: floa
 
 
 # Opponent colour basis: luminance + two chroma axes (columns map opponent -> RGB).
-_OPP_TO_RGB = np.array(
-    [[1.0, 1.0, 1.0], [0.5, 0.0, -0.5], [-0.25, 0.5, -0.25]], dtype=np.float64
-).T
+_OPP_TO_RGB = np.array([[1.0, 1.0, 1.0], [0.5, 0.0, -0.5], [-0.25, 0.5, -0.25]], dtype=np.float64).T
 
 
 def _fixed_rng(tag: str) -> np.random.Generator:
@@ -558,8 +552,7 @@ def build_demo_benchmark(
         if d.exists() and any(d.iterdir()):
             if not (ours or overwrite):
                 raise FileExistsError(
-                    f"{d} exists and is not a SynerDetect demo benchmark; "
-                    "pass overwrite=True or choose another out_dir"
+                    f"{d} exists and is not a SynerDetect demo benchmark; pass overwrite=True or choose another out_dir"
                 )
             shutil.rmtree(d)
     if manifest.exists():

@@ -142,16 +142,21 @@ def _fit_temperature(x: np.ndarray, y: np.ndarray) -> tuple[float, list[str]]:
 
     s = _logit_scale(x)
     lo, hi = math.log(1.0 / (_SCALE_SPAN * s)), math.log(_SCALE_SPAN / s)
-    res = minimize_scalar(lambda u: _stable_nll(math.exp(u) * x, y), bounds=(lo, hi), method="bounded",
-                          options={"xatol": 1e-9})
+    res = minimize_scalar(
+        lambda u: _stable_nll(math.exp(u) * x, y), bounds=(lo, hi), method="bounded", options={"xatol": 1e-9}
+    )
     u = float(res.x)
     notes = []
     if hi - u < 1e-4:
-        notes.append("the validation logits separate the classes perfectly: the temperature fit ran to its "
-                     "lower bound (T = std(logit) / 1000), so calibrated probabilities are close to 0 or 1")
+        notes.append(
+            "the validation logits separate the classes perfectly: the temperature fit ran to its "
+            "lower bound (T = std(logit) / 1000), so calibrated probabilities are close to 0 or 1"
+        )
     elif u - lo < 1e-4:
-        notes.append("the validation logits do not rank fakes above reals: the temperature fit ran to its upper "
-                     "bound and calibrated probabilities are close to 0.5")
+        notes.append(
+            "the validation logits do not rank fakes above reals: the temperature fit ran to its upper "
+            "bound and calibrated probabilities are close to 0.5"
+        )
     return math.exp(u), notes
 
 
@@ -170,8 +175,10 @@ def _fit_platt(x: np.ndarray, y: np.ndarray) -> tuple[float, float, list[str]]:
         warnings.simplefilter("always", ConvergenceWarning)
         lr = LogisticRegression(C=PLATT_C, max_iter=10_000, tol=1e-10).fit((x / s)[:, None], y)
     if any(issubclass(w.category, ConvergenceWarning) for w in caught):
-        notes.append("the Platt fit did not converge (the validation logits are probably perfectly separated); "
-                     "calibrated probabilities are close to 0 or 1")
+        notes.append(
+            "the Platt fit did not converge (the validation logits are probably perfectly separated); "
+            "calibrated probabilities are close to 0 or 1"
+        )
     return float(lr.coef_[0, 0]) / s, float(lr.intercept_[0]), notes
 
 
@@ -227,8 +234,14 @@ def search_band(logits: Any, labels: Any, target_accuracy: float) -> dict[str, A
     ok = (k_sel + m_sel) > 0  # nothing outside: coverage 0 is not a band
     k_sel, j_sel, m_sel = k_sel[ok], j_sel[ok], m_sel[ok]
     if k_sel.size == 0:
-        return {"found": False, "band": list(BAND_ALL), "coverage": 0.0, "selective_accuracy": None,
-                "n_uncertain": int(n), "n_images": int(n)}
+        return {
+            "found": False,
+            "band": list(BAND_ALL),
+            "coverage": 0.0,
+            "selective_accuracy": None,
+            "n_uncertain": int(n),
+            "n_images": int(n),
+        }
     width = hi_m[j_sel] - np.append(neg, 0.0)[k_sel]
     best = np.lexsort((k_sel, -(k_sel + m_sel), width))[0]  # narrowest, then largest coverage, then fewest k
     k, m = int(k_sel[best]), int(m_sel[best])
@@ -237,13 +250,19 @@ def search_band(logits: Any, labels: Any, target_accuracy: float) -> dict[str, A
     outside = (x < lo) | (x > hi)
     correct = (x > 0).astype(int) == y
     n_out = int(outside.sum())
-    return {"found": True, "band": [lo, hi], "coverage": n_out / n,
-            "selective_accuracy": float(correct[outside].mean()), "n_uncertain": int(n - n_out),
-            "n_images": int(n)}
+    return {
+        "found": True,
+        "band": [lo, hi],
+        "coverage": n_out / n,
+        "selective_accuracy": float(correct[outside].mean()),
+        "n_uncertain": int(n - n_out),
+        "n_images": int(n),
+    }
 
 
-def _check_fit_inputs(logits: Any, labels: Any, method: str, target_accuracy: float,
-                      min_per_class: int) -> tuple[np.ndarray, np.ndarray]:
+def _check_fit_inputs(
+    logits: Any, labels: Any, method: str, target_accuracy: float, min_per_class: int
+) -> tuple[np.ndarray, np.ndarray]:
     if method not in METHODS:
         raise CalibrationError(f"unknown calibration method {method!r}; expected one of {', '.join(METHODS)}")
     if not (isinstance(target_accuracy, (int, float)) and 0.0 < float(target_accuracy) <= 1.0):
@@ -266,17 +285,25 @@ def _check_fit_inputs(logits: Any, labels: Any, method: str, target_accuracy: fl
         have = "real" if n_fake == 0 else "fake"
         raise CalibrationError(
             f"cannot calibrate on single-class data: all {x.size} image(s) are {have}; a calibration needs "
-            f"labelled real and fake images (at least {int(min_per_class)} of each)")
+            f"labelled real and fake images (at least {int(min_per_class)} of each)"
+        )
     if n_real < min_per_class or n_fake < min_per_class:
         raise CalibrationError(
             f"too few images to calibrate: {n_real} real and {n_fake} fake; at least {int(min_per_class)} of each "
-            "class are needed (a larger validation set, or lower --min-per-class at your own risk)")
+            "class are needed (a larger validation set, or lower --min-per-class at your own risk)"
+        )
     return x, y
 
 
-def fit_calibration(logits: Any, labels: Any, *, method: str = "temperature",
-                    target_accuracy: float = DEFAULT_TARGET_ACCURACY, min_per_class: int = DEFAULT_MIN_PER_CLASS,
-                    tau: float = DEFAULT_TAU) -> Calibration:
+def fit_calibration(
+    logits: Any,
+    labels: Any,
+    *,
+    method: str = "temperature",
+    target_accuracy: float = DEFAULT_TARGET_ACCURACY,
+    min_per_class: int = DEFAULT_MIN_PER_CLASS,
+    tau: float = DEFAULT_TAU,
+) -> Calibration:
     """Fit a :class:`Calibration` on labelled validation logits (``logit = s_fake - s_real``; label 1 = fake).
 
     * ``method="temperature"``: ``prob_fake = sigmoid(logit / T)`` (``a = 1/T``, ``b = 0``), T minimising the
@@ -303,22 +330,31 @@ def fit_calibration(logits: Any, labels: Any, *, method: str = "temperature",
     cal = Calibration(method=method, a=float(a), b=float(b), target_accuracy=float(target_accuracy))
     band = search_band(x, y, float(target_accuracy))
     if not band["found"]:
-        notes.append(f"no uncertain band reaches {100 * target_accuracy:.2f}% accuracy outside it on this "
-                     "validation set: every image is 'uncertain' (band = all, coverage 0)")
+        notes.append(
+            f"no uncertain band reaches {100 * target_accuracy:.2f}% accuracy outside it on this "
+            "validation set: every image is 'uncertain' (band = all, coverage 0)"
+        )
     cal.band = band["band"]
     before = probability_metrics(y, _sigmoid(x / tau), ECE_BINS)
     after = probability_metrics(y, cal.prob_fake(x), ECE_BINS)
     cal.metrics = {
-        "n_images": int(x.size), "n_real": int((y == 0).sum()), "n_fake": int((y == 1).sum()),
-        "tau": float(tau), "n_bins": ECE_BINS,
+        "n_images": int(x.size),
+        "n_real": int((y == 0).sum()),
+        "n_fake": int((y == 1).sum()),
+        "tau": float(tau),
+        "n_bins": ECE_BINS,
         "temperature": (1.0 / a) if method == "temperature" and a > 0 else None,
-        "ece_before": before["ece"], "ece_after": after["ece"],
-        "brier_before": before["brier"], "brier_after": after["brier"],
-        "nll_before": before["nll"], "nll_after": after["nll"],
+        "ece_before": before["ece"],
+        "ece_after": after["ece"],
+        "brier_before": before["brier"],
+        "brier_after": after["brier"],
+        "nll_before": before["nll"],
+        "nll_after": after["nll"],
         "accuracy": float(np.mean((x > 0).astype(int) == y)),
         "band_found": band["found"],
         "band_width": (band["band"][1] - band["band"][0]) if band["found"] else None,
-        "coverage": band["coverage"], "selective_accuracy": band["selective_accuracy"],
+        "coverage": band["coverage"],
+        "selective_accuracy": band["selective_accuracy"],
         "n_uncertain": band["n_uncertain"],
         "warnings": notes,
     }
@@ -328,8 +364,9 @@ def fit_calibration(logits: Any, labels: Any, *, method: str = "temperature",
 
 
 # ----------------------------------------------------------------------------- reporting
-def calibration_section(records: Iterable[Any], *, tau: float, calibration: Calibration | None,
-                        n_bins: int | None = None) -> dict[str, Any]:
+def calibration_section(
+    records: Iterable[Any], *, tau: float, calibration: Calibration | None, n_bins: int | None = None
+) -> dict[str, Any]:
     """The ``calibration`` section of results.json for scored test records (:class:`ScoreRecord`).
 
     ECE / Brier / NLL of the probabilities the records report (calibrated when ``calibration`` is given, else the
@@ -352,9 +389,15 @@ def calibration_section(records: Iterable[Any], *, tau: float, calibration: Cali
         prob, unc = calibration.prob_fake(x), calibration.uncertain(x)
     sec: dict[str, Any] = {"calibrated": calibration is not None, "tau": float(tau)}
     if calibration is not None:
-        sec.update(method=calibration.method, a=calibration.a, b=calibration.b, band=calibration.band,
-                   target_accuracy=calibration.target_accuracy, fitted_on=dict(calibration.fitted_on),
-                   validation={k: v for k, v in calibration.metrics.items() if k != "warnings"})
+        sec.update(
+            method=calibration.method,
+            a=calibration.a,
+            b=calibration.b,
+            band=calibration.band,
+            target_accuracy=calibration.target_accuracy,
+            fitted_on=dict(calibration.fitted_on),
+            validation={k: v for k, v in calibration.metrics.items() if k != "warnings"},
+        )
     sec.update(probability_metrics(y, prob, n_bins))
     sec.update(selective_metrics(y, x, unc))
     if calibration is not None:
@@ -363,8 +406,12 @@ def calibration_section(records: Iterable[Any], *, tau: float, calibration: Cali
     for g in dict.fromkeys(r.generator for r in recs):
         idx = np.array([r.generator == g for r in recs])
         pm = probability_metrics(y[idx], prob[idx], n_bins)
-        gens[g] = {"ece": pm["ece"], "brier": pm["brier"], "nll": pm["nll"],
-                   **selective_metrics(y[idx], x[idx], unc[idx])}
+        gens[g] = {
+            "ece": pm["ece"],
+            "brier": pm["brier"],
+            "nll": pm["nll"],
+            **selective_metrics(y[idx], x[idx], unc[idx]),
+        }
         if calibration is not None:
             gens[g]["raw_ece"] = probability_metrics(y[idx], raw[idx], n_bins)["ece"]
     sec["generators"] = gens
@@ -387,24 +434,33 @@ def format_calibration(cal: Calibration) -> str:
     """Human-readable lines for a fitted calibration (what ``synerdetect calibrate`` prints)."""
     m, f = cal.metrics, cal.fitted_on
     sign = "-" if cal.b < 0 else "+"
-    what = (f"temperature scaling, T = {1 / cal.a:.6g} on the logit" if cal.method == "temperature"
-            else f"Platt scaling, prob_fake = sigmoid({cal.a:.6g} * logit {sign} {abs(cal.b):.6g})")
+    what = (
+        f"temperature scaling, T = {1 / cal.a:.6g} on the logit"
+        if cal.method == "temperature"
+        else f"Platt scaling, prob_fake = sigmoid({cal.a:.6g} * logit {sign} {abs(cal.b):.6g})"
+    )
     src = f" on {f['data']}" if f.get("data") else ""
     if f.get("split"):
         src += f" (split {f['split']})"
     lines = [f"calibration ({what}) fitted{src}: {m.get('n_real')} real + {m.get('n_fake')} fake images"]
-    lines.append(f"  ECE ({m.get('n_bins', 15)} bins)  {_pct(m.get('ece_before'))} -> {_pct(m.get('ece_after'))} "
-                 f"(before: sigmoid(logit / tau), tau = {m.get('tau')})")
+    lines.append(
+        f"  ECE ({m.get('n_bins', 15)} bins)  {_pct(m.get('ece_before'))} -> {_pct(m.get('ece_after'))} "
+        f"(before: sigmoid(logit / tau), tau = {m.get('tau')})"
+    )
     nan = float("nan")
     lines.append(f"  Brier          {m.get('brier_before', nan):.4f} -> {m.get('brier_after', nan):.4f}")
     lines.append(f"  NLL            {m.get('nll_before', nan):.4f} -> {m.get('nll_after', nan):.4f}")
     tgt = cal.target_accuracy
-    lines.append(f"  uncertain band {describe_band(cal.band)}"
-                 + (f" (target accuracy {_pct(tgt)} outside it)" if tgt is not None else ""))
+    lines.append(
+        f"  uncertain band {describe_band(cal.band)}"
+        + (f" (target accuracy {_pct(tgt)} outside it)" if tgt is not None else "")
+    )
     n = m.get("n_images") or 0
     n_cov = n - (m.get("n_uncertain") or 0)
-    lines.append(f"  validation: coverage {_pct(m.get('coverage'))} ({n_cov}/{n} images get a verdict), "
-                 f"selective accuracy {_pct(m.get('selective_accuracy'))} (accuracy on all {_pct(m.get('accuracy'))})")
+    lines.append(
+        f"  validation: coverage {_pct(m.get('coverage'))} ({n_cov}/{n} images get a verdict), "
+        f"selective accuracy {_pct(m.get('selective_accuracy'))} (accuracy on all {_pct(m.get('accuracy'))})"
+    )
     for w in m.get("warnings") or []:
         lines.append(f"  warning: {w}")
     return "\n".join(lines)
@@ -439,17 +495,32 @@ def check_not_test_set(data: str | Path, split: str | None, protocol_config: Any
         same = "is" if d == t else ("contains" if d in t.parents else "is inside")
         raise CalibrationError(
             f"refusing to calibrate on the test set: {data} {same} data.test of {where} ({test}"
-            + (f", split {test_split}" if test_split else "") + "); fit the calibration on a validation set "
-            "(e.g. data.val) so that the test numbers stay honest")
+            + (f", split {test_split}" if test_split else "")
+            + "); fit the calibration on a validation set "
+            "(e.g. data.val) so that the test numbers stay honest"
+        )
 
 
-def calibrate_checkpoint(checkpoint_dir: str | Path, data: str | Path, *, layout: str = "auto",
-                         split: str | None = None, target_accuracy: float = DEFAULT_TARGET_ACCURACY,
-                         method: str = "temperature", batch_size: int = 32, progress: bool = True,
-                         protocol_config: Any = None, min_per_class: int = DEFAULT_MIN_PER_CLASS,
-                         generators: list[str] | None = None, num_workers: int = 0,
-                         image_size: int | None = None, device: str | None = None, model: Any = None,
-                         save: bool = True, cascade_agreement: float | None = None) -> Calibration:
+def calibrate_checkpoint(
+    checkpoint_dir: str | Path,
+    data: str | Path,
+    *,
+    layout: str = "auto",
+    split: str | None = None,
+    target_accuracy: float = DEFAULT_TARGET_ACCURACY,
+    method: str = "temperature",
+    batch_size: int = 32,
+    progress: bool = True,
+    protocol_config: Any = None,
+    min_per_class: int = DEFAULT_MIN_PER_CLASS,
+    generators: list[str] | None = None,
+    num_workers: int = 0,
+    image_size: int | None = None,
+    device: str | None = None,
+    model: Any = None,
+    save: bool = True,
+    cascade_agreement: float | None = None,
+) -> Calibration:
     """Score the labelled validation ``data`` with the checkpoint, fit a :class:`Calibration`, save it as
     ``calibration.json`` in ``checkpoint_dir`` (keeping a fitted cascade already stored there) and return it.
 
@@ -484,27 +555,43 @@ def calibrate_checkpoint(checkpoint_dir: str | Path, data: str | Path, *, layout
     n_real = sum(1 for s in samples if s.label == 0)
     n_fake = len(samples) - n_real
     if min(n_real, n_fake) < min_per_class:  # refuse before scoring; re-checked on what could be read
-        _check_fit_inputs(np.zeros(len(samples)), [s.label for s in samples], method, target_accuracy,
-                          min_per_class)
+        _check_fit_inputs(np.zeros(len(samples)), [s.label for s in samples], method, target_accuracy, min_per_class)
     if model is None:
         from ..model.detector import SynerDetect
 
         dev = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
         model = SynerDetect.from_pretrained(ckpt).to(dev).eval().enable_fast_path()
     size = image_size or loader_image_size(model.cfg)
-    records, errors = score_samples(model, samples, image_size=size, batch_size=batch_size,
-                                    num_workers=num_workers, progress=progress, desc="calibrate")
+    records, errors = score_samples(
+        model,
+        samples,
+        image_size=size,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        progress=progress,
+        desc="calibrate",
+    )
     if not records:
         raise CalibrationError(f"no image of {data} could be scored ({len(errors)} unreadable)")
     logits = np.array([r.logit for r in records], dtype=np.float64)
     labels = np.array([r.label for r in records], dtype=int)
-    cal = fit_calibration(logits, labels, method=method, target_accuracy=target_accuracy,
-                          min_per_class=min_per_class, tau=float(model.mcfg.tau))
+    cal = fit_calibration(
+        logits,
+        labels,
+        method=method,
+        target_accuracy=target_accuracy,
+        min_per_class=min_per_class,
+        tau=float(model.mcfg.tau),
+    )
     cal.fitted_on = {
-        "data": str(Path(data).resolve()), "layout": layout, "split": split,
+        "data": str(Path(data).resolve()),
+        "layout": layout,
+        "split": split,
         "generators": sorted({r.generator for r in records}),
-        "n_real": int((labels == 0).sum()), "n_fake": int((labels == 1).sum()),
-        "n_unreadable": len(errors), "image_size": int(size),
+        "n_real": int((labels == 0).sum()),
+        "n_fake": int((labels == 1).sum()),
+        "n_unreadable": len(errors),
+        "image_size": int(size),
         "protocol_config": str(protocol_config) if isinstance(protocol_config, (str, Path)) else None,
     }
     if cascade_agreement is not None:

@@ -27,8 +27,7 @@ class CascadeError(ValueError):
     """A cascade cannot be fitted or used (no fitted band, too little data)."""
 
 
-def fit_cascade_band(margin: np.ndarray, full_logit: np.ndarray, *, target_agreement: float = 0.99
-                     ) -> dict[str, Any]:
+def fit_cascade_band(margin: np.ndarray, full_logit: np.ndarray, *, target_agreement: float = 0.99) -> dict[str, Any]:
     """The narrowest band ``[lo, hi]`` (lo <= 0 <= hi) of perceptual margins such that deciding inside it by the
     full logit and outside it by the margin agrees with the full decision on >= ``target_agreement`` of the images.
 
@@ -60,8 +59,9 @@ def fit_cascade_band(margin: np.ndarray, full_logit: np.ndarray, *, target_agree
     return {"band": [lo, hi], "target_agreement": target_agreement, **cascade_stats(m, f, (lo, hi))}
 
 
-def cascade_stats(margin: np.ndarray, full_logit: np.ndarray, band: tuple[float, float],
-                  labels: np.ndarray | None = None) -> dict[str, Any]:
+def cascade_stats(
+    margin: np.ndarray, full_logit: np.ndarray, band: tuple[float, float], labels: np.ndarray | None = None
+) -> dict[str, Any]:
     """Share of images inverted, agreement with full Eq. 10 and (with labels) the accuracy of the cascade, of the
     full and of the perceptual decision, for one band."""
     m = np.asarray(margin, dtype=np.float64).reshape(-1)
@@ -69,27 +69,44 @@ def cascade_stats(margin: np.ndarray, full_logit: np.ndarray, band: tuple[float,
     lo, hi = band
     inside = (m >= lo) & (m <= hi)
     decision = np.where(inside, f > 0, m > 0)
-    out: dict[str, Any] = {"n": int(m.size), "share_inverted": float(inside.mean()),
-                           "agreement": float((decision == (f > 0)).mean())}
+    out: dict[str, Any] = {
+        "n": int(m.size),
+        "share_inverted": float(inside.mean()),
+        "agreement": float((decision == (f > 0)).mean()),
+    }
     if labels is not None:
         y = np.asarray(labels).reshape(-1).astype(bool)
-        out.update(acc_cascade=float((decision == y).mean()), acc_full=float(((f > 0) == y).mean()),
-                   acc_perceptual=float(((m > 0) == y).mean()))
+        out.update(
+            acc_cascade=float((decision == y).mean()),
+            acc_full=float(((f > 0) == y).mean()),
+            acc_perceptual=float(((m > 0) == y).mean()),
+        )
     return out
 
 
-def cascade_curve(margin: np.ndarray, full_logit: np.ndarray, labels: np.ndarray | None = None,
-                  half_widths: Iterable[float] | None = None) -> list[dict[str, Any]]:
+def cascade_curve(
+    margin: np.ndarray,
+    full_logit: np.ndarray,
+    labels: np.ndarray | None = None,
+    half_widths: Iterable[float] | None = None,
+) -> list[dict[str, Any]]:
     """Band (symmetric, ``[-w, w]``) vs share inverted vs agreement vs accuracy, for a table and a figure."""
     m = np.abs(np.asarray(margin, dtype=np.float64))
     if half_widths is None:
         half_widths = np.unique(np.concatenate([[0.0], np.quantile(m, np.linspace(0.05, 1.0, 20))]))
-    return [{"half_width": float(w), **cascade_stats(margin, full_logit, (-float(w), float(w)), labels)}
-            for w in half_widths]
+    return [
+        {"half_width": float(w), **cascade_stats(margin, full_logit, (-float(w), float(w)), labels)}
+        for w in half_widths
+    ]
 
 
-def plot_cascade_curve(curve: list[dict[str, Any]], path, *, fitted: dict[str, Any] | None = None,
-                       title: str = "cascade: share inverted vs agreement") -> None:
+def plot_cascade_curve(
+    curve: list[dict[str, Any]],
+    path,
+    *,
+    fitted: dict[str, Any] | None = None,
+    title: str = "cascade: share inverted vs agreement",
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -119,8 +136,9 @@ def plot_cascade_curve(curve: list[dict[str, Any]], path, *, fitted: dict[str, A
     atomic_write_bytes(path, buf.getvalue())
 
 
-def cascade_predict(model, batches: Iterable[tuple[torch.Tensor, list[Any]]], band: tuple[float, float], *,
-                    batch_size: int) -> Iterator[tuple[Any, dict[str, float], str]]:
+def cascade_predict(
+    model, batches: Iterable[tuple[torch.Tensor, list[Any]]], band: tuple[float, float], *, batch_size: int
+) -> Iterator[tuple[Any, dict[str, float], str]]:
     """Score ``(images, ids)`` batches with the cascade; yields ``(id, outputs, decided_by)`` per image, where
     ``outputs`` holds the floats of ``model.predict`` plus ``perceptual_logit``, and ``decided_by`` is
     ``"perceptual"`` or ``"full"``. Images inside the band wait until ``batch_size`` of them are pending (across
@@ -185,9 +203,17 @@ def both_branches(model, samples, *, image_size: int, batch_size: int) -> dict[s
     return {"margin": per["logit"], "full": full["logit"], "label": full["label"]}
 
 
-def measure_cascade(model, val_samples, test_samples, *, image_size: int, batch_size: int = 16,
-                    target_agreement: float = 0.99, band: tuple[float, float] | None = None,
-                    out_dir=None) -> dict[str, Any]:
+def measure_cascade(
+    model,
+    val_samples,
+    test_samples,
+    *,
+    image_size: int,
+    batch_size: int = 16,
+    target_agreement: float = 0.99,
+    band: tuple[float, float] | None = None,
+    out_dir=None,
+) -> dict[str, Any]:
     """Fit the band on ``val_samples`` (or use ``band``); on ``test_samples`` measure the curve (band vs share
     inverted vs agreement vs accuracy) and, at the band, the wall time of a full pass and of a cascade pass (data
     loading included in both, in one run), the agreement with full and the accuracy of both. Writes
@@ -207,18 +233,29 @@ def measure_cascade(model, val_samples, test_samples, *, image_size: int, batch_
     device = next(model.parameters()).device
     decided = {"perceptual": 0, "full": 0}
     t0 = time.perf_counter()
-    batches = ((b["image"].to(device), b["path"]) for b in _loader(test_samples, image_size, batch_size)
-               if len(b["label"]))
+    batches = (
+        (b["image"].to(device), b["path"]) for b in _loader(test_samples, image_size, batch_size) if len(b["label"])
+    )
     for _, _, how in cascade_predict(model, batches, band, batch_size=batch_size):
         decided[how] += 1
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     t_cascade = time.perf_counter() - t0
     at_band = cascade_stats(per["logit"], full["logit"], band, full["label"])
-    result = {"band": list(band), "target_agreement": target_agreement, "val": fitted,
-              "test": {**at_band, "decided": decided, "seconds_full": t_full, "seconds_cascade": t_cascade,
-                       "speedup": t_full / t_cascade if t_cascade > 0 else None},
-              "inversion_steps": model.mcfg.inversion_steps, "curve": curve}
+    result = {
+        "band": list(band),
+        "target_agreement": target_agreement,
+        "val": fitted,
+        "test": {
+            **at_band,
+            "decided": decided,
+            "seconds_full": t_full,
+            "seconds_cascade": t_cascade,
+            "speedup": t_full / t_cascade if t_cascade > 0 else None,
+        },
+        "inversion_steps": model.mcfg.inversion_steps,
+        "curve": curve,
+    }
     if out_dir is not None:
         from pathlib import Path
 
@@ -231,6 +268,8 @@ def measure_cascade(model, val_samples, test_samples, *, image_size: int, batch_
 def curve_markdown(curve: list[dict[str, Any]]) -> str:
     rows = ["| band ±w | inverted | agreement with full | cascade acc | full acc |", "|---:|---:|---:|---:|---:|"]
     for c in curve:
-        rows.append(f"| {c['half_width']:.4f} | {c['share_inverted'] * 100:.1f}% | {c['agreement'] * 100:.1f}% | "
-                    f"{c.get('acc_cascade', float('nan')) * 100:.1f}% | {c.get('acc_full', float('nan')) * 100:.1f}% |")
+        rows.append(
+            f"| {c['half_width']:.4f} | {c['share_inverted'] * 100:.1f}% | {c['agreement'] * 100:.1f}% | "
+            f"{c.get('acc_cascade', float('nan')) * 100:.1f}% | {c.get('acc_full', float('nan')) * 100:.1f}% |"
+        )
     return "\n".join(rows)

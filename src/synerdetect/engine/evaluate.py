@@ -46,10 +46,21 @@ class ScoredBatch:
     formats: list[str]
 
 
-def iter_scores(model, samples: Sequence[Sample], *, image_size: int, batch_size: int = 32, num_workers: int = 0,
-                perturbation: Perturbation | None = None, progress: bool = True, desc: str = "scoring",
-                errors: list | None = None, feature_lookup: Callable | None = None, mode: str = "full",
-                cascade_band: tuple[float, float] | None = None) -> Iterable[ScoredBatch]:
+def iter_scores(
+    model,
+    samples: Sequence[Sample],
+    *,
+    image_size: int,
+    batch_size: int = 32,
+    num_workers: int = 0,
+    perturbation: Perturbation | None = None,
+    progress: bool = True,
+    desc: str = "scoring",
+    errors: list | None = None,
+    feature_lookup: Callable | None = None,
+    mode: str = "full",
+    cascade_band: tuple[float, float] | None = None,
+) -> Iterable[ScoredBatch]:
     """Yield model outputs for this rank's slice of ``samples``; unreadable files go to ``errors``. ``mode``: full
     Eq. 10, the perceptual branch only, or the cascade (``cascade_band`` required; in-band images are regrouped
     into full batches across loader batches, so its ScoredBatches hold one image each, out of order)."""
@@ -75,8 +86,13 @@ def iter_scores(model, samples: Sequence[Sample], *, image_size: int, batch_size
             # The cache's CachedBatch for this batch (on the model's device), or None: compute online.
             hit = feature_lookup(batch["path"]) if feature_lookup is not None else None
             out = model.predict(images, cached=hit) if mode == "full" else model.predict(images, mode=mode)
-            yield ScoredBatch(batch["path"], batch["generator"], batch["label"].tolist(),
-                              {k: v.detach().float().cpu() for k, v in out.items()}, batch["format"])
+            yield ScoredBatch(
+                batch["path"],
+                batch["generator"],
+                batch["label"].tolist(),
+                {k: v.detach().float().cpu() for k, v in out.items()},
+                batch["format"],
+            )
         bar.update(n + len(batch["errors"]))
     bar.close()
 
@@ -109,36 +125,66 @@ def _gather(obj: list) -> list:
     return [x for p in parts for x in p]
 
 
-def score_samples(model, samples: Sequence[Sample], *, image_size: int, batch_size: int = 32,
-                  num_workers: int = 0, perturbation: Perturbation | None = None, progress: bool = True,
-                  desc: str = "scoring", feature_lookup: Callable | None = None, mode: str = "full",
-                  cascade_band: tuple[float, float] | None = None
-                  ) -> tuple[list[ScoreRecord], list[tuple[str, str]]]:
+def score_samples(
+    model,
+    samples: Sequence[Sample],
+    *,
+    image_size: int,
+    batch_size: int = 32,
+    num_workers: int = 0,
+    perturbation: Perturbation | None = None,
+    progress: bool = True,
+    desc: str = "scoring",
+    feature_lookup: Callable | None = None,
+    mode: str = "full",
+    cascade_band: tuple[float, float] | None = None,
+) -> tuple[list[ScoreRecord], list[tuple[str, str]]]:
     """Score labelled samples; returns (records, unreadable files). Gathered across ranks."""
     errors: list = []
     records: list[ScoreRecord] = []
-    for sb in iter_scores(model, samples, image_size=image_size, batch_size=batch_size, num_workers=num_workers,
-                          perturbation=perturbation, progress=progress, desc=desc, errors=errors,
-                          feature_lookup=feature_lookup, mode=mode, cascade_band=cascade_band):
+    for sb in iter_scores(
+        model,
+        samples,
+        image_size=image_size,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        perturbation=perturbation,
+        progress=progress,
+        desc=desc,
+        errors=errors,
+        feature_lookup=feature_lookup,
+        mode=mode,
+        cascade_band=cascade_band,
+    ):
         for i, path in enumerate(sb.paths):
-            records.append(ScoreRecord(path=path, generator=sb.generators[i], label=sb.labels[i],
-                                       s_real=float(sb.out["s_real"][i]), s_fake=float(sb.out["s_fake"][i]),
-                                       logit=float(sb.out["logit"][i]), prob_fake=float(sb.out["prob_fake"][i]),
-                                       format=sb.formats[i]))
+            records.append(
+                ScoreRecord(
+                    path=path,
+                    generator=sb.generators[i],
+                    label=sb.labels[i],
+                    s_real=float(sb.out["s_real"][i]),
+                    s_fake=float(sb.out["s_fake"][i]),
+                    logit=float(sb.out["logit"][i]),
+                    prob_fake=float(sb.out["prob_fake"][i]),
+                    format=sb.formats[i],
+                )
+            )
     records = _gather(records)
     errors = _gather(errors)
     return records, errors
 
 
-def load_labelled(data: str, layout: str = "auto", split: str | None = None,
-                  generators: list[str] | None = None) -> list[Sample]:
+def load_labelled(
+    data: str, layout: str = "auto", split: str | None = None, generators: list[str] | None = None
+) -> list[Sample]:
     samples = [s for s in discover(data, layout=layout, split=split) if s.label in (0, 1)]
     if generators:
         wanted = set(generators)
         samples = [s for s in samples if s.generator in wanted]
     if not samples:
-        raise ValueError(f"no labelled images found in {data} (layout={layout}, split={split}, "
-                         f"generators={generators})")
+        raise ValueError(
+            f"no labelled images found in {data} (layout={layout}, split={split}, generators={generators})"
+        )
     return samples
 
 
@@ -146,7 +192,8 @@ def load_labelled(data: str, layout: str = "auto", split: str | None = None,
 DEFAULT_HARMONIZE = "jpeg:96"
 HARMONIZE_SUGGESTION = (
     f"suggestion: re-run with `--harmonize {DEFAULT_HARMONIZE}` (evaluate(..., harmonize={DEFAULT_HARMONIZE!r})) to "
-    "score every image, real and fake, re-encoded to JPEG quality 96 in memory and see the two results side by side")
+    "score every image, real and fake, re-encoded to JPEG quality 96 in memory and see the two results side by side"
+)
 
 
 def parse_harmonize_spec(spec: str) -> Perturbation:
@@ -158,8 +205,10 @@ def parse_harmonize_spec(spec: str) -> Perturbation:
     text = str(spec).strip()
     kind, sep, _ = text.partition(":")
     if kind.strip().lower() != "jpeg" or not sep:
-        raise ValueError(f"--harmonize {spec!r}: expected jpeg:QUALITY, e.g. {DEFAULT_HARMONIZE} (every image is "
-                         "re-encoded to JPEG at that quality in memory before scoring)")
+        raise ValueError(
+            f"--harmonize {spec!r}: expected jpeg:QUALITY, e.g. {DEFAULT_HARMONIZE} (every image is "
+            "re-encoded to JPEG at that quality in memory before scoring)"
+        )
     levels = parse_perturb_spec(text)
     if len(levels) != 1:
         raise ValueError(f"--harmonize {spec!r}: give one JPEG quality, e.g. {DEFAULT_HARMONIZE}")
@@ -181,9 +230,14 @@ def header_size(path: str) -> tuple[int, int] | None:
         return None
 
 
-def finish_records(records: Sequence[ScoreRecord], *, tau: float, calibration: Calibration | None = None,
-                   sizes: dict[str, tuple[int, int] | None] | None = None, fmt: str | None = None
-                   ) -> list[ScoreRecord]:
+def finish_records(
+    records: Sequence[ScoreRecord],
+    *,
+    tau: float,
+    calibration: Calibration | None = None,
+    sizes: dict[str, tuple[int, int] | None] | None = None,
+    fmt: str | None = None,
+) -> list[ScoreRecord]:
     """Records with what a user reads: ``prob_fake`` / ``verdict`` / ``calibrated`` from
     :func:`~synerdetect.engine.calibration.apply_calibration` (raw ``sigmoid(logit / tau)`` without a
     calibration), plus ``size`` from ``sizes`` (by path) and, when given, the format ``fmt``."""
@@ -194,8 +248,11 @@ def finish_records(records: Sequence[ScoreRecord], *, tau: float, calibration: C
     cal = apply_calibration(np.array([r.logit for r in records], dtype=np.float64), tau, calibration)
     out = []
     for i, r in enumerate(records):
-        changes: dict[str, Any] = {"prob_fake": float(cal["prob_fake"][i]), "verdict": cal["verdict"][i],
-                                   "calibrated": cal["calibrated"]}
+        changes: dict[str, Any] = {
+            "prob_fake": float(cal["prob_fake"][i]),
+            "verdict": cal["verdict"][i],
+            "calibrated": cal["calibrated"],
+        }
         if sizes is not None:
             changes["size"] = sizes.get(r.path)
         if fmt is not None:
@@ -209,11 +266,23 @@ def _model_tau(model) -> float:
     return float(getattr(mcfg, "tau", DEFAULT_TAU))
 
 
-def evaluate(model, samples: Sequence[Sample], out_dir: str | Path | None, *, image_size: int,
-             batch_size: int = 32, num_workers: int = 0, perturb: Sequence[str] = (), progress: bool = True,
-             extra: dict | None = None, title: str | None = None, feature_lookup: Callable | None = None,
-             calibration: Calibration | None = None, harmonize: str | None = None,
-             mode: str = "full") -> dict[str, Any]:
+def evaluate(
+    model,
+    samples: Sequence[Sample],
+    out_dir: str | Path | None,
+    *,
+    image_size: int,
+    batch_size: int = 32,
+    num_workers: int = 0,
+    perturb: Sequence[str] = (),
+    progress: bool = True,
+    extra: dict | None = None,
+    title: str | None = None,
+    feature_lookup: Callable | None = None,
+    calibration: Calibration | None = None,
+    harmonize: str | None = None,
+    mode: str = "full",
+) -> dict[str, Any]:
     """Per-generator evaluation (+ optional robustness sweep). Writes results on rank 0 when ``out_dir``.
 
     ``mode``: ``full`` (Eq. 10), ``perceptual`` (the CLIP branch only) or ``cascade`` (the band stored in
@@ -251,17 +320,27 @@ def evaluate(model, samples: Sequence[Sample], out_dir: str | Path | None, *, im
         from .cascade import CascadeError
 
         if calibration is None or not calibration.cascade:
-            raise CascadeError("--mode cascade needs a fitted cascade band: run `synerdetect calibrate --checkpoint "
-                               "DIR --data VAL --cascade-agreement 0.99` first")
+            raise CascadeError(
+                "--mode cascade needs a fitted cascade band: run `synerdetect calibrate --checkpoint "
+                "DIR --data VAL --cascade-agreement 0.99` first"
+            )
         band = (float(calibration.cascade["band"][0]), float(calibration.cascade["band"][1]))
-    how = {"mode": mode, "cascade_band": band}
+    how: dict[str, Any] = {"mode": mode, "cascade_band": band}
 
     rank, _ = rank_world()
     tau = _model_tau(model)
     t0 = time.time()
-    records, errors = score_samples(model, samples, image_size=image_size, batch_size=batch_size,
-                                    num_workers=num_workers, progress=progress, desc="evaluate",
-                                    feature_lookup=feature_lookup, **how)
+    records, errors = score_samples(
+        model,
+        samples,
+        image_size=image_size,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        progress=progress,
+        desc="evaluate",
+        feature_lookup=feature_lookup,
+        **how,
+    )
     if not records:
         raise RuntimeError(f"no image could be scored ({len(errors)} unreadable)")
     sizes = {r.path: header_size(r.path) for r in records}
@@ -274,21 +353,39 @@ def evaluate(model, samples: Sequence[Sample], out_dir: str | Path | None, *, im
         suggestion = HARMONIZE_SUGGESTION
         summary["warnings"] = shortcuts + [suggestion]
         log.warning("%s", "; ".join(summary["warnings"]))
-    result: dict[str, Any] = {"summary": summary, "records": records, "errors": errors,
-                              "calibration": cal_section, "seconds": time.time() - t0, "mode": mode}
+    result: dict[str, Any] = {
+        "summary": summary,
+        "records": records,
+        "errors": errors,
+        "calibration": cal_section,
+        "seconds": time.time() - t0,
+        "mode": mode,
+    }
     harmonized = None
     if harm is not None:
-        h_recs, h_errors = score_samples(model, samples, image_size=image_size, batch_size=batch_size,
-                                         num_workers=num_workers, perturbation=harm, progress=progress,
-                                         desc=f"harmonize {harm.name}", **how)
+        h_recs, h_errors = score_samples(
+            model,
+            samples,
+            image_size=image_size,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            perturbation=harm,
+            progress=progress,
+            desc=f"harmonize {harm.name}",
+            **how,
+        )
         if not h_recs:
             raise RuntimeError(f"no image could be scored after --harmonize {harmonize} ({len(h_errors)} failed)")
         # Every image was re-encoded: the detector saw JPEG pixels whatever the file's format (sizes unchanged).
         h_recs = finish_records(h_recs, tau=tau, calibration=calibration, sizes=sizes, fmt="JPEG")
         harmonized = dict(summarize(h_recs))
-        harmonized["harmonize"] = {"spec": str(harmonize), "name": harm.name, "kind": harm.kind,
-                                   "level": harm.level,
-                                   "applied_to": "every image, real and fake, in memory before the eval transform"}
+        harmonized["harmonize"] = {
+            "spec": str(harmonize),
+            "name": harm.name,
+            "kind": harm.kind,
+            "level": harm.level,
+            "applied_to": "every image, real and fake, in memory before the eval transform",
+        }
         harmonized["calibration"] = calibration_section(h_recs, tau=tau, calibration=calibration)
         harmonized["unreadable"] = [{"path": p, "reason": r} for p, r in h_errors]
         result["harmonized"] = harmonized
@@ -297,9 +394,17 @@ def evaluate(model, samples: Sequence[Sample], out_dir: str | Path | None, *, im
     if perturb:
         per: dict[str, dict[str, Any]] = {}
         for p in plan:
-            recs, _ = score_samples(model, samples, image_size=image_size, batch_size=batch_size,
-                                    num_workers=num_workers, perturbation=p, progress=progress,
-                                    desc=f"perturb {p.name}", **how)
+            recs, _ = score_samples(
+                model,
+                samples,
+                image_size=image_size,
+                batch_size=batch_size,
+                num_workers=num_workers,
+                perturbation=p,
+                progress=progress,
+                desc=f"perturb {p.name}",
+                **how,
+            )
             per.setdefault(p.kind, {})[p.level_label] = summarize(recs)
         robust = robustness_table(per, clean=summary)
         result["robustness"] = robust
@@ -359,18 +464,36 @@ def expand_inputs(inputs: Sequence[str]) -> tuple[list[str], list[tuple[str, str
     return list(dict.fromkeys(paths)), missing
 
 
-def predict_paths(model, paths: Sequence[str], *, image_size: int, batch_size: int = 16, num_workers: int = 0,
-                  progress: bool = True, calibration=None, provenance: bool = False, trust_anchors=None,
-                  trust_metadata: bool = False, mode: str = "full"
-                  ) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
+def predict_paths(
+    model,
+    paths: Sequence[str],
+    *,
+    image_size: int,
+    batch_size: int = 16,
+    num_workers: int = 0,
+    progress: bool = True,
+    calibration=None,
+    provenance: bool = False,
+    trust_anchors=None,
+    trust_metadata: bool = False,
+    mode: str = "full",
+) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
     """Score unlabelled files through :class:`~synerdetect.engine.scoring.Scorer`: one dict per scored image (its
     record with ``path`` for ``name``: label, verdict, prob_fake, calibrated, logit, s_real, s_fake, the branch
     similarities, sha256, provenance, timings) and ``(path, reason)`` per file that could not be scored. Under
     torch.distributed each rank scores its own slice and the results are gathered."""
     from .scoring import Scorer
 
-    scorer = Scorer(model, image_size=image_size, batch_size=batch_size, calibration=calibration,
-                    provenance=provenance, trust_anchors=trust_anchors, trust_metadata=trust_metadata, mode=mode)
+    scorer = Scorer(
+        model,
+        image_size=image_size,
+        batch_size=batch_size,
+        calibration=calibration,
+        provenance=provenance,
+        trust_anchors=trust_anchors,
+        trust_metadata=trust_metadata,
+        mode=mode,
+    )
     rows: list[dict[str, Any]] = []
     errors: list[tuple[str, str]] = []
     for rec in scorer.score_paths(paths, num_workers=num_workers, progress=progress, shard=True, desc="predict"):

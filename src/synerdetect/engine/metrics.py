@@ -128,8 +128,7 @@ class ScoreRecord:
         if not tau > 0:
             raise ValueError(f"tau must be > 0, got {tau!r}")
         logit = float(s_fake) - float(s_real)
-        return cls(path, generator, label, float(s_real), float(s_fake), logit,
-                   _stable_sigmoid(logit / tau), format)
+        return cls(path, generator, label, float(s_real), float(s_fake), logit, _stable_sigmoid(logit / tau), format)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -321,8 +320,12 @@ def summarize(records: Iterable[ScoreRecord | Mapping[str, Any]]) -> dict[str, A
         "fake_acc": _mean(fa_vals),
         "fake_acc_n_generators": len(fa_vals),
     }
-    warnings = [f"{g}: {m[key]}" for g, m in gens.items()
-                for key in ("format_shortcut_warning", "size_shortcut_warning") if m.get(key)]
+    warnings = [
+        f"{g}: {m[key]}"
+        for g, m in gens.items()
+        for key in ("format_shortcut_warning", "size_shortcut_warning")
+        if m.get(key)
+    ]
     return {
         "generators": gens,
         "mean": mean,
@@ -386,8 +389,7 @@ def robustness_table(
         key = str(key)
         if _is_summary(val) or _is_records(val):
             if "@" not in key:
-                raise ValueError(
-                    f"flat robustness results need 'kind@level' keys (e.g. 'jpeg@q60'), got {key!r}")
+                raise ValueError(f"flat robustness results need 'kind@level' keys (e.g. 'jpeg@q60'), got {key!r}")
             kind, level = key.split("@", 1)
             grouped.setdefault(kind, {})[level] = _to_summary(val, key)
         elif isinstance(val, Mapping):
@@ -456,9 +458,16 @@ def reliability_bins(labels: Any, probs: Any, n_bins: int = ECE_BINS) -> list[di
     nonempty = np.flatnonzero(counts)
     if len(nonempty) != len(frac_fake):  # pragma: no cover - would mean sklearn changed its binning
         raise RuntimeError("bin counts do not match sklearn's calibration_curve bins")
-    return [{"lo": float(edges[b]), "hi": float(edges[b + 1]), "count": int(counts[b]),
-             "mean_prob": float(mp), "frac_fake": float(ff)}
-            for b, mp, ff in zip(nonempty, mean_prob, frac_fake)]
+    return [
+        {
+            "lo": float(edges[b]),
+            "hi": float(edges[b + 1]),
+            "count": int(counts[b]),
+            "mean_prob": float(mp),
+            "frac_fake": float(ff),
+        }
+        for b, mp, ff in zip(nonempty, mean_prob, frac_fake)
+    ]
 
 
 def expected_calibration_error(labels: Any, probs: Any, n_bins: int = ECE_BINS) -> float:

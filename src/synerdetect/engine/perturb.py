@@ -44,10 +44,10 @@ __all__ = [
 KINDS = ("blur", "jpeg", "crop", "noise")
 
 DEFAULT_LEVELS: dict[str, list[float | int]] = {
-    "blur": [1.0, 2.0, 3.0],          # Gaussian sigma (pixels)
-    "jpeg": [95, 80, 60, 30],         # JPEG quality
-    "crop": [0.9, 0.75, 0.5],         # fraction of each side kept
-    "noise": [0.01, 0.03, 0.05],      # Gaussian std in [0, 1] units
+    "blur": [1.0, 2.0, 3.0],  # Gaussian sigma (pixels)
+    "jpeg": [95, 80, 60, 30],  # JPEG quality
+    "crop": [0.9, 0.75, 0.5],  # fraction of each side kept
+    "noise": [0.01, 0.03, 0.05],  # Gaussian std in [0, 1] units
 }
 
 # (low, high, low_inclusive) -- high is always inclusive
@@ -123,26 +123,27 @@ def parse_perturb_spec(spec: str) -> list[Perturbation]:
     out-of-range levels.
     """
     if not isinstance(spec, str) or not spec.strip():
-        raise ValueError(f"empty perturbation spec {spec!r}; expected 'kind' or 'kind:l1,l2' "
-                         f"with kind in {', '.join(KINDS)}")
+        raise ValueError(
+            f"empty perturbation spec {spec!r}; expected 'kind' or 'kind:l1,l2' with kind in {', '.join(KINDS)}"
+        )
     kind, sep, rest = spec.strip().partition(":")
     kind = kind.strip().lower()
     if kind not in KINDS:
-        raise ValueError(f"unknown perturbation kind {kind!r} in spec {spec!r}; "
-                         f"expected one of {', '.join(KINDS)}")
+        raise ValueError(f"unknown perturbation kind {kind!r} in spec {spec!r}; expected one of {', '.join(KINDS)}")
     if not sep:
         return [Perturbation(kind, lvl) for lvl in DEFAULT_LEVELS[kind]]
     parts = [p.strip() for p in rest.split(",")]
     if not parts or any(p == "" for p in parts):
-        raise ValueError(f"{kind}: empty level in spec {spec!r}; expected e.g. '{kind}:"
-                         f"{','.join(f'{x:g}' for x in DEFAULT_LEVELS[kind][:2])}'")
+        raise ValueError(
+            f"{kind}: empty level in spec {spec!r}; expected e.g. '{kind}:"
+            f"{','.join(f'{x:g}' for x in DEFAULT_LEVELS[kind][:2])}'"
+        )
     out: list[Perturbation] = []
     for p in parts:
         try:
             value = float(p)
         except ValueError:
-            raise ValueError(f"{kind}: level {p!r} in spec {spec!r} is not a number "
-                             f"({_LEVEL_DOC[kind]})") from None
+            raise ValueError(f"{kind}: level {p!r} in spec {spec!r} is not a number ({_LEVEL_DOC[kind]})") from None
         out.append(Perturbation(kind, value))
     names = [q.name for q in out]
     dups = sorted({n for n in names if names.count(n) > 1})

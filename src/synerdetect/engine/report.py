@@ -44,8 +44,19 @@ SCORE_FIELDS = ("path", "generator", "label", "s_real", "s_fake", "logit", "prob
 #: Written after :data:`SCORE_FIELDS` in scores.jsonl when the record has them (not None).
 OPTIONAL_SCORE_FIELDS = ("verdict", "calibrated", "size")
 CSV_COLUMNS = (
-    "generator", "acc", "real_acc", "fake_acc", "ap", "n_real", "n_fake", "n_images",
-    "ap_note", "acc_note", "formats_real", "formats_fake", "format_shortcut_warning",
+    "generator",
+    "acc",
+    "real_acc",
+    "fake_acc",
+    "ap",
+    "n_real",
+    "n_fake",
+    "n_images",
+    "ap_note",
+    "acc_note",
+    "formats_real",
+    "formats_fake",
+    "format_shortcut_warning",
 )
 
 
@@ -109,29 +120,43 @@ def _csv_text(summary: Mapping[str, Any]) -> str:
     w.writeheader()
     gens = summary["generators"]
     for g, m in gens.items():
-        w.writerow({
-            "generator": g,
-            "acc": _csv_num(m["acc"]), "real_acc": _csv_num(m["real_acc"]),
-            "fake_acc": _csv_num(m["fake_acc"]), "ap": _csv_num(m["ap"]),
-            "n_real": m["n_real"], "n_fake": m["n_fake"],
-            "n_images": m.get("n_images", m["n_real"] + m["n_fake"]),
-            "ap_note": m.get("ap_undefined") or "",
-            "acc_note": _acc_note(m),
-            "formats_real": _fmt_counts(m["formats"]["real"]),
-            "formats_fake": _fmt_counts(m["formats"]["fake"]),
-            "format_shortcut_warning": m.get("format_shortcut_warning") or "",
-        })
+        w.writerow(
+            {
+                "generator": g,
+                "acc": _csv_num(m["acc"]),
+                "real_acc": _csv_num(m["real_acc"]),
+                "fake_acc": _csv_num(m["fake_acc"]),
+                "ap": _csv_num(m["ap"]),
+                "n_real": m["n_real"],
+                "n_fake": m["n_fake"],
+                "n_images": m.get("n_images", m["n_real"] + m["n_fake"]),
+                "ap_note": m.get("ap_undefined") or "",
+                "acc_note": _acc_note(m),
+                "formats_real": _fmt_counts(m["formats"]["real"]),
+                "formats_fake": _fmt_counts(m["formats"]["fake"]),
+                "format_shortcut_warning": m.get("format_shortcut_warning") or "",
+            }
+        )
     mean = summary["mean"]
     n_real = sum(m["n_real"] for m in gens.values())
     n_fake = sum(m["n_fake"] for m in gens.values())
-    w.writerow({
-        "generator": "mean",
-        "acc": _csv_num(mean.get("acc")), "real_acc": _csv_num(mean.get("real_acc")),
-        "fake_acc": _csv_num(mean.get("fake_acc")), "ap": _csv_num(mean.get("ap")),
-        "n_real": n_real, "n_fake": n_fake, "n_images": n_real + n_fake,
-        "ap_note": _mean_ap_note(summary), "acc_note": "unweighted mean over generators",
-        "formats_real": "", "formats_fake": "", "format_shortcut_warning": "",
-    })
+    w.writerow(
+        {
+            "generator": "mean",
+            "acc": _csv_num(mean.get("acc")),
+            "real_acc": _csv_num(mean.get("real_acc")),
+            "fake_acc": _csv_num(mean.get("fake_acc")),
+            "ap": _csv_num(mean.get("ap")),
+            "n_real": n_real,
+            "n_fake": n_fake,
+            "n_images": n_real + n_fake,
+            "ap_note": _mean_ap_note(summary),
+            "acc_note": "unweighted mean over generators",
+            "formats_real": "",
+            "formats_fake": "",
+            "format_shortcut_warning": "",
+        }
+    )
     return buf.getvalue()
 
 
@@ -244,39 +269,61 @@ def markdown_table(summary: Mapping[str, Any]) -> str:
     for g, m in gens.items():
         fr, ff = m["formats"]["real"], m["formats"]["fake"]
         fmt = "; ".join(
-            part for part in (
+            part
+            for part in (
                 ("real " + ", ".join(f"{k} {v}" for k, v in fr.items())) if fr else "",
                 ("fake " + ", ".join(f"{k} {v}" for k, v in ff.items())) if ff else "",
-            ) if part
+            )
+            if part
         )
         if m.get("format_shortcut_warning"):
             fmt += " (!)" + notes.add(f"{g} format shortcut: {m['format_shortcut_warning']}")
         if m.get("size_shortcut_warning"):
             fmt += " (!)" + notes.add(f"{g} size shortcut: {m['size_shortcut_warning']}")
-        rows.append("| " + " | ".join([
-            _md_escape(g),
-            _pct(m["acc"]),
-            cell(m["real_acc"], m.get("real_acc_undefined"), g, "real acc"),
-            cell(m["fake_acc"], m.get("fake_acc_undefined"), g, "fake acc"),
-            cell(m["ap"], m.get("ap_undefined"), g, "AP"),
-            str(m["n_real"]), str(m["n_fake"]), _md_escape(fmt),
-        ]) + " |")
+        rows.append(
+            "| "
+            + " | ".join(
+                [
+                    _md_escape(g),
+                    _pct(m["acc"]),
+                    cell(m["real_acc"], m.get("real_acc_undefined"), g, "real acc"),
+                    cell(m["fake_acc"], m.get("fake_acc_undefined"), g, "fake acc"),
+                    cell(m["ap"], m.get("ap_undefined"), g, "AP"),
+                    str(m["n_real"]),
+                    str(m["n_fake"]),
+                    _md_escape(fmt),
+                ]
+            )
+            + " |"
+        )
 
     mean = summary["mean"]
     ap_cell = _pct(mean.get("ap"))
     ap_note = _mean_ap_note(summary)
     if ap_note:
         ap_cell += notes.add(f"mean AP: {ap_note}")
-    rows.append("| " + " | ".join([
-        "**mean**", _pct(mean.get("acc")),
-        _pct(mean.get("real_acc")), _pct(mean.get("fake_acc")), ap_cell,
-        str(sum(m["n_real"] for m in gens.values())),
-        str(sum(m["n_fake"] for m in gens.values())), "",
-    ]) + " |")
+    rows.append(
+        "| "
+        + " | ".join(
+            [
+                "**mean**",
+                _pct(mean.get("acc")),
+                _pct(mean.get("real_acc")),
+                _pct(mean.get("fake_acc")),
+                ap_cell,
+                str(sum(m["n_real"] for m in gens.values())),
+                str(sum(m["n_fake"] for m in gens.values())),
+                "",
+            ]
+        )
+        + " |"
+    )
 
     text = "\n".join(rows) + "\n"
-    text += f"\nDecision rule: {summary.get('decision_rule', DECISION_RULE)}. " \
-            "Means are unweighted over generators (real/fake acc and AP over generators where defined).\n"
+    text += (
+        f"\nDecision rule: {summary.get('decision_rule', DECISION_RULE)}. "
+        "Means are unweighted over generators (real/fake acc and AP over generators where defined).\n"
+    )
     if notes.items:
         text += "\n" + "\n".join(f"[{i}] {_md_escape(t)}" for i, t in enumerate(notes.items, 1)) + "\n"
     return text
@@ -301,8 +348,10 @@ def robustness_markdown(table: Mapping[str, Any]) -> str:
         for lvl, e in t["levels"].items():
             out.append(f"| {_md_escape(kind)} | {_md_escape(lvl)} | {_pct(e.get('acc'))} | {_pct(e.get('ap'))} |")
     out.append("")
-    out.append("acc/AP per level are unweighted means over generators; mAcc/mAP are means over "
-               "levels (levels with undefined AP excluded from mAP).")
+    out.append(
+        "acc/AP per level are unweighted means over generators; mAcc/mAP are means over "
+        "levels (levels with undefined AP excluded from mAP)."
+    )
     return "\n".join(out) + "\n"
 
 
@@ -318,16 +367,23 @@ def calibration_markdown(section: Mapping[str, Any]) -> str:
     accuracy."""
     ece, brier, nll = section.get("ece"), section.get("brier"), section.get("nll")
     nb = section.get("n_bins", 15)
-    cov = (f"coverage {_pct(section.get('coverage'))}% ({section.get('n_covered')}/{section.get('n_images')} "
-           f"images get a verdict), selective accuracy {_pct(section.get('selective_accuracy'))}% "
-           f"(accuracy on all {_pct(section.get('accuracy'))}%)")
+    cov = (
+        f"coverage {_pct(section.get('coverage'))}% ({section.get('n_covered')}/{section.get('n_images')} "
+        f"images get a verdict), selective accuracy {_pct(section.get('selective_accuracy'))}% "
+        f"(accuracy on all {_pct(section.get('accuracy'))}%)"
+    )
     if not section.get("calibrated"):
-        return "\n".join([
-            f"**Calibration**: none (prob_fake = sigmoid(logit / tau), tau = {section.get('tau')}; "
-            "fit one on a validation set with `synerdetect calibrate`)",
-            f"- ECE ({nb} bins) {_pct(ece)}%, Brier {brier:.4f}, NLL {nll:.4f}",
-            f"- verdicts: no uncertain band; {cov}",
-        ]) + "\n"
+        return (
+            "\n".join(
+                [
+                    f"**Calibration**: none (prob_fake = sigmoid(logit / tau), tau = {section.get('tau')}; "
+                    "fit one on a validation set with `synerdetect calibrate`)",
+                    f"- ECE ({nb} bins) {_pct(ece)}%, Brier {brier:.4f}, NLL {nll:.4f}",
+                    f"- verdicts: no uncertain band; {cov}",
+                ]
+            )
+            + "\n"
+        )
     raw = section.get("raw") or {}
     if section.get("method") == "temperature":
         what = f"temperature scaling, T = {1.0 / section['a']:.6g} on the logit"
@@ -341,14 +397,19 @@ def calibration_markdown(section: Mapping[str, Any]) -> str:
         if f.get("n_real") is not None:
             src += f": {f['n_real']} real + {f['n_fake']} fake"
     tgt = section.get("target_accuracy")
-    return "\n".join([
-        f"**Calibration** ({what}{src})",
-        f"- ECE ({nb} bins) {_pct(ece)}% (uncalibrated {_pct(raw.get('ece'))}%), Brier {brier:.4f} "
-        f"({raw.get('brier', float('nan')):.4f}), NLL {nll:.4f} ({raw.get('nll', float('nan')):.4f})",
-        f"- uncertain band: {_band_text(section.get('band'))}"
-        + (f" (fitted for {_pct(tgt)}% accuracy outside it on the validation set)" if tgt is not None else ""),
-        f"- verdicts: {cov}",
-    ]) + "\n"
+    return (
+        "\n".join(
+            [
+                f"**Calibration** ({what}{src})",
+                f"- ECE ({nb} bins) {_pct(ece)}% (uncalibrated {_pct(raw.get('ece'))}%), Brier {brier:.4f} "
+                f"({raw.get('brier', float('nan')):.4f}), NLL {nll:.4f} ({raw.get('nll', float('nan')):.4f})",
+                f"- uncertain band: {_band_text(section.get('band'))}"
+                + (f" (fitted for {_pct(tgt)}% accuracy outside it on the validation set)" if tgt is not None else ""),
+                f"- verdicts: {cov}",
+            ]
+        )
+        + "\n"
+    )
 
 
 def harmonized_markdown(raw: Mapping[str, Any], harmonized: Mapping[str, Any], name: str) -> str:
@@ -358,20 +419,26 @@ def harmonized_markdown(raw: Mapping[str, Any], harmonized: Mapping[str, Any], n
         return "n/a" if a is None or b is None else f"{100.0 * (b - a):+.2f}"
 
     n = _md_escape(name)
-    rows = [f"**Harmonized** ({n}): every test image, real and fake, re-encoded the same way in memory before "
-            "scoring, so the file format no longer tells the classes apart. A large drop from raw means the raw "
-            "numbers leaned on the format.",
-            "",
-            f"| generator | acc raw | acc {n} | Δacc | AP raw | AP {n} | ΔAP |",
-            "|---|---:|---:|---:|---:|---:|---:|"]
+    rows = [
+        f"**Harmonized** ({n}): every test image, real and fake, re-encoded the same way in memory before "
+        "scoring, so the file format no longer tells the classes apart. A large drop from raw means the raw "
+        "numbers leaned on the format.",
+        "",
+        f"| generator | acc raw | acc {n} | Δacc | AP raw | AP {n} | ΔAP |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
     hg = harmonized["generators"]
     for g, m in raw["generators"].items():
         h = hg.get(g, {})
-        rows.append(f"| {_md_escape(g)} | {_pct(m['acc'])} | {_pct(h.get('acc'))} | {delta(m['acc'], h.get('acc'))} "
-                    f"| {_pct(m['ap'])} | {_pct(h.get('ap'))} | {delta(m['ap'], h.get('ap'))} |")
+        rows.append(
+            f"| {_md_escape(g)} | {_pct(m['acc'])} | {_pct(h.get('acc'))} | {delta(m['acc'], h.get('acc'))} "
+            f"| {_pct(m['ap'])} | {_pct(h.get('ap'))} | {delta(m['ap'], h.get('ap'))} |"
+        )
     rm, hm = raw["mean"], harmonized["mean"]
-    rows.append(f"| **mean** | {_pct(rm.get('acc'))} | {_pct(hm.get('acc'))} | {delta(rm.get('acc'), hm.get('acc'))} "
-                f"| {_pct(rm.get('ap'))} | {_pct(hm.get('ap'))} | {delta(rm.get('ap'), hm.get('ap'))} |")
+    rows.append(
+        f"| **mean** | {_pct(rm.get('acc'))} | {_pct(hm.get('acc'))} | {delta(rm.get('acc'), hm.get('acc'))} "
+        f"| {_pct(rm.get('ap'))} | {_pct(hm.get('ap'))} | {delta(rm.get('ap'), hm.get('ap'))} |"
+    )
     return "\n".join(rows) + "\n"
 
 
@@ -461,8 +528,9 @@ def plot_logit_distributions(
                 ax.plot(xs, kde, color=color, lw=1.5)
         ax.axvline(0.0, color="black", ls="--", lw=1.0, label="boundary (logit=0)")
         m = metrics[gen]
-        sub = f"acc {_pct(m['acc'])}%, AP " + (f"{_pct(m['ap'])}%" if m["ap"] is not None
-                                               else f"n/a ({m['ap_undefined']})")
+        sub = f"acc {_pct(m['acc'])}%, AP " + (
+            f"{_pct(m['ap'])}%" if m["ap"] is not None else f"n/a ({m['ap_undefined']})"
+        )
         ax.set_title(f"{gen}\n{sub}", fontsize=9)
         ax.set_xlabel("logit = s_fake - s_real", fontsize=8)
         ax.set_ylabel("density", fontsize=8)
@@ -508,15 +576,37 @@ def plot_reliability(
     if bins:
         lo = np.array([b["lo"] for b in bins])
         hi = np.array([b["hi"] for b in bins])
-        ax.bar(lo, [b["frac_fake"] for b in bins], width=hi - lo, align="edge", color=_FAKE_COLOR, alpha=0.3,
-               edgecolor=_FAKE_COLOR, label="fraction fake per bin")
-        ax.plot([b["mean_prob"] for b in bins], [b["frac_fake"] for b in bins], "o-", color=_FAKE_COLOR, lw=1.5,
-                ms=4, label="calibrated" if section.get("calibrated") else "prob_fake")
+        ax.bar(
+            lo,
+            [b["frac_fake"] for b in bins],
+            width=hi - lo,
+            align="edge",
+            color=_FAKE_COLOR,
+            alpha=0.3,
+            edgecolor=_FAKE_COLOR,
+            label="fraction fake per bin",
+        )
+        ax.plot(
+            [b["mean_prob"] for b in bins],
+            [b["frac_fake"] for b in bins],
+            "o-",
+            color=_FAKE_COLOR,
+            lw=1.5,
+            ms=4,
+            label="calibrated" if section.get("calibrated") else "prob_fake",
+        )
         axc.bar(lo, [b["count"] for b in bins], width=hi - lo, align="edge", color="tab:gray", alpha=0.6)
     if raw and raw.get("bins"):
         rb = raw["bins"]
-        ax.plot([b["mean_prob"] for b in rb], [b["frac_fake"] for b in rb], "s--", color=_REAL_COLOR, lw=1.0,
-                ms=3, label=f"uncalibrated (ECE {_pct(raw.get('ece'))}%)")
+        ax.plot(
+            [b["mean_prob"] for b in rb],
+            [b["frac_fake"] for b in rb],
+            "s--",
+            color=_REAL_COLOR,
+            lw=1.0,
+            ms=3,
+            label=f"uncalibrated (ECE {_pct(raw.get('ece'))}%)",
+        )
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
     ax.set_ylabel("fraction of fakes")

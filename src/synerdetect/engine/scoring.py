@@ -356,8 +356,10 @@ class Scorer:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
         if mode == "cascade" and (calibration is None or not calibration.cascade):
-            raise CascadeError("--mode cascade needs a fitted cascade band: run `synerdetect calibrate --checkpoint "
-                               "DIR --data VAL --cascade-agreement 0.99` on a labelled validation set first")
+            raise CascadeError(
+                "--mode cascade needs a fitted cascade band: run `synerdetect calibrate --checkpoint "
+                "DIR --data VAL --cascade-agreement 0.99` on a labelled validation set first"
+            )
         self.mode = mode
         self.cascade_band: tuple[float, float] | None = None
         if mode == "cascade":
@@ -429,8 +431,9 @@ class Scorer:
             j += 1
         return records
 
-    def _outputs(self, x: torch.Tensor, ids: list[Any], *, batch_size: int
-                 ) -> Iterator[tuple[Any, dict[str, float], str]]:
+    def _outputs(
+        self, x: torch.Tensor, ids: list[Any], *, batch_size: int
+    ) -> Iterator[tuple[Any, dict[str, float], str]]:
         """``(id, model outputs as floats, decided_by)`` per image of the batch, by ``mode``."""
         if self.mode == "cascade":
             assert self.cascade_band is not None
@@ -441,13 +444,13 @@ class Scorer:
         for i, ident in enumerate(ids):
             yield ident, {k: float(v[i]) for k, v in values.items()}, self.mode
 
-    def _record(self, p: Prepared, out: dict[str, float], decided_by: str, score_ms: float | None,
-                batch_size: int) -> dict[str, Any]:
+    def _record(
+        self, p: Prepared, out: dict[str, float], decided_by: str, score_ms: float | None, batch_size: int
+    ) -> dict[str, Any]:
         rec = self._base_record(p)
         rec.update({k: (None if np.isnan(out[k]) else out[k]) for k in SCORE_KEYS})
         # The calibration was fitted on full Eq. 10 logits: a perceptual-only decision keeps the raw softmax.
-        cal = apply_calibration(np.array([out["logit"]]), self.tau,
-                                self.calibration if decided_by == "full" else None)
+        cal = apply_calibration(np.array([out["logit"]]), self.tau, self.calibration if decided_by == "full" else None)
         verdict = str(cal["verdict"][0])
         rec.update(
             label="fake" if out["logit"] > 0 else "real",
@@ -563,8 +566,7 @@ class Scorer:
                     if ok:
                         yield torch.stack([p.image for p in ok if p.image is not None]).to(self.device), ok
 
-            for p, out, how in cascade_predict(self.model, ok_batches(), self.cascade_band,
-                                               batch_size=self.batch_size):
+            for p, out, how in cascade_predict(self.model, ok_batches(), self.cascade_band, batch_size=self.batch_size):
                 records.append(self._record(p, out, how, None, self.batch_size))
         position = {str(path): i for i, path in enumerate(paths)}
         return sorted(records, key=lambda r: position.get(str(r["name"]), len(position)))

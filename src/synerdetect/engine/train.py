@@ -33,9 +33,22 @@ from .evaluate import evaluate, load_labelled
 log = logging.getLogger("synerdetect.train")
 
 # Keys that may differ between a run folder's config.yaml and a run that continues in it.
-_EXTENDABLE = {"train.epochs", "train.max_steps", "train.output_dir", "train.num_workers", "train.log_every",
-               "train.val_every", "train.checkpoint_every", "train.keep_checkpoints", "data.val", "data.val_layout",
-               "data.val_split", "data.test", "data.test_layout", "data.test_split"}
+_EXTENDABLE = {
+    "train.epochs",
+    "train.max_steps",
+    "train.output_dir",
+    "train.num_workers",
+    "train.log_every",
+    "train.val_every",
+    "train.checkpoint_every",
+    "train.keep_checkpoints",
+    "data.val",
+    "data.val_layout",
+    "data.val_split",
+    "data.test",
+    "data.test_layout",
+    "data.test_split",
+}
 
 
 def loader_image_size(cfg: ExperimentConfig) -> int:
@@ -97,17 +110,27 @@ class RunState:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RunState:
-        known = {k: d[k] for k in ("epoch", "batch_in_epoch", "global_step", "cache_key", "no_update_steps")
-                 if k in d}
+        known = {k: d[k] for k in ("epoch", "batch_in_epoch", "global_step", "cache_key", "no_update_steps") if k in d}
         return cls(**known)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "global_step": self.global_step,
-                "cache_key": self.cache_key, "no_update_steps": self.no_update_steps}
+        return {
+            "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch,
+            "global_step": self.global_step,
+            "cache_key": self.cache_key,
+            "no_update_steps": self.no_update_steps,
+        }
 
 
-def train(cfg: ExperimentConfig, *, resume: str = "auto", progress: bool = True,
-          on_step: Callable[[int, dict], None] | None = None, model=None) -> dict[str, Any]:
+def train(
+    cfg: ExperimentConfig,
+    *,
+    resume: str = "auto",
+    progress: bool = True,
+    on_step: Callable[[int, dict], None] | None = None,
+    model=None,
+) -> dict[str, Any]:
     """Train a detector as configured. ``resume``: "auto" (latest good checkpoint in the run folder, if any; a
     finished run is extended when more steps are asked for), "never", or a checkpoint folder.
     ``on_step(global_step, losses)`` is called after each optimiser step."""
@@ -132,8 +155,14 @@ def train(cfg: ExperimentConfig, *, resume: str = "auto", progress: bool = True,
     samples = load_labelled(cfg.data.train, cfg.data.train_layout, cfg.data.train_split, cfg.data.train_generators)
     size = loader_image_size(cfg)
     d = cfg.data
-    transform = TrainTransform(size, flip=d.flip, blur_prob=d.blur_prob, blur_sigma=(d.blur_sigma[0], d.blur_sigma[1]),
-                               jpeg_prob=d.jpeg_prob, jpeg_quality=(d.jpeg_quality[0], d.jpeg_quality[1]))
+    transform = TrainTransform(
+        size,
+        flip=d.flip,
+        blur_prob=d.blur_prob,
+        blur_sigma=(d.blur_sigma[0], d.blur_sigma[1]),
+        jpeg_prob=d.jpeg_prob,
+        jpeg_quality=(d.jpeg_quality[0], d.jpeg_quality[1]),
+    )
     ds = ImageDataset(samples, transform, seed=t.seed)
     sampler = BalancedBatchSampler(ds.labels, per_rank, seed=t.seed, num_replicas=world, rank=rank)
     loader = DataLoader(ds, batch_sampler=sampler, collate_fn=collate, num_workers=t.num_workers)
@@ -155,8 +184,11 @@ def train(cfg: ExperimentConfig, *, resume: str = "auto", progress: bool = True,
         state = RunState.from_dict(read_state(start))
         if state.global_step >= total_steps:  # a finished run asked for no more steps: leave it as it is
             summary_path = out / "train_summary.json"
-            return json.loads(summary_path.read_text()) if summary_path.is_file() else {
-                "global_step": state.global_step, "final": str(out / "final")}
+            return (
+                json.loads(summary_path.read_text())
+                if summary_path.is_file()
+                else {"global_step": state.global_step, "final": str(out / "final")}
+            )
         model.load_trainable(start)
         load_optimizer(optimizer, start)
     if acc.is_main_process:
@@ -170,13 +202,26 @@ def train(cfg: ExperimentConfig, *, resume: str = "auto", progress: bool = True,
     val_samples = load_labelled(cfg.data.val, cfg.data.val_layout, cfg.data.val_split) if cfg.data.val else None
     schedule = None
     if cfg.cache.policy != "online":
-        schedule = CacheSchedule(cfg.cache.policy, cfg.cache.refresh_every, model, samples,
-                                 cfg.cache.dir or out / "feature_cache", image_size=size, batch_size=per_rank,
-                                 key=state.cache_key, progress=progress and acc.is_main_process)
+        schedule = CacheSchedule(
+            cfg.cache.policy,
+            cfg.cache.refresh_every,
+            model,
+            samples,
+            cfg.cache.dir or out / "feature_cache",
+            image_size=size,
+            batch_size=per_rank,
+            key=state.cache_key,
+            progress=progress and acc.is_main_process,
+        )
 
     # 4. The loop.
-    bar = tqdm(total=total_steps, initial=state.global_step, desc="train", unit="step",
-               disable=not (progress and acc.is_main_process))
+    bar = tqdm(
+        total=total_steps,
+        initial=state.global_step,
+        desc="train",
+        unit="step",
+        disable=not (progress and acc.is_main_process),
+    )
     running: dict[str, float] = {}
     t0 = time.time()
     skipped_files = 0
@@ -206,12 +251,14 @@ def train(cfg: ExperimentConfig, *, resume: str = "auto", progress: bool = True,
                 cached = schedule.lookup(batch["path"]) if schedule is not None else None
                 if cached is not None and cfg.cache.cmid_latents == "augmented":
                     cached = cached._replace(latents=None)  # CMID encodes the augmented view itself
-                losses = _optimizer_step(cfg, acc, wrapped, model, optimizer, images, labels, gen, cached,
-                                         state.global_step, total_steps)
+                losses = _optimizer_step(
+                    cfg, acc, wrapped, model, optimizer, images, labels, gen, cached, state.global_step, total_steps
+                )
             else:
                 state.no_update_steps += 1
-                log.warning("batch %d of epoch %d lost a class to unreadable files on some rank; no update", b_idx,
-                            epoch)
+                log.warning(
+                    "batch %d of epoch %d lost a class to unreadable files on some rank; no update", b_idx, epoch
+                )
             state.global_step += 1
 
             # progress bar, callback, metrics.jsonl
@@ -228,8 +275,7 @@ def train(cfg: ExperimentConfig, *, resume: str = "auto", progress: bool = True,
             # where the run is; periodic checkpoint and validation
             epoch_done = b_idx + 1 == steps_per_epoch
             state.epoch, state.batch_in_epoch = epoch + int(epoch_done), 0 if epoch_done else b_idx + 1
-            if t.checkpoint_every and state.global_step % t.checkpoint_every == 0 and \
-                    state.global_step < total_steps:
+            if t.checkpoint_every and state.global_step % t.checkpoint_every == 0 and state.global_step < total_steps:
                 _checkpoint(acc, model, optimizer, state, out / "checkpoints", t.keep_checkpoints)
             if t.val_every and cfg.data.val and state.global_step % t.val_every == 0:
                 _validate(cfg, model, val_samples, out, state.global_step, progress)
@@ -245,20 +291,31 @@ def train(cfg: ExperimentConfig, *, resume: str = "auto", progress: bool = True,
     final = out / "final"
     if acc.is_main_process:
         opt = optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer
-        save_final(model, opt, state.to_dict(), final,
-                   extra={"global_step": state.global_step, "train_data": cfg.data.train})
+        save_final(
+            model, opt, state.to_dict(), final, extra={"global_step": state.global_step, "train_data": cfg.data.train}
+        )
     acc.wait_for_everyone()
-    summary = {"global_step": state.global_step, "seconds": round(time.time() - t0, 2), "final": str(final),
-               "world_size": world, "steps_per_epoch": steps_per_epoch, "skipped_files": skipped_files,
-               "no_update_steps": state.no_update_steps, "last_losses": running, "replica_checksums": checksums,
-               "cache_policy": cfg.cache.policy}
+    summary = {
+        "global_step": state.global_step,
+        "seconds": round(time.time() - t0, 2),
+        "final": str(final),
+        "world_size": world,
+        "steps_per_epoch": steps_per_epoch,
+        "skipped_files": skipped_files,
+        "no_update_steps": state.no_update_steps,
+        "last_losses": running,
+        "replica_checksums": checksums,
+        "cache_policy": cfg.cache.policy,
+    }
     if schedule is not None:
         summary.update(cache_key=schedule.key, cache_hits=schedule.hits, cache_misses=schedule.misses)
     if cfg.data.val:
         summary["val"] = _validate(cfg, model, val_samples, out, state.global_step, progress)
     if state.no_update_steps:
-        msg = (f"warning: {state.no_update_steps} of {state.global_step} steps made no update (their batches lost "
-               f"a class to unreadable files; {skipped_files} file(s) skipped): see {out / 'train.log'}")
+        msg = (
+            f"warning: {state.no_update_steps} of {state.global_step} steps made no update (their batches lost "
+            f"a class to unreadable files; {skipped_files} file(s) skipped): see {out / 'train.log'}"
+        )
         log.warning(msg)
     if acc.is_main_process:
         atomic_write_json(out / "train_summary.json", summary)
@@ -276,8 +333,11 @@ def _accelerator(cfg: ExperimentConfig):
     # train() can be called again in one process (tests, notebooks).
     AcceleratorState._reset_state(reset_partial_state=False)
     # cpu=True when there is no GPU: accelerate only sets up gloo DDP for torchrun's processes when told so.
-    return Accelerator(mixed_precision=cfg.train.mixed_precision, cpu=not torch.cuda.is_available(),
-                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+    return Accelerator(
+        mixed_precision=cfg.train.mixed_precision,
+        cpu=not torch.cuda.is_available(),
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+    )
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -299,14 +359,17 @@ def _check_same_config(cfg: ExperimentConfig, out: Path) -> None:
     try:
         old = _flatten(yaml.safe_load(path.read_text()) or {})
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: cannot read the run's config ({e}); move the folder or pass --resume never"
-                          ) from None
+        raise ConfigError(
+            f"{path}: cannot read the run's config ({e}); move the folder or pass --resume never"
+        ) from None
     new = _flatten(to_dict(cfg))
     diff = sorted(k for k in set(old) | set(new) if k not in _EXTENDABLE and old.get(k) != new.get(k))
     if diff:
         shown = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff[:5])
-        raise ConfigError(f"{out} holds a run with another configuration ({shown}{', ...' if len(diff) > 5 else ''}); "
-                          "use another train.output_dir, or --resume never to start over in this folder")
+        raise ConfigError(
+            f"{out} holds a run with another configuration ({shown}{', ...' if len(diff) > 5 else ''}); "
+            "use another train.output_dir, or --resume never to start over in this folder"
+        )
 
 
 def _starting_point(out: Path, resume: str, total_steps: int) -> tuple[Path | None, str]:
@@ -325,11 +388,14 @@ def _starting_point(out: Path, resume: str, total_steps: int) -> tuple[Path | No
     step = read_state(start)["global_step"]
     if start.name == "final":
         if step >= total_steps:
-            notes.append(f"{out} holds a finished run (step {step} of {total_steps}): nothing to do; ask for more "
-                         "steps (train.epochs / train.max_steps) to extend it, or pass --resume never to start over")
+            notes.append(
+                f"{out} holds a finished run (step {step} of {total_steps}): nothing to do; ask for more "
+                "steps (train.epochs / train.max_steps) to extend it, or pass --resume never to start over"
+            )
         else:
-            notes.append(f"extending the finished run in {out} from step {step} to {total_steps} (resuming from "
-                         f"{start})")
+            notes.append(
+                f"extending the finished run in {out} from step {step} to {total_steps} (resuming from {start})"
+            )
     else:
         notes.append(f"resuming from {start} (step {step})")
     return start, "\n".join(notes)
@@ -358,8 +424,9 @@ def _usable(labels: torch.Tensor, world: int, device: torch.device) -> bool:
     return usable
 
 
-def _optimizer_step(cfg, acc, wrapped, model, optimizer, images, labels, gen, cached, step: int,
-                    total_steps: int) -> dict[str, torch.Tensor]:
+def _optimizer_step(
+    cfg, acc, wrapped, model, optimizer, images, labels, gen, cached, step: int, total_steps: int
+) -> dict[str, torch.Tensor]:
     with acc.autocast():
         losses = wrapped(images, labels, generator=gen, cached=cached)
     for group in optimizer.param_groups:
@@ -373,9 +440,14 @@ def _optimizer_step(cfg, acc, wrapped, model, optimizer, images, labels, gen, ca
 
 
 def _log_metrics(out: Path, step: int, epoch: int, vals: dict[str, float], optimizer, model, t0: float) -> None:
-    rec = {"step": step, "epoch": epoch, **{k: round(v, 6) for k, v in vals.items()},
-           "lr": optimizer.param_groups[0]["lr"], "elapsed_s": round(time.time() - t0, 2),
-           **_weight_norms(model)}
+    rec = {
+        "step": step,
+        "epoch": epoch,
+        **{k: round(v, 6) for k, v in vals.items()},
+        "lr": optimizer.param_groups[0]["lr"],
+        "elapsed_s": round(time.time() - t0, 2),
+        **_weight_norms(model),
+    }
     with (out / "metrics.jsonl").open("a") as f:
         f.write(json.dumps(rec) + "\n")
     log.info("step %d %s", step, json.dumps(vals))
@@ -392,7 +464,7 @@ def _weight_norms(model) -> dict[str, float]:
             lora_b += float(p.detach().float().pow(2).sum())
         elif name.startswith("tuner.") and "out_proj" in name:
             tuner += float(p.detach().float().pow(2).sum())
-    return {"norm_tuner_out": round(tuner ** 0.5, 8), "norm_lora_b": round(lora_b ** 0.5, 8)}
+    return {"norm_tuner_out": round(tuner**0.5, 8), "norm_lora_b": round(lora_b**0.5, 8)}
 
 
 def _setup_logging(out: Path, is_main: bool) -> None:
@@ -438,8 +510,14 @@ def _checkpoint(acc, model, optimizer, state: RunState, root: Path, keep: int) -
 def _validate(cfg: ExperimentConfig, model, samples, out: Path, step: int, progress: bool) -> dict[str, Any]:
     from ..utils import is_main_process
 
-    res = evaluate(model, samples, None, image_size=loader_image_size(cfg), batch_size=max(2, cfg.train.batch_size),
-                   progress=progress)
+    res = evaluate(
+        model,
+        samples,
+        None,
+        image_size=loader_image_size(cfg),
+        batch_size=max(2, cfg.train.batch_size),
+        progress=progress,
+    )
     mean = res["summary"]["mean"]
     rec = {"step": step, "val_acc": mean["acc"], "val_ap": mean["ap"], "n": res["summary"]["n_images"]}
     if is_main_process():

@@ -20,9 +20,7 @@ def _check_inputs(anchors: Tensor, z: Tensor, labels: Tensor, tau: float) -> Ten
         if not t.is_floating_point():
             raise TypeError(f"{name} must be floating point, got {t.dtype}")
     if anchors.shape != z.shape:
-        raise ValueError(
-            f"anchors and z must have the same shape, got {tuple(anchors.shape)} and {tuple(z.shape)}"
-        )
+        raise ValueError(f"anchors and z must have the same shape, got {tuple(anchors.shape)} and {tuple(z.shape)}")
     labels = torch.as_tensor(labels, device=z.device)
     if labels.ndim != 1 or labels.shape[0] != z.shape[0]:
         raise ValueError(f"labels must have shape ({z.shape[0]},), got {tuple(labels.shape)}")
@@ -37,8 +35,7 @@ def _check_inputs(anchors: Tensor, z: Tensor, labels: Tensor, tau: float) -> Ten
     return labels.long()
 
 
-def dcl_loss(anchors: Tensor, z: Tensor, labels: Tensor, tau: float,
-             other_anchors: Tensor | None = None) -> Tensor:
+def dcl_loss(anchors: Tensor, z: Tensor, labels: Tensor, tau: float, other_anchors: Tensor | None = None) -> Tensor:
     """InfoNCE-style decoupled contrastive loss of Eq. 7 (cosine similarity).
 
     ``L = (1/N) sum_i [ -s_ii/tau + log( exp(s_ii/tau) + sum_{j: y_j != y_i} exp(s_ij/tau) ) ]``
@@ -75,5 +72,6 @@ def dcl_loss_two_views(
     anchors: Tensor, z_v: Tensor, z_n: Tensor, labels: Tensor, tau: float, other_anchors: Tensor | None = None
 ) -> Tensor:
     """Eq. 7 applied to both modalities (visual ``z_v`` and noise ``z_n``), averaged."""
-    return 0.5 * (dcl_loss(anchors, z_v, labels, tau, other_anchors)
-                  + dcl_loss(anchors, z_n, labels, tau, other_anchors))
+    return 0.5 * (
+        dcl_loss(anchors, z_v, labels, tau, other_anchors) + dcl_loss(anchors, z_n, labels, tau, other_anchors)
+    )

@@ -220,15 +220,11 @@ def fit_gmm(
             for it in range(iters):
                 resp = _e_step(xd, weights, means, covs, covariance)
                 if it < iters - 1:
-                    weights, means, covs = _m_step(
-                        xd, resp, means, covs, covariance, var_floor, weight_floor
-                    )
+                    weights, means, covs = _m_step(xd, resp, means, covs, covariance, var_floor, weight_floor)
         prev_means, prev_covs = means, covs
 
     # Final M-step with grad: parameters are differentiable functions of x.
-    weights, means, covs = _m_step(
-        x, resp, prev_means, prev_covs, covariance, var_floor, weight_floor
-    )
+    weights, means, covs = _m_step(x, resp, prev_means, prev_covs, covariance, var_floor, weight_floor)
     return GMM(weights.detach(), means, covs, resp.detach(), covariance)
 
 

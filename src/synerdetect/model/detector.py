@@ -47,11 +47,13 @@ def dimension_problems(m: ModelConfig, clip_cfg, unet_cfg: dict, vae_cfg: dict, 
     """Every way the configured sizes and the base models' configs do not fit together (empty: they fit)."""
     problems = []
     if clip_cfg.vision_config.image_size != m.clip_size:
-        problems.append(f"model.clip_size={m.clip_size} but the CLIP vision tower expects "
-                        f"{clip_cfg.vision_config.image_size} px")
+        problems.append(
+            f"model.clip_size={m.clip_size} but the CLIP vision tower expects {clip_cfg.vision_config.image_size} px"
+        )
     if unet_cfg["in_channels"] != vae_cfg["latent_channels"]:
-        problems.append(f"UNet in_channels={unet_cfg['in_channels']} != VAE latent_channels="
-                        f"{vae_cfg['latent_channels']}")
+        problems.append(
+            f"UNet in_channels={unet_cfg['in_channels']} != VAE latent_channels={vae_cfg['latent_channels']}"
+        )
     cad = unet_cfg["cross_attention_dim"]
     if sd_text_width != cad:
         problems.append(f"SD text context width {sd_text_width} != UNet cross_attention_dim {cad}")
@@ -59,8 +61,10 @@ def dimension_problems(m: ModelConfig, clip_cfg, unet_cfg: dict, vae_cfg: dict, 
     unet_div = 2 ** (len(unet_cfg["block_out_channels"]) - 1)
     for name, size in (("model.sd_size", m.sd_size), ("model.inversion_size", m.inversion_size)):
         if size is not None and (size % factor or (size // factor) % unet_div):
-            problems.append(f"{name}={size} gives a latent the UNet cannot process "
-                            f"(VAE factor {factor}, UNet needs multiples of {unet_div})")
+            problems.append(
+                f"{name}={size} gives a latent the UNet cannot process "
+                f"(VAE factor {factor}, UNet needs multiples of {unet_div})"
+            )
     width = clip_cfg.text_config.hidden_size
     if width % m.tuner_heads:
         problems.append(f"text width {width} is not divisible by model.tuner_heads={m.tuner_heads}")
@@ -102,8 +106,11 @@ class VisionEncoder(nn.Module):
 def _add_lora(module: nn.Module, cfg: ModelConfig, name: str) -> nn.Module:
     from peft import LoraConfig, inject_adapter_in_model
 
-    lcfg = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha,  # type: ignore[arg-type]  # peft accepts a float lora_dropout=cfg.lora_dropout,
-                      target_modules=list(cfg.lora_targets))
+    lcfg = LoraConfig(
+        r=cfg.lora_rank,
+        lora_alpha=cfg.lora_alpha,  # type: ignore[arg-type]  # peft accepts a float lora_dropout=cfg.lora_dropout,
+        target_modules=list(cfg.lora_targets),
+    )
     try:
         return inject_adapter_in_model(lcfg, module, adapter_name="default")
     except ValueError as e:
@@ -115,10 +122,14 @@ def view_transform(cfg: ExperimentConfig, *, train: bool, clip_view: str | None 
     from ..data import ViewTransform
 
     d = cfg.data
-    kw: dict[str, Any] = {"flip": d.flip, "blur_prob": d.blur_prob, "blur_sigma": (d.blur_sigma[0], d.blur_sigma[1]),
-                          "jpeg_prob": d.jpeg_prob, "jpeg_quality": (d.jpeg_quality[0], d.jpeg_quality[1])}
-    return ViewTransform(cfg.model.clip_size, cfg.model.sd_size, train=train,
-                         clip_view=clip_view or d.clip_view, **kw)
+    kw: dict[str, Any] = {
+        "flip": d.flip,
+        "blur_prob": d.blur_prob,
+        "blur_sigma": (d.blur_sigma[0], d.blur_sigma[1]),
+        "jpeg_prob": d.jpeg_prob,
+        "jpeg_quality": (d.jpeg_quality[0], d.jpeg_quality[1]),
+    }
+    return ViewTransform(cfg.model.clip_size, cfg.model.sd_size, train=train, clip_view=clip_view or d.clip_view, **kw)
 
 
 def _world_size() -> int:
@@ -153,7 +164,7 @@ def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
     nh, nw = max(size, round(h * s)), max(size, round(w * s))
     x = F.interpolate(x, size=(nh, nw), mode="bicubic", align_corners=False, antialias=True)
     top, left = (nh - size) // 2, (nw - size) // 2
-    return x[..., top:top + size, left:left + size].clamp(0, 1)
+    return x[..., top : top + size, left : left + size].clamp(0, 1)
 
 
 class SynerDetect(nn.Module):
@@ -190,10 +201,19 @@ class SynerDetect(nn.Module):
         self.text = PromptTextEncoder(clip, base.tokenizer, m.n_ctx, m.class_names)
         joint = clip.config.projection_dim
         width = clip.config.text_config.hidden_size
-        self.tuner = VisualAwareTuner(width, joint, m.n_ctx, m.tuner_heads, use_global=m.tuner_global,
-                                      use_local=m.tuner_local, cconv_filters=m.cconv_filters,
-                                      cconv_kernel=m.cconv_kernel, cconv_channels=m.cconv_channels,
-                                      cconv_grid=m.cconv_grid, init_std=m.ctx_init_std)
+        self.tuner = VisualAwareTuner(
+            width,
+            joint,
+            m.n_ctx,
+            m.tuner_heads,
+            use_global=m.tuner_global,
+            use_local=m.tuner_local,
+            cconv_filters=m.cconv_filters,
+            cconv_kernel=m.cconv_kernel,
+            cconv_channels=m.cconv_channels,
+            cconv_grid=m.cconv_grid,
+            init_std=m.ctx_init_std,
+        )
         self.unet, self.vae = base.unet, base.vae
         sd_width = base.empty_context.shape[-1]
         self.cond_proj = nn.Linear(joint, sd_width)  # 768 -> 1024 (docs/method.md), trained by L_CR only
@@ -203,7 +223,8 @@ class SynerDetect(nn.Module):
         from diffusers import DDIMScheduler
 
         self.noise_scheduler = DDIMScheduler.from_config(
-            {k: v for k, v in self.scheduler_config.items() if not k.startswith("_")})
+            {k: v for k, v in self.scheduler_config.items() if not k.startswith("_")}
+        )
         self.prediction_type = self.noise_scheduler.config.prediction_type
         if self.prediction_type not in {"epsilon", "v_prediction"}:
             raise ConfigError(f"unsupported SD prediction_type {self.prediction_type!r}")
@@ -219,10 +240,15 @@ class SynerDetect(nn.Module):
     def _check_dims(self, base: BaseModels) -> None:
         native = int(base.unet.config.sample_size) * 2 ** (len(base.vae.config.block_out_channels) - 1)
         if self.mcfg.sd_size != native:
-            log.warning("model.sd_size=%d differs from the UNet's native size %d px (sample_size x VAE factor): "
-                        "the frozen SD runs off its training resolution", self.mcfg.sd_size, native)
-        problems = dimension_problems(self.mcfg, base.clip.config, dict(base.unet.config), dict(base.vae.config),
-                                      base.empty_context.shape[-1])
+            log.warning(
+                "model.sd_size=%d differs from the UNet's native size %d px (sample_size x VAE factor): "
+                "the frozen SD runs off its training resolution",
+                self.mcfg.sd_size,
+                native,
+            )
+        problems = dimension_problems(
+            self.mcfg, base.clip.config, dict(base.unet.config), dict(base.vae.config), base.empty_context.shape[-1]
+        )
         if problems:
             raise ConfigError("model dimensions do not fit together: " + "; ".join(problems))
 
@@ -280,12 +306,14 @@ class SynerDetect(nn.Module):
         missing = [k for k, p in own.items() if p.requires_grad and k not in state]
         unexpected = [k for k in state if k not in own]
         if missing or unexpected:
-            raise CheckpointError(f"{path} does not match the model (config changed?): missing {missing[:5]}, "
-                                  f"unexpected {unexpected[:5]}")
+            raise CheckpointError(
+                f"{path} does not match the model (config changed?): missing {missing[:5]}, unexpected {unexpected[:5]}"
+            )
         for k, v in state.items():
             if tuple(v.shape) != tuple(own[k].shape):
-                raise CheckpointError(f"{path}: tensor {k} has shape {tuple(v.shape)}, the model needs "
-                                      f"{tuple(own[k].shape)}")
+                raise CheckpointError(
+                    f"{path}: tensor {k} has shape {tuple(v.shape)}, the model needs {tuple(own[k].shape)}"
+                )
             if not v.is_floating_point():
                 raise CheckpointError(f"{path}: tensor {k} has dtype {v.dtype}, the model needs a float tensor")
             if not torch.isfinite(v).all():
@@ -331,8 +359,9 @@ class SynerDetect(nn.Module):
             self.check_inputs(images.clip, labels)
             self.check_inputs(images.sd)
             if images.sd.shape[0] != images.clip.shape[0]:
-                raise InputError(f"views of different batch sizes: clip {images.clip.shape[0]}, "
-                                 f"sd {images.sd.shape[0]}")
+                raise InputError(
+                    f"views of different batch sizes: clip {images.clip.shape[0]}, sd {images.sd.shape[0]}"
+                )
             return
         if not isinstance(images, torch.Tensor):
             raise InputError(f"images must be a torch.Tensor B x 3 x H x W in [0, 1], got {type(images).__name__}")
@@ -341,16 +370,19 @@ class SynerDetect(nn.Module):
         if images.shape[0] == 0:
             raise InputError("images is an empty batch")
         if not images.is_floating_point():
-            raise InputError(f"images must be a float tensor in [0, 1], got dtype {images.dtype} "
-                             "(divide uint8 images by 255)")
+            raise InputError(
+                f"images must be a float tensor in [0, 1], got dtype {images.dtype} (divide uint8 images by 255)"
+            )
         if min(images.shape[-2:]) < 8:
             raise InputError(f"images of {tuple(images.shape[-2:])} px are too small")
         if not torch.isfinite(images).all():
             raise InputError("images contain NaN or Inf")
         lo, hi = float(images.min()), float(images.max())
         if lo < -1e-3 or hi > 1 + 1e-3:
-            raise InputError(f"image values must lie in [0, 1], got [{lo:.3g}, {hi:.3g}] "
-                             "(pass float images scaled to [0, 1], not [0, 255] or [-1, 1])")
+            raise InputError(
+                f"image values must lie in [0, 1], got [{lo:.3g}, {hi:.3g}] "
+                "(pass float images scaled to [0, 1], not [0, 255] or [-1, 1])"
+            )
         if labels is not None:
             if not isinstance(labels, torch.Tensor):
                 labels = torch.as_tensor(labels)
@@ -398,8 +430,14 @@ class SynerDetect(nn.Module):
     def invert(self, latents: torch.Tensor, cond: torch.Tensor, steps: int | None = None) -> torch.Tensor:
         """Discriminative conditional inversion: DDIM-invert z0 conditioned on ``cond`` (B x D)."""
         ctx = self.sd_context(cond.detach()).to(self.compute_dtype)
-        return ddim_invert(self.unet, self.scheduler_config, latents.float(), ctx, steps or self.mcfg.inversion_steps,
-                           unet_fn=self._unet)
+        return ddim_invert(
+            self.unet,
+            self.scheduler_config,
+            latents.float(),
+            ctx,
+            steps or self.mcfg.inversion_steps,
+            unet_fn=self._unet,
+        )
 
     def noise_pixels(self, inverted: torch.Tensor) -> torch.Tensor:
         """Noise map -> E_d input (normalised pixels at clip_size)."""
@@ -409,7 +447,7 @@ class SynerDetect(nn.Module):
             return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False).to(self.compute_dtype)
         with torch.no_grad():
             rgb = self.vae.decode((inverted / self.vae_scale).to(self.compute_dtype)).sample.float()
-            rgb = ((rgb.clamp(-1, 1) + 1) / 2)
+            rgb = (rgb.clamp(-1, 1) + 1) / 2
             rgb = F.interpolate(rgb, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
             return ((rgb - self.clip_mean) / self.clip_std).to(self.compute_dtype)
 
@@ -417,13 +455,15 @@ class SynerDetect(nn.Module):
         """z_n = E_d(noise map), normalised, B x D."""
         return self.E_d(self.noise_pixels(inverted))
 
-    def cmid_loss(self, latents: torch.Tensor, c: torch.Tensor,
-                  generator: torch.Generator | None = None) -> torch.Tensor:
+    def cmid_loss(
+        self, latents: torch.Tensor, c: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         """Eq. 2: noise the latent at a random t, predict with the frozen UNet conditioned on c, MSE."""
         b = latents.shape[0]
         dev = latents.device
-        t = torch.randint(self.mcfg.cmid_t_min, self.mcfg.cmid_t_max + 1, (b,), device="cpu",
-                          generator=generator).to(dev)
+        t = torch.randint(self.mcfg.cmid_t_min, self.mcfg.cmid_t_max + 1, (b,), device="cpu", generator=generator).to(
+            dev
+        )
         noise = torch.randn(latents.shape, generator=generator, device="cpu").to(dev)
         noisy = self.noise_scheduler.add_noise(latents, noise, t)
         ctx = self.sd_context(c)
@@ -435,8 +475,9 @@ class SynerDetect(nn.Module):
             pred = (1 - ab).sqrt() * noisy + ab.sqrt() * pred
         return F.mse_loss(pred, noise)
 
-    def preprocess(self, pil_images: Any, *, train: bool = False, rng: Any = None, clip_view: str | None = None
-                   ) -> Views:
+    def preprocess(
+        self, pil_images: Any, *, train: bool = False, rng: Any = None, clip_view: str | None = None
+    ) -> Views:
         """PIL images -> what :meth:`predict` and :meth:`compute_losses` accept: the two views of each image from
         one decode (a ``clip_size`` crop of the image's own pixels for E_v and CConv, the image resized to
         ``sd_size`` for CMID and the inversion). ``train`` draws a random crop and the configured augmentation
@@ -458,8 +499,9 @@ class SynerDetect(nn.Module):
         return x_clip, z_v, self.prompts(z_v, x_clip)
 
     @torch.no_grad()
-    def inversion_inputs(self, images: torch.Tensor, z_t: torch.Tensor, *, latents: torch.Tensor | None = None
-                         ) -> CachedBatch:
+    def inversion_inputs(
+        self, images: torch.Tensor, z_t: torch.Tensor, *, latents: torch.Tensor | None = None
+    ) -> CachedBatch:
         """The generative branch up to E_d: the VAE latent at ``sd_size`` and its DDIM inversion at
         ``inversion_size``, conditioned on the label-agnostic prompt of ``z_t``. The one computation behind the
         online path, the feature cache and the bench."""
@@ -488,11 +530,23 @@ class SynerDetect(nn.Module):
         else:
             assert cached.inverted is not None  # set just above when it was missing
             z_n = self.encode_noise(cached.inverted)
-        return {"x_clip": x_clip, "z_v": z_v, "z_t": z_t, "z_n": z_n, "inverted": cached.inverted,
-                "latents": cached.latents}
+        return {
+            "x_clip": x_clip,
+            "z_v": z_v,
+            "z_t": z_t,
+            "z_n": z_n,
+            "inverted": cached.inverted,
+            "latents": cached.latents,
+        }
 
-    def compute_losses(self, images: torch.Tensor, labels: torch.Tensor, *, cached: CachedBatch | None = None,
-                       generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    def compute_losses(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        *,
+        cached: CachedBatch | None = None,
+        generator: torch.Generator | None = None,
+    ) -> dict[str, torch.Tensor]:
         """Eq. 2, 6, 7, 8, 9 on one batch. Returns 0-dim tensors: cr, dcl, pot, ot_dcl, total. ``cached`` (the
         feature cache's tensors of this batch) replaces the inversion; its ``latents`` are CMID's target when
         given, else the batch is VAE-encoded."""
@@ -500,8 +554,10 @@ class SynerDetect(nn.Module):
         labels = torch.as_tensor(labels, device=self.clip_pixels(images).device).long()
         lc = self.lcfg
         if lc.use_ot_dcl and len(set(labels.tolist())) < 2:
-            raise InputError("a training batch must hold both real and fake images (Eq. 7 needs negatives); "
-                             "use the class-balanced sampler")
+            raise InputError(
+                "a training batch must hold both real and fake images (Eq. 7 needs negatives); "
+                "use the class-balanced sampler"
+            )
         if lc.use_cmid and (cached is None or cached.latents is None):
             latents = self.encode_latents(images)
             cached = CachedBatch(latents, None, None) if cached is None else cached._replace(latents=latents)
@@ -528,9 +584,16 @@ class SynerDetect(nn.Module):
             if lc.use_pot:
                 # GMM/EM and W2 in fp32 even under mixed-precision autocast (docs/method.md)
                 with torch.autocast(device_type=z_v.device.type, enabled=False):
-                    pot, _ = pot_loss(g_n.float(), g_v.float(), k=lc.gmm_components, eps=lc.sinkhorn_eps,
-                                      covariance=lc.gmm_covariance, sample_term=lc.pot_sample_term,
-                                      em_iters=lc.gmm_iters, sinkhorn_iters=lc.sinkhorn_iters)
+                    pot, _ = pot_loss(
+                        g_n.float(),
+                        g_v.float(),
+                        k=lc.gmm_components,
+                        eps=lc.sinkhorn_eps,
+                        covariance=lc.gmm_covariance,
+                        sample_term=lc.pot_sample_term,
+                        em_iters=lc.gmm_iters,
+                        sinkhorn_iters=lc.sinkhorn_iters,
+                    )
             else:
                 pot = zero
             # Each process back-propagates through its own samples only and DDP averages the gradients over the
@@ -552,14 +615,16 @@ class SynerDetect(nn.Module):
         return sim_v + sim_n
 
     @staticmethod
-    def branch_similarities(z_v: torch.Tensor, z_n: torch.Tensor, z_t: torch.Tensor
-                            ) -> tuple[torch.Tensor, torch.Tensor]:
+    def branch_similarities(
+        z_v: torch.Tensor, z_n: torch.Tensor, z_t: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """The two terms of Eq. 10, B x 2 each: sim(z_v, z_t^c) (perceptual) and sim(z_n, z_t^c) (generative)."""
         return torch.einsum("bd,bcd->bc", z_v, z_t), torch.einsum("bd,bcd->bc", z_n, z_t)
 
     @torch.no_grad()
-    def predict(self, images: torch.Tensor, *, cached: CachedBatch | None = None, mode: str = "full"
-                ) -> dict[str, torch.Tensor]:
+    def predict(
+        self, images: torch.Tensor, *, cached: CachedBatch | None = None, mode: str = "full"
+    ) -> dict[str, torch.Tensor]:
         """Eq. 10 per image: s_real, s_fake, logit = s_fake - s_real, prob_fake, label (1 = fake), and the two branch
         similarities sim_v_* / sim_n_*. No label is used.
 
@@ -586,11 +651,17 @@ class SynerDetect(nn.Module):
             if was_training:
                 self.train(True)
         logit = s[:, 1] - s[:, 0]
-        return {"s_real": s[:, 0], "s_fake": s[:, 1], "logit": logit,
-                "prob_fake": torch.sigmoid(logit / self.mcfg.tau),  # = softmax((s_real, s_fake)/tau)[fake]
-                "label": (logit > 0).long(),
-                "sim_v_real": sim_v[:, 0], "sim_v_fake": sim_v[:, 1],
-                "sim_n_real": sim_n[:, 0], "sim_n_fake": sim_n[:, 1]}
+        return {
+            "s_real": s[:, 0],
+            "s_fake": s[:, 1],
+            "logit": logit,
+            "prob_fake": torch.sigmoid(logit / self.mcfg.tau),  # = softmax((s_real, s_fake)/tau)[fake]
+            "label": (logit > 0).long(),
+            "sim_v_real": sim_v[:, 0],
+            "sim_v_fake": sim_v[:, 1],
+            "sim_n_real": sim_n[:, 0],
+            "sim_n_fake": sim_n[:, 1],
+        }
 
     # ------------------------------------------------------------------ I/O
     @classmethod
@@ -664,15 +735,19 @@ class SynerDetect(nn.Module):
         if family != "synerdetect" or not version.isdigit():
             raise CheckpointError(f"{cfg_path}: unknown format {fmt!r} (expected {FORMAT})")
         if int(version) > FORMAT_VERSION:
-            raise CheckpointError(f"{cfg_path}: format {fmt} is newer than this version of synerdetect understands "
-                                  f"({FORMAT}); upgrade synerdetect")
+            raise CheckpointError(
+                f"{cfg_path}: format {fmt} is newer than this version of synerdetect understands "
+                f"({FORMAT}); upgrade synerdetect"
+            )
         cfg = from_dict(ExperimentConfig, config)
         for key in ("clip", "sd"):
             val = getattr(cfg.model, key)
             if val.startswith("base/") and not (folder / val).exists() and f"model.{key}" not in overrides:
                 # Said at once: a relative path would otherwise go to a model hub (and retry for a minute).
-                raise CheckpointError(f"{folder}: the base model folder {val}/ is missing (copy the whole checkpoint "
-                                      f"folder, or point model.{key} at the base model)")
+                raise CheckpointError(
+                    f"{folder}: the base model folder {val}/ is missing (copy the whole checkpoint "
+                    f"folder, or point model.{key} at the base model)"
+                )
             if val and not Path(val).is_absolute() and (folder / val).exists():
                 setattr(cfg.model, key, str(folder / val))
         cfg = merge(cfg, nest_dotted(overrides))

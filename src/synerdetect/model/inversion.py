@@ -46,12 +46,20 @@ UNetFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 def _unet_call(unet) -> UNetFn:
     def fn(x, t, ctx):
         return unet(x, t, encoder_hidden_states=ctx, return_dict=False)[0]
+
     return fn
 
 
 @torch.no_grad()
-def ddim_invert(unet, scheduler_config: dict, latents: torch.Tensor, context: torch.Tensor, steps: int,
-                *, unet_fn: UNetFn | None = None) -> torch.Tensor:
+def ddim_invert(
+    unet,
+    scheduler_config: dict,
+    latents: torch.Tensor,
+    context: torch.Tensor,
+    steps: int,
+    *,
+    unet_fn: UNetFn | None = None,
+) -> torch.Tensor:
     """Map clean latents z0 (B x C x h x w) to ẑ_T by DDIM inversion conditioned on ``context``
     (B x L x D). Guidance scale 1, no gradient."""
     _, inv = make_schedulers(scheduler_config, steps)

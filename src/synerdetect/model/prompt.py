@@ -50,8 +50,10 @@ class CConvTokens(nn.Module):
         super().__init__()
         self.bayar = BayarConv2d(3, filters, kernel)
         self.stem = nn.Sequential(
-            nn.Conv2d(filters, channels, 3, stride=2, padding=1), nn.GELU(),
-            nn.Conv2d(channels, channels, 3, stride=2, padding=1), nn.GELU(),
+            nn.Conv2d(filters, channels, 3, stride=2, padding=1),
+            nn.GELU(),
+            nn.Conv2d(channels, channels, 3, stride=2, padding=1),
+            nn.GELU(),
         )
         self.pool = nn.AdaptiveAvgPool2d(grid)
         self.proj = nn.Linear(channels, dim)
@@ -66,8 +68,21 @@ class VisualAwareTuner(nn.Module):
 
     With both sources switched off (Table 5c, "fixed prompts") the context is the same for every image."""
 
-    def __init__(self, width: int, joint_dim: int, n_ctx: int, heads: int, *, use_global: bool, use_local: bool,
-                 cconv_filters: int, cconv_kernel: int, cconv_channels: int, cconv_grid: int, init_std: float = 0.02):
+    def __init__(
+        self,
+        width: int,
+        joint_dim: int,
+        n_ctx: int,
+        heads: int,
+        *,
+        use_global: bool,
+        use_local: bool,
+        cconv_filters: int,
+        cconv_kernel: int,
+        cconv_channels: int,
+        cconv_grid: int,
+        init_std: float = 0.02,
+    ):
         super().__init__()
         if width % heads != 0:
             raise ValueError(f"text width {width} is not divisible by tuner_heads={heads}")
@@ -125,8 +140,10 @@ class PromptTextEncoder(nn.Module):
         # First EOS per row (pad may equal eos); causal attention makes the trailing pads irrelevant.
         eos_pos = (ids == eos).int().argmax(dim=1)
         if ids.shape[1] > self.text_model.config.max_position_embeddings:
-            raise ValueError(f"prompt of {ids.shape[1]} tokens exceeds the text tower's "
-                             f"{self.text_model.config.max_position_embeddings} positions; lower model.n_ctx")
+            raise ValueError(
+                f"prompt of {ids.shape[1]} tokens exceeds the text tower's "
+                f"{self.text_model.config.max_position_embeddings} positions; lower model.n_ctx"
+            )
         self.register_buffer("token_ids", ids, persistent=False)
         self.register_buffer("eos_pos", eos_pos, persistent=False)
         self.width = self.text_model.config.hidden_size
@@ -140,7 +157,7 @@ class PromptTextEncoder(nn.Module):
         tok_emb = self.text_model.embeddings.token_embedding(self.token_ids)  # n_cls x L x W
         tok_emb = tok_emb.unsqueeze(0).expand(b, -1, -1, -1)
         ctx = ctx.to(tok_emb.dtype).unsqueeze(1).expand(-1, n_cls, -1, -1)
-        emb = torch.cat([tok_emb[:, :, :1], ctx, tok_emb[:, :, 1 + self.n_ctx:]], dim=2).reshape(b * n_cls, length, -1)
+        emb = torch.cat([tok_emb[:, :, :1], ctx, tok_emb[:, :, 1 + self.n_ctx :]], dim=2).reshape(b * n_cls, length, -1)
         hidden = self.text_model.embeddings(inputs_embeds=emb)
         mask = create_causal_mask(config=self.text_model.config, inputs_embeds=hidden, attention_mask=None, cache=None)
         hidden = self.text_model.encoder(inputs_embeds=hidden, attention_mask=mask, is_causal=True).last_hidden_state

@@ -30,6 +30,7 @@ def quiet_libraries() -> None:
     except ImportError:  # pragma: no cover
         pass
 
+
 TINY = "tiny"
 RANDOM_CLIP = "random:vit-l-14"
 RANDOM_SD = "random:sd-2.1-base"
@@ -55,15 +56,32 @@ class BaseModels:
 # tiny and random architectures (configs only; weights are random)
 # ---------------------------------------------------------------------------
 
+
 def _tiny_clip_config(vocab_size: int):
     from transformers import CLIPConfig
 
     # bos/eos/pad must lie inside the small vocabulary; EOT pooling uses eos.
-    text = dict(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                num_attention_heads=4, max_position_embeddings=77, bos_token_id=vocab_size - 2,
-                eos_token_id=vocab_size - 1, pad_token_id=vocab_size - 1, hidden_act="gelu")
-    vision = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                  image_size=64, patch_size=8, hidden_act="gelu")
+    text = dict(
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=77,
+        bos_token_id=vocab_size - 2,
+        eos_token_id=vocab_size - 1,
+        pad_token_id=vocab_size - 1,
+        hidden_act="gelu",
+    )
+    vision = dict(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        image_size=64,
+        patch_size=8,
+        hidden_act="gelu",
+    )
     return CLIPConfig(text_config=text, vision_config=vision, projection_dim=32)
 
 
@@ -71,11 +89,27 @@ def _vit_l14_config(vocab_size: int):
     from transformers import CLIPConfig
 
     # OpenCLIP ViT-L/14 (LAION-2B) in transformers' format: GELU, 768-d joint space.
-    text = dict(vocab_size=max(vocab_size, 49408), hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-                num_attention_heads=12, max_position_embeddings=77, hidden_act="gelu",
-                bos_token_id=vocab_size - 2, eos_token_id=vocab_size - 1, pad_token_id=vocab_size - 1)
-    vision = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
-                  image_size=224, patch_size=14, hidden_act="gelu")
+    text = dict(
+        vocab_size=max(vocab_size, 49408),
+        hidden_size=768,
+        intermediate_size=3072,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        max_position_embeddings=77,
+        hidden_act="gelu",
+        bos_token_id=vocab_size - 2,
+        eos_token_id=vocab_size - 1,
+        pad_token_id=vocab_size - 1,
+    )
+    vision = dict(
+        hidden_size=1024,
+        intermediate_size=4096,
+        num_hidden_layers=24,
+        num_attention_heads=16,
+        image_size=224,
+        patch_size=14,
+        hidden_act="gelu",
+    )
     return CLIPConfig(text_config=text, vision_config=vision, projection_dim=768)
 
 
@@ -104,21 +138,51 @@ def _tiny_sd_components(seed: int, clip_folder: Path):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed + 1)
         unet = UNet2DConditionModel(
-            sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
-            block_out_channels=(32, 64), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32,
-            attention_head_dim=8, norm_num_groups=8, use_linear_projection=True,
+            sample_size=8,
+            in_channels=4,
+            out_channels=4,
+            layers_per_block=1,
+            block_out_channels=(32, 64),
+            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+            cross_attention_dim=32,
+            attention_head_dim=8,
+            norm_num_groups=8,
+            use_linear_projection=True,
         )
         vae = AutoencoderKL(
-            in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1, sample_size=64,
-            block_out_channels=(8, 16, 16, 16), norm_num_groups=8,
-            down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+            in_channels=3,
+            out_channels=3,
+            latent_channels=4,
+            layers_per_block=1,
+            sample_size=64,
+            block_out_channels=(8, 16, 16, 16),
+            norm_num_groups=8,
+            down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4,
         )
-        text = CLIPTextModel(CLIPTextConfig(
-            vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-            max_position_embeddings=77, bos_token_id=vocab - 2, eos_token_id=vocab - 1, pad_token_id=vocab - 1))
-    sched = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
-                          set_alpha_to_one=False, steps_offset=1, prediction_type="epsilon")
+        text = CLIPTextModel(
+            CLIPTextConfig(
+                vocab_size=vocab,
+                hidden_size=32,
+                intermediate_size=64,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                max_position_embeddings=77,
+                bos_token_id=vocab - 2,
+                eos_token_id=vocab - 1,
+                pad_token_id=vocab - 1,
+            )
+        )
+    sched = DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+        prediction_type="epsilon",
+    )
     return unet, vae, text, tok, sched
 
 
@@ -134,8 +198,16 @@ def write_tiny_sd(folder: str | Path, seed: int = 0, prediction_type: str = "eps
     tok.model_max_length = 77
     if prediction_type != "epsilon":
         sched = type(sched).from_config(sched.config, prediction_type=prediction_type)
-    pipe: Any = StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=tok, unet=unet, scheduler=sched,
-                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe: Any = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text,
+        tokenizer=tok,
+        unet=unet,
+        scheduler=sched,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
     pipe.save_pretrained(folder)
     for f in tok_dir.iterdir():
         f.unlink()
@@ -150,9 +222,16 @@ def _tiny_root(seed: int) -> Path:
 
 
 _TINY_CLIP_FILES = ("config.json", "model.safetensors", "tokenizer_config.json")
-_TINY_SD_FILES = ("model_index.json", "unet/config.json", "unet/diffusion_pytorch_model.safetensors",
-                  "vae/config.json", "vae/diffusion_pytorch_model.safetensors", "text_encoder/config.json",
-                  "text_encoder/model.safetensors", "scheduler/scheduler_config.json")
+_TINY_SD_FILES = (
+    "model_index.json",
+    "unet/config.json",
+    "unet/diffusion_pytorch_model.safetensors",
+    "vae/config.json",
+    "vae/diffusion_pytorch_model.safetensors",
+    "text_encoder/config.json",
+    "text_encoder/model.safetensors",
+    "scheduler/scheduler_config.json",
+)
 
 
 def _complete(folder: Path, files: tuple[str, ...]) -> bool:
@@ -176,8 +255,10 @@ def ensure_tiny_folders(seed: int = 0, *, wait_s: float = 600.0) -> tuple[Path, 
         deadline = time.monotonic() + wait_s
         while not (_complete(clip_dir, _TINY_CLIP_FILES) and _complete(sd_dir, _TINY_SD_FILES)):
             if time.monotonic() > deadline:
-                raise BaseModelError(f"waited {wait_s:.0f} s for rank 0 to build the tiny models in {root}; "
-                                     "the ranks need a shared filesystem (or set SYNERDETECT_CACHE to one)")
+                raise BaseModelError(
+                    f"waited {wait_s:.0f} s for rank 0 to build the tiny models in {root}; "
+                    "the ranks need a shared filesystem (or set SYNERDETECT_CACHE to one)"
+                )
             time.sleep(0.2)
         return clip_dir, sd_dir
     import shutil
@@ -215,6 +296,7 @@ def _atomic_dir_replace(tmp: Path, final: Path) -> None:
 # loading
 # ---------------------------------------------------------------------------
 
+
 def _require(path: Path, what: str) -> None:
     if not path.exists():
         raise BaseModelError(f"{what} not found: {path}")
@@ -237,8 +319,10 @@ def load_clip(spec: str, *, tiny_seed: int = 0):
         model = CLIPModel.from_pretrained(spec)
         tok = load_tokenizer(spec)
     except OSError as e:
-        raise BaseModelError(f"could not load CLIP from {spec!r}: {e}. Pass a local transformers CLIP folder "
-                             "(config.json, model.safetensors, tokenizer files) or a reachable hub id.") from e
+        raise BaseModelError(
+            f"could not load CLIP from {spec!r}: {e}. Pass a local transformers CLIP folder "
+            "(config.json, model.safetensors, tokenizer files) or a reachable hub id."
+        ) from e
     if tok.model_max_length > 10_000:
         tok.model_max_length = model.config.text_config.max_position_embeddings  # type: ignore[union-attr]
     return model, tok
@@ -251,14 +335,32 @@ def load_sd(spec: str, *, tiny_seed: int = 0):
 
     if spec == RANDOM_SD:
         unet = UNet2DConditionModel(
-            sample_size=64, cross_attention_dim=1024, attention_head_dim=(5, 10, 20, 20),
-            use_linear_projection=True, block_out_channels=(320, 640, 1280, 1280), layers_per_block=2)
-        vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2,
-                            block_out_channels=(128, 256, 512, 512), sample_size=512,
-                            down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
-        sched: Any = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                                   clip_sample=False, set_alpha_to_one=False, steps_offset=1,
-                                   prediction_type="epsilon")
+            sample_size=64,
+            cross_attention_dim=1024,
+            attention_head_dim=(5, 10, 20, 20),
+            use_linear_projection=True,
+            block_out_channels=(320, 640, 1280, 1280),
+            layers_per_block=2,
+        )
+        vae = AutoencoderKL(
+            in_channels=3,
+            out_channels=3,
+            latent_channels=4,
+            layers_per_block=2,
+            block_out_channels=(128, 256, 512, 512),
+            sample_size=512,
+            down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4,
+        )
+        sched: Any = DDIMScheduler(
+            beta_start=0.00085,
+            beta_end=0.012,
+            beta_schedule="scaled_linear",
+            clip_sample=False,
+            set_alpha_to_one=False,
+            steps_offset=1,
+            prediction_type="epsilon",
+        )
         # Random weights anyway: a random empty-prompt context stands in for the 340M-param text tower.
         g = torch.Generator().manual_seed(tiny_seed)
         return unet, vae, dict(sched.config), torch.randn(1, 77, 1024, generator=g)
@@ -276,9 +378,11 @@ def load_sd(spec: str, *, tiny_seed: int = 0):
         sched = DDIMScheduler.from_pretrained(spec, subfolder="scheduler")
         empty = _empty_prompt_context(spec)
     except OSError as e:
-        raise BaseModelError(f"could not load Stable Diffusion from {spec!r}: {e}. Pass a local diffusers "
-                             "pipeline folder (model_index.json, unet/, vae/, scheduler/, text_encoder/, "
-                             "tokenizer/).") from e
+        raise BaseModelError(
+            f"could not load Stable Diffusion from {spec!r}: {e}. Pass a local diffusers "
+            "pipeline folder (model_index.json, unet/, vae/, scheduler/, text_encoder/, "
+            "tokenizer/)."
+        ) from e
     return unet, vae, dict(sched.config), empty
 
 
@@ -326,5 +430,13 @@ def load_base_models(clip_spec: str, sd_spec: str, *, tiny_seed: int = 0) -> Bas
     quiet_libraries()
     clip, tok = load_clip(clip_spec, tiny_seed=tiny_seed)
     unet, vae, sched_cfg, empty = load_sd(sd_spec, tiny_seed=tiny_seed)
-    return BaseModels(clip=clip, tokenizer=tok, unet=unet, vae=vae, scheduler_config=sched_cfg,
-                      empty_context=empty, clip_source=clip_spec, sd_source=sd_spec)
+    return BaseModels(
+        clip=clip,
+        tokenizer=tok,
+        unet=unet,
+        vae=vae,
+        scheduler_config=sched_cfg,
+        empty_context=empty,
+        clip_source=clip_spec,
+        sd_source=sd_spec,
+    )
