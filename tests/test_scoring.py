@@ -21,6 +21,8 @@ from synerdetect.engine.scoring import SCORE_KEYS, Scorer
 from synerdetect.engine.train import loader_image_size
 
 RECORD_KEYS = {
+    "decided_by",
+    "perceptual_logit",
     "name",
     "sha256",
     "width",

@@ -26,6 +26,8 @@ A record (all keys always present; the score keys are None for an image with an 
      "verdict_source": "model" | "c2pa",
      "model_verdict",                          # the model's verdict, also when metadata decided "verdict"
      "prob_fake", "calibrated", "logit", "s_real", "s_fake",
+     "decided_by": "full" | "perceptual",      # which path of Eq. 10 decided (mode full / perceptual / cascade)
+     "perceptual_logit": float | None,         # the CLIP-branch margin that routed the image (cascade only)
      "sim_v_real", "sim_v_fake", "sim_n_real", "sim_n_fake",   # the two branch similarities of Eq. 10
      "provenance": dict | None,                # read_provenance(...) when provenance is enabled, else None
      "timings": {"decode_ms", "provenance_ms", "score_ms", "batch_size"},
@@ -486,6 +488,7 @@ class Scorer:
             "prob_fake": None,
             "calibrated": None,
             "decided_by": None,
+            "perceptual_logit": None,
         }
         rec.update(dict.fromkeys(SCORE_KEYS))
         rec.update(
