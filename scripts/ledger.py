@@ -20,10 +20,10 @@ from pathlib import Path
 
 from synerdetect.config import merge
 from synerdetect.demo import build_demo_benchmark
+from synerdetect.demo.run import demo_config
 from synerdetect.engine.evaluate import evaluate, load_labelled
 from synerdetect.engine.train import train
 from synerdetect.model import SynerDetect
-from synerdetect.presets import get_preset
 
 SEEN = ("gan_upsample",)
 
@@ -51,26 +51,12 @@ ROWS: dict[str, tuple[str, dict, dict]] = {
 
 
 def demo_cfg(data: Path, run: Path, seed: int, patch: dict):
+    """The demo's own training set-up (``demo_config``), with this run's folder, seed and one switched row."""
+    cfg = demo_config(data.parent)  # reads <out>/data/train, like the demo
     cfg = merge(
-        get_preset("tiny"),
+        cfg,
         {
-            "data": {
-                "train": str(data / "train"),
-                "train_layout": "cnndetection",
-                "train_split": "train",
-                "image_size": 64,
-                "blur_prob": 0.0,
-                "jpeg_prob": 0.0,
-            },
-            "train": {
-                "output_dir": str(run),
-                "epochs": 4,
-                "batch_size": 16,
-                "checkpoint_every": 0,
-                "log_every": 5,
-                "num_workers": 0,
-                "seed": seed,
-            },
+            "train": {"output_dir": str(run), "seed": seed, "checkpoint_every": 0},
             "cache": {"dir": str(run / "feature_cache")},
         },
     )

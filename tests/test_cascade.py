@@ -183,3 +183,6 @@ def test_cascade_through_calibrate_predict_and_evaluate(tiny_model, tmp_path, ca
     )
     res = json.loads((out / "results.json").read_text())
     assert res["mode"] == "cascade" and res["generators"]["gan_upsample"]["n_real"] == 8
+    inside = sum(lo <= p["logit"] <= hi for p in per)
+    assert res["generators"]["gan_upsample"]["inverted_share"] == pytest.approx(inside / len(per))
+    assert "took the inversion path" in (out / "results.md").read_text()

@@ -141,7 +141,10 @@ def test_scores_jsonl_optional_fields_round_trip(tmp_path, records):
 
     from synerdetect.engine.report import OPTIONAL_SCORE_FIELDS, write_scores_jsonl
 
-    recs = [replace(r, verdict="fake" if r.logit > 0 else "real", calibrated=True, size=(64, 48)) for r in records]
+    recs = [
+        replace(r, verdict="fake" if r.logit > 0 else "real", calibrated=True, size=(64, 48), decided_by="full")
+        for r in records
+    ]
     recs[0] = replace(recs[0], verdict="uncertain")
     write_scores_jsonl(tmp_path / "s.jsonl", recs)
     first = json.loads((tmp_path / "s.jsonl").read_text().splitlines()[0])

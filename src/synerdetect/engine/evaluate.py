@@ -44,6 +44,7 @@ class ScoredBatch:
     labels: list[int]
     out: dict[str, torch.Tensor]
     formats: list[str]
+    decided_by: list[str] | None = None  # per image under --mode perceptual / cascade
 
 
 def iter_scores(
@@ -92,6 +93,7 @@ def iter_scores(
                 batch["label"].tolist(),
                 {k: v.detach().float().cpu() for k, v in out.items()},
                 batch["format"],
+                [mode] * n if mode != "full" else None,
             )
         bar.update(n + len(batch["errors"]))
     bar.close()
@@ -112,8 +114,8 @@ def _iter_cascade(model, loader, band, batch_size: int, device, errors: list | N
                 ids = list(zip(batch["path"], batch["generator"], batch["label"].tolist(), batch["format"]))
                 yield batch["image"].to(device), ids
 
-    for (path, gen, label, fmt), out, _how in cascade_predict(model, batches(), band, batch_size=batch_size):
-        yield ScoredBatch([path], [gen], [label], {k: torch.tensor([v]) for k, v in out.items()}, [fmt])
+    for (path, gen, label, fmt), out, how in cascade_predict(model, batches(), band, batch_size=batch_size):
+        yield ScoredBatch([path], [gen], [label], {k: torch.tensor([v]) for k, v in out.items()}, [fmt], [how])
 
 
 def _gather(obj: list) -> list:
@@ -167,6 +169,7 @@ def score_samples(
                     logit=float(sb.out["logit"][i]),
                     prob_fake=float(sb.out["prob_fake"][i]),
                     format=sb.formats[i],
+                    decided_by=sb.decided_by[i] if sb.decided_by is not None else None,
                 )
             )
     records = _gather(records)
@@ -346,6 +349,11 @@ def evaluate(
     sizes = {r.path: header_size(r.path) for r in records}
     records = finish_records(records, tau=tau, calibration=calibration, sizes=sizes)
     summary = summarize(records)
+    if mode != "full":  # which share of each generator's images took the inversion path
+        for g, m in summary["generators"].items():
+            took = [r.decided_by == "full" for r in records if r.generator == g]
+            m["inverted_share"] = sum(took) / len(took) if took else None
+        summary["inverted_share"] = sum(r.decided_by == "full" for r in records) / len(records)
     cal_section = calibration_section(records, tau=tau, calibration=calibration)
     shortcuts = list(summary["warnings"])  # format / size shortcut warnings, per generator
     suggestion = None
@@ -423,6 +431,14 @@ def evaluate(
         plot_logit_distributions(records, out / "logit_distributions.png", title=title)
         plot_reliability(cal_section, out / "reliability.png", title=title)
         md = markdown_table(summary) + "\n" + calibration_markdown(cal_section)
+        if mode != "full":
+            shares = ", ".join(
+                f"{g} {m['inverted_share'] * 100:.1f}%"
+                for g, m in summary["generators"].items()
+                if m.get("inverted_share") is not None
+            )
+            everyone = summary["inverted_share"] * 100
+            md += f"\n\n**Mode {mode}**: share of images that took the inversion path: {shares} (all {everyone:.1f}%)\n"
         if harmonized is not None:
             md += "\n" + harmonized_markdown(summary, harmonized, harm.name if harm else str(harmonize))
         if shortcuts:

@@ -83,6 +83,7 @@ class ScoreRecord:
     verdict: str | None = None  # "real" | "fake" | "uncertain" (calibration band); None: not computed
     calibrated: bool | None = None  # prob_fake comes from a fitted calibration; None: not recorded
     size: tuple[int, int] | None = None  # (width, height) of the file as stored; None: unknown
+    decided_by: str | None = None  # "full" | "perceptual" under --mode cascade/perceptual; None: full Eq. 10
 
     def __post_init__(self) -> None:
         label = self.label
@@ -142,7 +143,7 @@ class ScoreRecord:
         return cls(**{n: d[n] for n in names if n in d})
 
 
-_OPTIONAL_FIELDS = ("format", "verdict", "calibrated", "size")
+_OPTIONAL_FIELDS = ("format", "verdict", "calibrated", "size", "decided_by")
 
 
 def _as_records(records: Iterable[ScoreRecord | Mapping[str, Any]]) -> list[ScoreRecord]:

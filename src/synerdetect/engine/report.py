@@ -42,7 +42,7 @@ __all__ = [
 
 SCORE_FIELDS = ("path", "generator", "label", "s_real", "s_fake", "logit", "prob_fake", "format")
 #: Written after :data:`SCORE_FIELDS` in scores.jsonl when the record has them (not None).
-OPTIONAL_SCORE_FIELDS = ("verdict", "calibrated", "size")
+OPTIONAL_SCORE_FIELDS = ("verdict", "calibrated", "size", "decided_by")
 CSV_COLUMNS = (
     "generator",
     "acc",
