@@ -261,6 +261,108 @@ def test_api_key(tiny_model, tmp_path):
         assert c.get("/").status_code == 200
 
 
+def test_public_bind_needs_a_key_or_an_explicit_opt_out(tmp_path, capsys, monkeypatch):
+    from synerdetect.cli import main
+    from synerdetect.serve.limits import is_loopback
+
+    assert all(is_loopback(h) for h in ("127.0.0.1", "127.0.0.2", "::1", "[::1]", "localhost"))
+    assert not any(is_loopback(h) for h in ("0.0.0.0", "::", "", "10.1.2.3", "192.168.0.5", "example.org"))
+    loads: list[str] = []
+
+    def fake_load(cls, checkpoint, **kw):
+        loads.append(str(checkpoint))
+        raise RuntimeError("model loading reached")
+
+    monkeypatch.setattr(Scorer, "from_checkpoint", classmethod(fake_load))
+    ckpt = str(tmp_path / "ckpt")
+    for host in ("0.0.0.0", "::", "10.1.2.3"):
+        assert main(["serve", "--checkpoint", ckpt, "--host", host]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "--api-key-file" in err and "--insecure-no-auth" in err, err
+    assert loads == []  # refused before any model was loaded
+    # loopback needs nothing; a public host with the explicit opt-out or with a key file goes on to load the model
+    keyfile = tmp_path / "keys"
+    keyfile.write_text("secret-key-1\n")
+    for extra in (
+        ["--host", "127.0.0.1"],
+        ["--host", "0.0.0.0", "--insecure-no-auth"],
+        ["--host", "0.0.0.0", "--api-key-file", str(keyfile)],
+    ):
+        assert main(["serve", "--checkpoint", ckpt, *extra]) == 2
+        assert "model loading reached" in capsys.readouterr().err
+    assert loads == [ckpt] * 3
+
+
+def test_api_keys_are_compared_in_constant_time(monkeypatch):
+    from synerdetect.serve import limits
+
+    calls: list[tuple[bytes, bytes]] = []
+    real = limits.hmac.compare_digest
+
+    def spy(a, b):
+        calls.append((a, b))
+        return real(a, b)
+
+    monkeypatch.setattr(limits.hmac, "compare_digest", spy)
+    keys = ("secret-key-1", "secret-key-2")
+    assert limits.api_key_ok(keys, "Bearer secret-key-2", None)
+    assert (b"secret-key-2", b"secret-key-2") in calls
+    calls.clear()
+    assert not limits.api_key_ok(keys, "Bearer secret-key-3", "nope")
+    assert len(calls) == 4  # every offered value against every key: no early exit that would leak which matched
+    assert not limits.api_key_ok(keys, None, None) and limits.api_key_ok((), None, None)
+
+
+def test_cors_is_off_unless_an_origin_is_named(tiny_model):
+    origin = {"Origin": "https://app.example.org"}
+    preflight = {**origin, "Access-Control-Request-Method": "POST"}
+    with serving(tiny_model) as (c, app):
+        assert "access-control-allow-origin" not in c.get("/v1/model", headers=origin).headers
+        assert "access-control-allow-origin" not in c.options("/v1/detect", headers=preflight).headers
+    with serving(tiny_model, cors_origins=("https://app.example.org",)) as (c, app):
+        assert c.get("/v1/model", headers=origin).headers["access-control-allow-origin"] == origin["Origin"]
+        assert c.options("/v1/detect", headers=preflight).status_code == 200
+        other = {"Origin": "https://evil.example"}
+        assert "access-control-allow-origin" not in c.get("/v1/model", headers=other).headers
+    with pytest.raises(ValueError, match="name the origins"):
+        ServeSettings(cors_origins=("*",))
+
+
+def test_client_file_names_are_never_used_as_paths(tiny_model, tmp_path):
+    target = tmp_path / "written.png"
+    names = [str(target), "../../" + str(tmp_path.name) + "/written.png"]
+    with serving(tiny_model) as (c, app):
+        r = c.post("/v1/detect", files=[("files", (n, _png(7), "image/png")) for n in names])
+        assert r.status_code == 200 and [x["name"] for x in r.json()["results"]] == names
+        r = c.post("/v1/detect", content=_png(8), params={"name": str(target)})
+        assert r.status_code == 200 and r.json()["results"][0]["name"] == str(target)
+    assert not target.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_api_results_equal_offline_predict_on_the_same_checkpoint(tiny_model, tmp_path):
+    ckpt = tiny_model.save_pretrained(tmp_path / "ckpt")
+    paths = []
+    for i in range(5):
+        p = tmp_path / f"img{i}.png"
+        p.write_bytes(_png(40 + i, size=(64 + 16 * i, 72 + 8 * i)))
+        paths.append(str(p))
+    offline = Scorer.from_checkpoint(ckpt, device="cpu", provenance=False).score_paths(paths, progress=False)
+    app = create_app(Scorer.from_checkpoint(ckpt, device="cpu", provenance=False), ServeSettings(max_batch=2))
+    with TestClient(app) as c:
+        _wait(lambda: c.get("/readyz").status_code == 200)
+        served = c.post("/v1/detect", files=[("files", (Path(p).name, Path(p).read_bytes())) for p in paths[:3]])
+        served = served.json()["results"] + [
+            c.post("/v1/detect", content=Path(p).read_bytes(), params={"name": Path(p).name}).json()["results"][0]
+            for p in paths[3:]
+        ]
+    assert len(offline) == len(served) == 5
+    for off, api in zip(offline, served, strict=True):
+        assert api["error"] is None and Path(off["name"]).name == api["name"]
+        assert abs(api["logit"] - off["logit"]) < 1e-5, (api["logit"], off["logit"])
+        assert api["verdict"] == off["verdict"] and api["label"] == off["label"]
+        assert abs(api["prob_fake"] - off["prob_fake"]) < 1e-5 and api["sha256"] == off["sha256"]
+
+
 # ----------------------------------------------------------------------------- back-pressure and batching
 def _post_in_thread(client, results, key, content):
     def run():
@@ -510,13 +612,84 @@ def test_load_on_a_real_uvicorn_server(tiny_model, tmp_path):
         (tmp_path / "load_summary.json").write_text(json.dumps(summary))
         if os.environ.get("SYNERDETECT_LOAD_SUMMARY"):
             Path(os.environ["SYNERDETECT_LOAD_SUMMARY"]).write_text(json.dumps(summary))
-    finally:
+        # graceful shutdown: SIGTERM while a request is in flight (its body half sent) stops accepting new
+        # connections, lets that request finish with 200, then the process exits 0
+        first, rest = images[0][:100], images[0][100:]
+        half_sent, go_on = threading.Event(), threading.Event()
+        inflight: dict = {}
+
+        def body():
+            yield first
+            half_sent.set()
+            assert go_on.wait(30)
+            yield rest
+
+        def slow_request() -> None:
+            try:
+                inflight["r"] = httpx.post(base + "/v1/detect", content=body(), params={"name": "late.png"}, timeout=60)
+            except Exception as e:  # noqa: BLE001 - reported by the assertion below
+                inflight["error"] = repr(e)
+
+        t = threading.Thread(target=slow_request)
+        t.start()
+        assert half_sent.wait(30)
+        time.sleep(0.5)  # the server has the first chunk
         proc.send_signal(signal.SIGTERM)
-        try:
-            rc = proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            rc = proc.wait(10)
+        deadline = time.monotonic() + 10
+        while True:  # new connections are refused once the server stops listening
+            try:
+                httpx.get(base + "/healthz", timeout=1)
+            except httpx.ConnectError:
+                break
+            assert time.monotonic() < deadline, "the server kept accepting connections after SIGTERM"
+            time.sleep(0.1)
+        assert proc.poll() is None  # still finishing the request in flight
+        go_on.set()
+        t.join(60)
+        assert "r" in inflight, inflight.get("error")
+        assert inflight["r"].status_code == 200, inflight["r"].text
+        assert inflight["r"].json()["results"][0]["name"] == "late.png"
+        rc = proc.wait(30)
+        assert rc == 0, (tmp_path / "server.log").read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
         log.close()
-    # a graceful shutdown on SIGTERM (uvicorn re-raises the signal once it has shut down)
-    assert rc in (0, -signal.SIGTERM), (tmp_path / "server.log").read_text()[-3000:]
+
+
+@pytest.mark.slow
+def test_bench_serve_load_test_reports_every_field(tiny_model, tmp_path, capsys):
+    from synerdetect.cli import main
+
+    ckpt = tiny_model.save_pretrained(tmp_path / "ckpt")
+    out = tmp_path / "serve.jsonl"
+    argv = ["bench", "--serve", "--checkpoint", str(ckpt), "--clients", "4", "--requests", "12", "--bad-share", "0.34"]
+    assert main([*argv, "--batch-size", "4", "--serve-timeout", "300", "--out", str(out)]) == 0
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    assert capsys.readouterr().out.splitlines() == out.read_text().splitlines()
+    by = {x["bench"]: x for x in lines}
+    assert set(by) == {"serve_latency", "serve_throughput", "serve_errors", "serve_memory", "serve_correctness"}
+    lat = by["serve_latency"]
+    assert 0 < lat["p50_ms"] <= lat["p95_ms"] <= lat["p99_ms"]
+    thr = by["serve_throughput"]
+    assert thr["served_images"] == 8 and thr["served_images_per_s"] > 0 and thr["offline_images_per_s"] > 0
+    assert thr["ratio"] == pytest.approx(thr["served_images_per_s"] / thr["offline_images_per_s"], rel=0.01)
+    assert thr["mean_batch_size"] >= 1 and thr["forward_passes"] >= 1
+    err = by["serve_errors"]
+    assert err["bad_requests"] == 4 and {k: v["n"] for k, v in err["by_kind"].items()} == {
+        "truncated": 1,
+        "bomb": 1,
+        "not_an_image": 1,
+        "empty": 1,
+    }
+    assert err["by_kind"]["bomb"]["statuses"] == {"422": 1} and err["by_kind"]["empty"]["statuses"] == {"400": 1}
+    mem = by["serve_memory"]
+    assert mem["rss_before_mb"] > 50 and mem["rss_after_mb"] > 50
+    ok = by["serve_correctness"]
+    assert ok["answered"] == 12 and ok["all_answered"] and ok["no_5xx"] and ok["bad_as_expected"]
+    assert ok["logits_match_offline"] and ok["max_abs_dlogit"] < 1e-5 and ok["server_exit_code"] == 0

@@ -6,6 +6,9 @@ Needs the Debian packages ``chromium`` and ``chromium-driver``; skipped with tha
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 import os
 import shutil
 import socket
@@ -102,6 +105,9 @@ def _images(folder: Path) -> dict[str, Path]:
     photo = folder / "photo.png"
     Image.fromarray(rng.integers(0, 256, (96, 128, 3), dtype=np.uint8), "RGB").save(photo)
     files["photo.png"] = photo
+    second = folder / "second.png"
+    Image.fromarray(rng.integers(0, 256, (72, 100, 3), dtype=np.uint8), "RGB").save(second)
+    files["second.png"] = second
     broken = folder / "broken.jpg"
     broken.write_bytes(b"this is not an image")
     files["broken.jpg"] = broken
@@ -121,6 +127,7 @@ def _images(folder: Path) -> dict[str, Path]:
 def test_page_uploads_images_and_renders_verdicts(server, browser, tmp_path):
     import httpx
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import WebDriverWait
 
     files = _images(tmp_path)
@@ -163,9 +170,75 @@ def test_page_uploads_images_and_renders_verdicts(server, browser, tmp_path):
         assert gen.get_attribute("data-state") == "done"
         assert "declares AI generation" in gen.text and "C2PA manifest: valid, untrusted signer" in gen.text
 
-    assert (
-        "3 images processed (1 could not be scored)." in browser.find_element(By.ID, "status").text or len(files) == 2
+    assert f"{len(files)} images processed (1 could not be scored)." in browser.find_element(By.ID, "status").text
+
+    # both good images got their verdict, equal to the API's
+    api_all = httpx.post(
+        server + "/v1/detect",
+        files=[("files", (n, files[n].read_bytes())) for n in ("photo.png", "second.png")],
+        timeout=60,
+    ).json()["results"]
+    by_api = {r["name"]: r for r in api_all}
+    for n in ("photo.png", "second.png"):
+        v = cards[n].find_element(By.CSS_SELECTOR, ".verdict")
+        assert (
+            cards[n].get_attribute("data-state") == "done" and v.get_attribute("data-verdict") == by_api[n]["verdict"]
+        )
+
+    # table view: one row per image with the same values
+    table = browser.find_element(By.ID, "results-table")
+    assert not table.is_displayed()
+    browser.find_element(By.ID, "view-table").click()
+    assert table.is_displayed() and not browser.find_element(By.ID, "results").is_displayed()
+    assert browser.find_element(By.ID, "view-table").get_attribute("aria-pressed") == "true"
+    rows = {r.find_element(By.CSS_SELECTOR, ".name").text: r for r in table.find_elements(By.CSS_SELECTOR, "tbody tr")}
+    assert list(rows) == list(files)  # upload order
+    for n in ("photo.png", "second.png"):
+        assert rows[n].get_attribute("data-state") == "done"
+        assert rows[n].find_element(By.CSS_SELECTOR, ".verdict").get_attribute("data-verdict") == by_api[n]["verdict"]
+        assert rows[n].find_element(By.CSS_SELECTOR, ".logit").text == f"{by_api[n]['logit']:+.4f}"
+    assert rows["broken.jpg"].get_attribute("data-state") == "error" and "not an image" in rows["broken.jpg"].text
+
+    # downloads: client-side Blobs (captured here instead of saved)
+    browser.execute_script(
+        "window.__blobs = []; const make = URL.createObjectURL;"
+        "URL.createObjectURL = (b) => { window.__blobs.push(b); return make.call(URL, b); };"
+        "HTMLAnchorElement.prototype.click = function () {"
+        "  window.__blobs[window.__blobs.length - 1].fname = this.download; };"
     )
+    read_last = (
+        "const done = arguments[0]; const b = window.__blobs[window.__blobs.length - 1];"
+        "b.text().then((t) => done([b.fname, b.type, t]));"
+    )
+    browser.find_element(By.ID, "download-json").click()
+    fname, mime, text = browser.execute_async_script(read_last)
+    assert fname == "synerdetect-results.json" and mime == "application/json"
+    doc = json.loads(text)["results"]
+    assert [r["name"] for r in doc] == list(files)
+    for r in doc:
+        if r["name"] in by_api:
+            assert abs(r["logit"] - by_api[r["name"]]["logit"]) < 1e-5 and r["verdict"] == by_api[r["name"]]["verdict"]
+    browser.find_element(By.ID, "download-csv").click()
+    fname, mime, text = browser.execute_async_script(read_last)
+    assert fname == "synerdetect-results.csv" and mime.startswith("text/csv")
+    csv_rows = list(csv.DictReader(io.StringIO(text)))
+    assert [r["name"] for r in csv_rows] == list(files)
+    assert float(csv_rows[0]["logit"]) == pytest.approx(by_api["photo.png"]["logit"], abs=1e-5)
+    assert csv_rows[2]["error_kind"] == "not_an_image"
+
+    # keyboard: the drop zone is focusable and labelled; Enter and Space open the file picker
+    zone = browser.find_element(By.ID, "drop-zone")
+    assert zone.get_attribute("tabindex") == "0" and "Enter" in zone.get_attribute("aria-label")
+    for bid in ("view-cards", "view-table", "download-csv", "download-json", "file-input"):
+        assert browser.find_element(By.ID, bid).get_attribute("aria-label")
+    browser.execute_script(
+        "window.__picks = 0; document.getElementById('file-input').click = () => { window.__picks += 1; };"
+    )
+    zone.send_keys(Keys.ENTER)
+    zone.send_keys(Keys.SPACE)
+    assert browser.execute_script("return window.__picks") == 2
+    assert browser.switch_to.active_element == zone
+    browser.find_element(By.ID, "view-cards").click()  # the screenshot shows the cards
     shot = tmp_path / "serve_page.png"
     browser.execute_script("window.scrollTo(0, 0)")
     assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 10_000

@@ -279,12 +279,17 @@ def _provenance_cell(r: dict) -> str:
 
 
 def cmd_serve(args) -> int:
-    """The HTTP service (FastAPI on uvicorn): parse, build the app from the library, run it."""
+    """The HTTP service (FastAPI on uvicorn): parse, build the app from the library, run it. SIGTERM stops accepting
+    connections, lets the requests in flight finish, then returns 0 (Ctrl-C: the same, then 130)."""
+    import signal
+
     import uvicorn
 
     from .engine.scoring import Scorer
     from .serve import ServeSettings, create_app, read_api_keys
+    from .serve.limits import check_bind
 
+    check_bind(args.host, api_key_file=args.api_key_file, insecure_no_auth=args.insecure_no_auth)  # before loading
     limits = {"max_pixels": args.max_pixels} if args.max_pixels else {}  # default: the loader's cap
     settings = ServeSettings(
         max_batch=args.max_batch,
@@ -296,6 +301,7 @@ def cmd_serve(args) -> int:
         max_request_bytes=int(args.max_request_mb * 1e6),
         request_timeout_s=args.timeout,
         api_keys=read_api_keys(args.api_key_file) if args.api_key_file else (),
+        cors_origins=tuple(args.cors_origin or ()),
         **limits,
     )
     scorer = Scorer.from_checkpoint(
@@ -310,9 +316,23 @@ def cmd_serve(args) -> int:
         max_bytes=settings.max_file_bytes,
         mode=args.mode,
     )
-    uvicorn.run(
-        create_app(scorer, settings), host=args.host, port=args.port, log_level=args.log_level, timeout_keep_alive=5
+    config = uvicorn.Config(
+        create_app(scorer, settings),
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        timeout_keep_alive=5,
+        timeout_graceful_shutdown=int(args.timeout) + 5,  # in-flight requests finish (they time out by then)
     )
+    server = uvicorn.Server(config)
+
+    def stop(signum, frame) -> None:
+        server.should_exit = True
+
+    # uvicorn handles SIGTERM while serving and re-raises it after a graceful shutdown; this handler (restored by
+    # uvicorn after serving) turns that re-raise, and a SIGTERM before serving starts, into a clean exit 0.
+    signal.signal(signal.SIGTERM, stop)
+    server.run()
     return 0
 
 
@@ -399,6 +419,23 @@ def cmd_cache_build(args) -> int:
 
 
 def cmd_bench(args) -> int:
+    if args.serve:
+        if not args.checkpoint:
+            raise ValueError("bench --serve needs --checkpoint DIR (a save_pretrained folder)")
+        from .serve.loadtest import run_serve_bench
+
+        lines = run_serve_bench(
+            args.checkpoint,
+            clients=args.clients,
+            requests=args.requests,
+            bad_share=args.bad_share,
+            device=args.device,
+            max_batch=args.batch_size or 16,
+            timeout_s=args.serve_timeout,
+            out=args.out,
+        )
+        ok = lines[-1]
+        return 0 if ok["all_answered"] and ok["no_5xx"] and ok["logits_match_offline"] else 1
     from .bench import run_bench, run_cascade_bench
 
     if args.cascade_checkpoint:
@@ -604,6 +641,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="require one of the keys in this file (one per line) as "
         "'Authorization: Bearer KEY' or 'X-API-Key' (health endpoints stay open)",
     )
+    sv.add_argument(
+        "--insecure-no-auth",
+        action="store_true",
+        help="allow a non-loopback --host without --api-key-file (e.g. behind a proxy that authenticates)",
+    )
+    sv.add_argument(
+        "--cors-origin",
+        action="append",
+        metavar="ORIGIN",
+        help="allow browser pages from ORIGIN (e.g. https://app.example.org) to call the API; repeatable "
+        "(default: no CORS headers, same-origin only)",
+    )
     sv.add_argument("--no-provenance", action="store_true", help="do not read C2PA / XMP / EXIF provenance")
     sv.add_argument(
         "--trust-metadata",
@@ -662,6 +711,19 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--cascade-val", help="labelled validation set for the cascade band")
     b.add_argument("--cascade-test", help="labelled test set for the cascade measurement")
     b.add_argument("--cascade-steps", type=int, default=100, help="inversion steps for the cascade (default: 100)")
+    b.add_argument(
+        "--serve",
+        action="store_true",
+        help="instead: load-test `synerdetect serve` on 127.0.0.1 (latency, images/s vs offline predict, "
+        "batching, bad uploads, memory, logits equal to predict)",
+    )
+    b.add_argument("--checkpoint", help="with --serve: the save_pretrained folder to serve")
+    b.add_argument("--clients", type=int, default=32, help="with --serve: concurrent clients (default: 32)")
+    b.add_argument("--requests", type=int, default=320, help="with --serve: requests in all (default: 320)")
+    b.add_argument("--bad-share", type=float, default=0.1, help="with --serve: share of bad uploads (default: 0.1)")
+    b.add_argument(
+        "--serve-timeout", type=float, default=600.0, help="with --serve: overall time limit, seconds (default: 600)"
+    )
     b.set_defaults(func=cmd_bench)
     return p
 

@@ -189,6 +189,15 @@ def create_app(scorer: Scorer, settings: ServeSettings | None = None) -> FastAPI
         "calibrated probability and provenance evidence).",
     )
     app.state.scorer, app.state.settings, app.state.batcher, app.state.metrics = scorer, settings, batcher, metrics
+    if settings.cors_origins:  # off unless asked for: then only the named origins, only GET/POST
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.cors_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "X-API-Key", "Content-Type", "X-Filename"],
+        )
     app.add_middleware(_Guard, metrics=metrics)
 
     # ------------------------------------------------------------------ errors: JSON, no traceback

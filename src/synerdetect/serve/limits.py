@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +16,8 @@ __all__ = [
     "ApiError",
     "ServeSettings",
     "api_key_ok",
+    "check_bind",
+    "is_loopback",
     "read_api_keys",
 ]
 
@@ -33,6 +36,7 @@ class ServeSettings:
     ``request_timeout_s`` bounds a whole detect request (408 while the body is still arriving, 503 after).
     ``decode_workers`` threads decode images (so at most that many are held decoded at once).
     ``api_keys``: when not empty, ``/v1/*`` and ``/metrics`` need ``Authorization: Bearer KEY`` or ``X-API-Key``.
+    ``cors_origins``: browser origins allowed to call the API (default none: no CORS headers at all).
     """
 
     max_batch: int = 16
@@ -47,6 +51,7 @@ class ServeSettings:
     retry_after_s: int = 1
     decode_workers: int = field(default_factory=lambda: max(1, min(4, os.cpu_count() or 1)))
     api_keys: tuple[str, ...] = ()
+    cors_origins: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         for name in (
@@ -67,6 +72,9 @@ class ServeSettings:
         if self.max_pixels is not None and self.max_pixels < 1:
             raise ValueError(f"max_pixels must be >= 1, got {self.max_pixels}")
         self.api_keys = tuple(self.api_keys)
+        self.cors_origins = tuple(self.cors_origins)
+        if "*" in self.cors_origins:
+            raise ValueError("cors_origins: name the origins (https://host), not '*'")
 
     def public(self) -> dict:
         """The limits a client may need (no keys)."""
@@ -157,3 +165,25 @@ def api_key_ok(keys: tuple[str, ...], authorization: str | None, x_api_key: str 
         for key in keys:
             ok |= hmac.compare_digest(candidate.encode(), key.encode())
     return ok
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` only listens on this machine (``127.0.0.0/8``, ``::1``, ``localhost``)."""
+    h = host.strip().strip("[]").lower()
+    if h == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(h).is_loopback
+    except ValueError:
+        return False  # a name that resolves elsewhere, or "" (all interfaces): not loopback
+
+
+def check_bind(host: str, *, api_key_file: str | None, insecure_no_auth: bool) -> None:
+    """``ValueError`` when ``host`` is reachable from other machines and neither an API key file nor an explicit
+    ``--insecure-no-auth`` was given (checked before the model is loaded)."""
+    if is_loopback(host) or api_key_file or insecure_no_auth:
+        return
+    raise ValueError(
+        f"--host {host} listens beyond this machine: give --api-key-file FILE (clients must send a key), "
+        "or --insecure-no-auth to serve without one (e.g. behind a proxy that authenticates)"
+    )

@@ -1,0 +1,345 @@
+"""A load test of ``synerdetect serve``: ``synerdetect bench --serve --checkpoint DIR``.
+
+Starts the server from the CLI on a free port of 127.0.0.1 in a subprocess, sends a bounded number of single-image
+requests from concurrent client threads (httpx), a share of them bad uploads (a truncated PNG, a decompression-bomb
+PNG header, a text file, an empty file), and compares with the offline scoring call (``Scorer.score_paths``, what
+``synerdetect predict`` runs) on the same good images in the same run. Reports JSON lines: latency percentiles,
+images/s served and offline and their ratio, the mean server batch size (from ``/metrics``), errors by kind, the
+server's RSS before and after, whether every request was answered without a 5xx, and whether each served logit
+equals the offline one (|Δlogit| < 1e-5). Everything is bounded: requests, per-request time and an overall deadline.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import zlib
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+__all__ = ["BAD_KINDS", "bad_payloads", "run_serve_bench"]
+
+#: The bad uploads, and the HTTP status and per-image ``error_kind`` each must get.
+BAD_KINDS: dict[str, tuple[int, str]] = {
+    "truncated": (422, "corrupt"),
+    "bomb": (422, "too_many_pixels"),
+    "not_an_image": (415, "not_an_image"),
+    "empty": (400, "empty"),
+}
+LOGIT_TOL = 1e-5
+RATIO_TARGET = 0.8
+
+
+def _png(seed: int, size: tuple[int, int]) -> bytes:
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8), "RGB").save(buf, "PNG")
+    return buf.getvalue()
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+
+def _bomb_png(side: int = 30_000) -> bytes:
+    """A PNG whose header declares ``side`` x ``side`` pixels (900 MP) over a few hundred bytes of zeros."""
+    ihdr = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)  # 8-bit greyscale
+    idat = zlib.compress(b"\0" * 65536, 9)
+    return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", idat) + _chunk(b"IEND", b"")
+
+
+def bad_payloads() -> dict[str, bytes]:
+    """One payload per :data:`BAD_KINDS` kind."""
+    good = _png(999, (96, 96))
+    return {
+        "truncated": good[: len(good) // 2],
+        "bomb": _bomb_png(),
+        "not_an_image": b"this is a text file, not an image\n" * 20,
+        "empty": b"",
+    }
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _rss_mb(pid: int) -> float | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return None
+
+
+def _metric(text: str, name: str, **labels: str) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                return float(s.value)
+    return 0.0
+
+
+def _pct(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    v = sorted(values)
+    return round(1e3 * v[min(len(v) - 1, int(q * len(v)))], 1)
+
+
+def run_serve_bench(
+    checkpoint: str | os.PathLike,
+    *,
+    clients: int = 32,
+    requests: int = 320,
+    bad_share: float = 0.1,
+    device: str = "cpu",
+    max_batch: int = 16,
+    n_images: int = 16,
+    timeout_s: float = 600.0,
+    out: str | os.PathLike | None = None,
+    emit: bool = True,
+) -> list[dict[str, Any]]:
+    """Run the load test (see the module docstring) and return its JSON lines (printed when ``emit``, and written to
+    ``out``). Stops by itself: no new request after ``timeout_s``; the server is stopped with SIGTERM at the end."""
+    import httpx
+    import torch
+
+    from ..engine.scoring import Scorer
+
+    if clients < 1 or requests < 1 or not 0 <= bad_share < 1:
+        raise ValueError("bench --serve: --clients and --requests must be >= 1 and --bad-share in [0, 1)")
+    start = time.monotonic()
+    hard_deadline = start + timeout_s
+    with tempfile.TemporaryDirectory(prefix="synerdetect-loadtest-") as tmp:
+        folder = Path(tmp)
+        goods = []
+        for i in range(n_images):
+            p = folder / f"good-{i:02d}.png"
+            p.write_bytes(_png(i, (64 + 16 * (i % 5), 64 + 12 * (i % 3))))
+            goods.append(p)
+        bads = bad_payloads()
+        bad_names = list(bads)
+        plan: list[tuple[str, int]] = []  # (kind, index): kind "good" or a bad kind
+        n_bad = 0
+        for j in range(requests):
+            if int((j + 1) * bad_share) > int(j * bad_share):
+                plan.append((bad_names[n_bad % len(bad_names)], n_bad))
+                n_bad += 1
+            else:
+                plan.append(("good", (j - n_bad) % n_images))
+
+        port = _free_port()
+        base = f"http://127.0.0.1:{port}"
+        log_path = folder / "server.log"
+        log = open(log_path, "w")
+        cmd = [
+            sys.executable,
+            "-m",
+            "synerdetect.cli",
+            "serve",
+            "--checkpoint",
+            str(checkpoint),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--device",
+            device,
+            "--max-batch",
+            str(max_batch),
+            "--max-queue",
+            str(max(64, 2 * clients)),
+            "--max-inflight",
+            str(max(64, 2 * clients)),
+            "--log-level",
+            "warning",
+        ]
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        try:
+            while True:  # ready?
+                if proc.poll() is not None:
+                    raise RuntimeError(f"the server exited with {proc.returncode}: {log_path.read_text()[-2000:]}")
+                if time.monotonic() > hard_deadline:
+                    raise RuntimeError("bench --serve: the server did not become ready in time")
+                try:
+                    if httpx.get(base + "/readyz", timeout=2).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                time.sleep(0.2)
+            rss_before = _rss_mb(proc.pid)
+
+            # offline: the same good images through predict's call, as many as the load test sends
+            n_good = sum(1 for k, _ in plan if k == "good")
+            scorer = Scorer.from_checkpoint(checkpoint, device=device, batch_size=max_batch)
+            scorer.warmup()
+            paths = [str(goods[i % n_images]) for i in range(max(n_good, n_images))]
+            t0 = time.perf_counter()
+            offline_records = scorer.score_paths(paths, progress=False)
+            offline_s = time.perf_counter() - t0
+            offline_logit = {Path(r["name"]).name: r["logit"] for r in offline_records}
+            del scorer
+            if device == "cuda":
+                torch.cuda.empty_cache()
+
+            # the load
+            results: list[dict[str, Any]] = []
+            lock = threading.Lock()
+            cursor = iter(range(len(plan)))
+            stop_at = hard_deadline - 30  # leave time to collect metrics and shut down
+
+            def client() -> None:
+                with httpx.Client(base_url=base, timeout=min(120.0, timeout_s)) as h:
+                    while time.monotonic() < stop_at:
+                        with lock:
+                            j = next(cursor, None)
+                        if j is None:
+                            return
+                        kind, idx = plan[j]
+                        name, data = (
+                            (goods[idx].name, goods[idx].read_bytes())
+                            if kind == "good"
+                            else (
+                                f"bad-{kind}-{idx}.png",
+                                bads[kind],
+                            )
+                        )
+                        rec: dict[str, Any] = {"kind": kind, "name": name, "status": None, "retries": 0}
+                        t = time.perf_counter()
+                        for _attempt in range(4):
+                            try:
+                                r = h.post("/v1/detect", files=[("files", (name, data, "image/png"))])
+                            except httpx.HTTPError as e:
+                                rec["status"], rec["exc"] = None, type(e).__name__
+                                break
+                            rec["status"] = r.status_code
+                            if r.status_code != 429:
+                                break
+                            rec["retries"] += 1
+                            time.sleep(float(r.headers.get("retry-after", "1")) / 4)
+                        rec["latency_s"] = time.perf_counter() - t
+                        if rec["status"] is not None:
+                            try:
+                                res = r.json().get("results") or [{}]
+                                rec["logit"], rec["error_kind"] = res[0].get("logit"), res[0].get("error_kind")
+                            except (ValueError, AttributeError):
+                                rec["error_kind"] = "non_json"
+                        with lock:
+                            results.append(rec)
+
+            t_load = time.perf_counter()
+            threads = [threading.Thread(target=client, daemon=True) for _ in range(clients)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(max(1.0, hard_deadline - time.monotonic()))
+            load_s = time.perf_counter() - t_load
+            with lock:
+                done = list(results)
+            metrics = httpx.get(base + "/metrics", timeout=30).text
+            rss_after = _rss_mb(proc.pid)
+        finally:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(60)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(10)
+            log.close()
+        exit_code = proc.returncode
+
+    good = [r for r in done if r["kind"] == "good"]
+    good_ok = [r for r in good if r["status"] == 200]
+    statuses = Counter(str(r["status"]) for r in done)
+    deltas = [abs(r["logit"] - offline_logit[r["name"]]) for r in good_ok if r.get("logit") is not None]
+    errors: dict[str, Any] = {}
+    for kind, (want_status, want_kind) in BAD_KINDS.items():
+        rs = [r for r in done if r["kind"] == kind]
+        errors[kind] = {
+            "n": len(rs),
+            "statuses": dict(Counter(str(r["status"]) for r in rs)),
+            "error_kinds": dict(Counter(str(r.get("error_kind")) for r in rs)),
+            "as_expected": all(r["status"] == want_status and r.get("error_kind") == want_kind for r in rs),
+        }
+    served_ips = len(good_ok) / load_s if load_s > 0 else None
+    offline_ips = len(paths) / offline_s if offline_s > 0 else None
+    ratio = served_ips / offline_ips if served_ips and offline_ips else None
+    n_batches = _metric(metrics, "synerdetect_batch_size_count")
+    common = {"checkpoint": str(checkpoint), "device": device, "clients": clients, "requests": requests}
+    lines = [
+        {
+            "bench": "serve_latency",
+            **common,
+            "p50_ms": _pct([r["latency_s"] for r in good_ok], 0.50),
+            "p95_ms": _pct([r["latency_s"] for r in good_ok], 0.95),
+            "p99_ms": _pct([r["latency_s"] for r in good_ok], 0.99),
+            "p50_ms_all": _pct([r["latency_s"] for r in done], 0.50),
+            "p99_ms_all": _pct([r["latency_s"] for r in done], 0.99),
+        },
+        {
+            "bench": "serve_throughput",
+            **common,
+            "served_images": len(good_ok),
+            "load_s": round(load_s, 2),
+            "served_images_per_s": round(served_ips, 2) if served_ips else None,
+            "offline_images": len(paths),
+            "offline_images_per_s": round(offline_ips, 2) if offline_ips else None,
+            "ratio": round(ratio, 3) if ratio else None,
+            "ratio_target": RATIO_TARGET,
+            "meets_target": bool(ratio and ratio >= RATIO_TARGET),
+            "mean_batch_size": round(_metric(metrics, "synerdetect_batch_size_sum") / n_batches, 2)
+            if n_batches
+            else None,
+            "forward_passes": int(n_batches),
+        },
+        {
+            "bench": "serve_errors",
+            **common,
+            "bad_requests": sum(1 for r in done if r["kind"] != "good"),
+            "by_kind": errors,
+            "statuses": dict(statuses),
+            "retried_429": sum(r["retries"] for r in done),
+        },
+        {"bench": "serve_memory", **common, "rss_before_mb": rss_before, "rss_after_mb": rss_after},
+        {
+            "bench": "serve_correctness",
+            **common,
+            "answered": len(done),
+            "all_answered": len(done) == len(plan) and all(r["status"] is not None for r in done),
+            "no_5xx": not any(r["status"] is not None and r["status"] >= 500 for r in done),
+            "bad_as_expected": all(e["as_expected"] for e in errors.values()),
+            "max_abs_dlogit": max(deltas) if deltas else None,
+            "logits_match_offline": bool(deltas) and len(deltas) == len(good) and max(deltas) < LOGIT_TOL,
+            "server_exit_code": exit_code,
+            "wall_s": round(time.monotonic() - start, 1),
+        },
+    ]
+    text = "".join(json.dumps(line) + "\n" for line in lines)
+    if emit:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    if out:
+        with open(out, "a", encoding="utf-8") as f:
+            f.write(text)
+    return lines
