@@ -163,7 +163,8 @@ def run_demo(out_dir: str | Path = "demo_out", *, quick: bool = False, progress:
     # fitted on the validation split; timed against the full method on the test set, in this run.
     assert cal.cascade is not None
     band = (cal.cascade["band"][0], cal.cascade["band"][1])
-    casc = measure_cascade(model, [], samples, image_size=64, batch_size=32, band=band, out_dir=out)
+    val_samples = load_labelled(str(val_root / "test"), "cnndetection", "test")
+    casc = measure_cascade(model, val_samples, samples, image_size=64, batch_size=32, band=band, out_dir=out)
     ct = casc["test"]
     print(
         f"cascade:       band [{band[0]:+.4f}, {band[1]:+.4f}] fitted on validation for 99% agreement with full "

@@ -217,16 +217,19 @@ def measure_cascade(
     """Fit the band on ``val_samples`` (or use ``band``); on ``test_samples`` measure the curve (band vs share
     inverted vs agreement vs accuracy) and, at the band, the wall time of a full pass and of a cascade pass (data
     loading included in both, in one run), the agreement with full and the accuracy of both. Writes
-    ``cascade_curve.png`` / ``cascade.json`` into ``out_dir`` when given."""
+    ``cascade_curve.png`` / ``cascade.json`` / ``cascade.md`` (the curves on test and validation as tables) into
+    ``out_dir`` when given."""
     import time
 
     from ..utils import atomic_write_json
 
-    fitted = None
-    if band is None:
+    fitted, val_curve = None, None
+    if band is None or len(val_samples):
         val = both_branches(model, val_samples, image_size=image_size, batch_size=batch_size)
-        fitted = fit_cascade_band(val["margin"], val["full"], target_agreement=target_agreement)
-        band = (fitted["band"][0], fitted["band"][1])
+        val_curve = cascade_curve(val["margin"], val["full"], val["label"])
+        if band is None:
+            fitted = fit_cascade_band(val["margin"], val["full"], target_agreement=target_agreement)
+            band = (fitted["band"][0], fitted["band"][1])
     full, t_full = _pass(model, test_samples, image_size=image_size, batch_size=batch_size, mode="full")
     per, _ = _pass(model, test_samples, image_size=image_size, batch_size=batch_size, mode="perceptual")
     curve = cascade_curve(per["logit"], full["logit"], full["label"])
@@ -255,6 +258,7 @@ def measure_cascade(
         },
         "inversion_steps": model.mcfg.inversion_steps,
         "curve": curve,
+        "val_curve": val_curve,
     }
     if out_dir is not None:
         from pathlib import Path
@@ -262,6 +266,13 @@ def measure_cascade(
         out = Path(out_dir)
         plot_cascade_curve(curve, out / "cascade_curve.png", fitted=at_band)
         atomic_write_json(out / "cascade.json", result)
+        from ..utils import atomic_write_text
+
+        steps = model.mcfg.inversion_steps
+        md = f"# Cascade over Eq. 10 ({steps} inversion steps)\n\n## Test\n\n{curve_markdown(curve)}\n"
+        if val_curve is not None:
+            md += f"\n## Validation\n\n{curve_markdown(val_curve)}\n"
+        atomic_write_text(out / "cascade.md", md)
     return result
 
 
