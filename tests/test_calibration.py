@@ -321,6 +321,7 @@ def test_evaluate_with_and_without_calibration(model, bench, tmp_path, calibrate
     )
 
 
+@pytest.mark.slow  # end to end (benchmark-style / CLI): outside the fast loop
 def test_cli_calibrate_then_evaluate(ckpt, bench, tmp_path, capsys):
     import shutil
 

@@ -87,6 +87,7 @@ def test_cascade_predict_regroups_and_decides_like_the_two_paths(tiny_model):
         assert out["perceptual_logit"] == pytest.approx(float(per[k]), abs=1e-6)
 
 
+@pytest.mark.slow  # end to end (benchmark-style / CLI): outside the fast loop
 def test_cascade_through_calibrate_predict_and_evaluate(tiny_model, tmp_path, capsys):
     """calibrate --cascade-agreement stores a band; predict/evaluate --mode cascade use it and say which path
     decided; without a band cascade is refused with the command to run."""

@@ -301,6 +301,7 @@ def measure_transform_peak(
     }
 
 
+@pytest.mark.slow  # end to end (benchmark-style / CLI): outside the fast loop
 def test_measure_transform_peak_extreme_shapes():
     size = 224
     shapes = {"96x80": (96, 80), "1x60000": (1, 60000), "60000x1": (60000, 1)}
