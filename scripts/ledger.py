@@ -27,6 +27,15 @@ from synerdetect.model import SynerDetect
 
 SEEN = ("gan_upsample",)
 
+_PAPER_OPTIM = {
+    "name": "sgd",
+    "lr": 1e-4,
+    "momentum": 0.9,
+    "schedule": "constant",
+    "warmup_steps": 0,
+    "grad_clip": None,
+}
+
 # name -> (what the row changes, the override that switches it, the demo's own value)
 ROWS: dict[str, tuple[str, dict, dict]] = {
     "recommended (demo)": ("the demo's recipe: every recommended change on", {}, {}),
@@ -40,6 +49,24 @@ ROWS: dict[str, tuple[str, dict, dict]] = {
     "clip view resize": (
         "CLIP/CConv view resized instead of a crop of the image's own pixels",
         {"data": {"clip_view": "resize"}},
+        {},
+    ),
+    # Issue-8 section 7: do the Table 5c tuner ablations still differ from the full model under the paper's
+    # optimiser (SGD 1e-4), given that the tuner's output projection starts at zero?
+    "paper optim, full": ("SGD 1e-4 momentum 0.9, constant (the paper's optimiser)", {"optim": _PAPER_OPTIM}, {}),
+    "paper optim, fixed_prompts": (
+        "+ Table 5c Global x Local x",
+        {"optim": _PAPER_OPTIM, "model": {"tuner_global": False, "tuner_local": False}},
+        {},
+    ),
+    "paper optim, tuner_no_global": (
+        "+ Table 5c Global x Local v",
+        {"optim": _PAPER_OPTIM, "model": {"tuner_global": False}},
+        {},
+    ),
+    "paper optim, tuner_no_local": (
+        "+ Table 5c Global v Local x",
+        {"optim": _PAPER_OPTIM, "model": {"tuner_local": False}},
         {},
     ),
     "paper (all off)": (
