@@ -337,11 +337,10 @@ def cmd_serve(args) -> int:
 
 
 def _check_mode(mode: str, calibration) -> None:
-    if mode == "cascade" and (calibration is None or not calibration.cascade):
-        raise ValueError(
-            "--mode cascade needs a fitted cascade band: run `synerdetect calibrate --checkpoint DIR "
-            "--data VAL --cascade-agreement 0.99` on a labelled validation set first"
-        )
+    """Before the model loads: ``--mode cascade`` needs a fitted band (the library's own check)."""
+    from .engine.cascade import cascade_band_of
+
+    cascade_band_of(calibration, mode)
 
 
 def _add_mode_arg(q) -> None:

@@ -597,7 +597,8 @@ def calibrate_checkpoint(
     if cascade_agreement is not None:
         from .cascade import both_branches, fit_cascade_band
 
-        branches = both_branches(model, samples, image_size=size, batch_size=batch_size)
+        # the full logits were just computed for the calibration: only the perceptual pass runs again
+        branches = both_branches(model, samples, image_size=size, batch_size=batch_size, full_records=records)
         fitted = fit_cascade_band(branches["margin"], branches["full"], target_agreement=cascade_agreement)
         cal.cascade = {**fitted, "fitted_on": cal.fitted_on["data"]}
     elif previous is not None and previous.cascade is not None:

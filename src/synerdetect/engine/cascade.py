@@ -167,40 +167,56 @@ def cascade_predict(
         yield from run_full(pending)
 
 
-def _loader(samples, image_size: int, batch_size: int):
-    from torch.utils.data import DataLoader
+def cascade_band_of(calibration: Any, mode: str) -> tuple[float, float] | None:
+    """The band ``mode="cascade"`` reads from a checkpoint's calibration (None for the other modes); the one check
+    and message for a missing band, shared by the CLI, :class:`~synerdetect.engine.scoring.Scorer` and
+    :func:`~synerdetect.engine.evaluate.evaluate`."""
+    if mode not in MODES:
+        raise CascadeError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if mode != "cascade":
+        return None
+    if calibration is None or not calibration.cascade:
+        raise CascadeError(
+            "--mode cascade needs a fitted cascade band: run `synerdetect calibrate --checkpoint DIR --data VAL "
+            "--cascade-agreement 0.99` on a labelled validation set first"
+        )
+    lo, hi = calibration.cascade["band"]
+    return float(lo), float(hi)
 
-    from ..data import EvalTransform, ImageDataset, collate
 
-    ds = ImageDataset(list(samples), EvalTransform(image_size), seed=0)
-    return DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=0, collate_fn=collate)
-
-
-def _pass(model, samples, *, image_size: int, batch_size: int, mode: str) -> tuple[dict[str, np.ndarray], float]:
-    """One timed pass of ``model.predict(mode=...)`` over the readable samples (data loading included):
-    ``({"logit", "label"}, seconds)``."""
+def _timed_scores(model, samples, *, image_size: int, batch_size: int, mode: str, band=None) -> tuple[list, float]:
+    """The records of one pass of :func:`~synerdetect.engine.evaluate.score_samples` in ``mode`` and its wall time
+    (data loading included)."""
     import time
 
+    from .evaluate import score_samples
+
     device = next(model.parameters()).device
-    logits, labels = [], []
     t0 = time.perf_counter()
-    for b in _loader(samples, image_size, batch_size):
-        if len(b["label"]):
-            logits.append(model.predict(b["image"].to(device), mode=mode)["logit"].float().cpu())
-            labels.append(b["label"])
+    records, _ = score_samples(
+        model, samples, image_size=image_size, batch_size=batch_size, progress=False, mode=mode, cascade_band=band
+    )
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    seconds = time.perf_counter() - t0
-    if not logits:
+    if not records:
         raise CascadeError("no readable image to measure the cascade on")
-    return {"logit": torch.cat(logits).numpy(), "label": torch.cat(labels).numpy()}, seconds
+    return records, time.perf_counter() - t0
 
 
-def both_branches(model, samples, *, image_size: int, batch_size: int) -> dict[str, np.ndarray]:
-    """Perceptual margin and full Eq. 10 logit of every readable sample, with its label (to fit or study a band)."""
-    per, _ = _pass(model, samples, image_size=image_size, batch_size=batch_size, mode="perceptual")
-    full, _ = _pass(model, samples, image_size=image_size, batch_size=batch_size, mode="full")
-    return {"margin": per["logit"], "full": full["logit"], "label": full["label"]}
+def both_branches(
+    model, samples, *, image_size: int, batch_size: int, full_records: list | None = None
+) -> dict[str, np.ndarray]:
+    """Perceptual margin and full Eq. 10 logit of every readable sample, with its label (to fit or study a band).
+    ``full_records``: the full pass's records when the caller already has them (it is not run again)."""
+    if full_records is None:
+        full_records, _ = _timed_scores(model, samples, image_size=image_size, batch_size=batch_size, mode="full")
+    per, _ = _timed_scores(model, samples, image_size=image_size, batch_size=batch_size, mode="perceptual")
+    margin = {(r.path, r.generator): r.logit for r in per}
+    return {
+        "margin": np.array([margin[(r.path, r.generator)] for r in full_records], dtype=np.float64),
+        "full": np.array([r.logit for r in full_records], dtype=np.float64),
+        "label": np.array([r.label for r in full_records], dtype=int),
+    }
 
 
 def measure_cascade(
@@ -219,8 +235,6 @@ def measure_cascade(
     loading included in both, in one run), the agreement with full and the accuracy of both. Writes
     ``cascade_curve.png`` / ``cascade.json`` / ``cascade.md`` (the curves on test and validation as tables) into
     ``out_dir`` when given."""
-    import time
-
     from ..utils import atomic_write_json
 
     fitted, val_curve = None, None
@@ -230,21 +244,14 @@ def measure_cascade(
         if band is None:
             fitted = fit_cascade_band(val["margin"], val["full"], target_agreement=target_agreement)
             band = (fitted["band"][0], fitted["band"][1])
-    full, t_full = _pass(model, test_samples, image_size=image_size, batch_size=batch_size, mode="full")
-    per, _ = _pass(model, test_samples, image_size=image_size, batch_size=batch_size, mode="perceptual")
-    curve = cascade_curve(per["logit"], full["logit"], full["label"])
-    device = next(model.parameters()).device
-    decided = {"perceptual": 0, "full": 0}
-    t0 = time.perf_counter()
-    batches = (
-        (b["image"].to(device), b["path"]) for b in _loader(test_samples, image_size, batch_size) if len(b["label"])
+    full_records, t_full = _timed_scores(model, test_samples, image_size=image_size, batch_size=batch_size, mode="full")
+    test = both_branches(model, test_samples, image_size=image_size, batch_size=batch_size, full_records=full_records)
+    curve = cascade_curve(test["margin"], test["full"], test["label"])
+    cascade_records, t_cascade = _timed_scores(
+        model, test_samples, image_size=image_size, batch_size=batch_size, mode="cascade", band=band
     )
-    for _, _, how in cascade_predict(model, batches, band, batch_size=batch_size):
-        decided[how] += 1
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    t_cascade = time.perf_counter() - t0
-    at_band = cascade_stats(per["logit"], full["logit"], band, full["label"])
+    decided = {how: sum(r.decided_by == how for r in cascade_records) for how in ("perceptual", "full")}
+    at_band = cascade_stats(test["margin"], test["full"], band, test["label"])
     result = {
         "band": list(band),
         "target_agreement": target_agreement,

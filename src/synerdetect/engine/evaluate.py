@@ -318,16 +318,9 @@ def evaluate(
     harm = parse_harmonize_spec(harmonize) if harmonize else None
     if out_dir is not None and rank_world()[0] == 0:
         check_output_dir(out_dir, "--out")
-    band = None
-    if mode == "cascade":
-        from .cascade import CascadeError
+    from .cascade import cascade_band_of
 
-        if calibration is None or not calibration.cascade:
-            raise CascadeError(
-                "--mode cascade needs a fitted cascade band: run `synerdetect calibrate --checkpoint "
-                "DIR --data VAL --cascade-agreement 0.99` first"
-            )
-        band = (float(calibration.cascade["band"][0]), float(calibration.cascade["band"][1]))
+    band = cascade_band_of(calibration, mode)
     how: dict[str, Any] = {"mode": mode, "cascade_band": band}
 
     rank, _ = rank_world()

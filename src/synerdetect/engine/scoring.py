@@ -58,7 +58,7 @@ from ..data import imageio
 from ..data.imageio import DEFAULT_MAX_PIXELS, UnreadableImage, open_regular_file
 from ..data.transforms import EvalTransform
 from .calibration import Calibration, apply_calibration
-from .cascade import MODES, CascadeError, cascade_predict
+from .cascade import cascade_band_of, cascade_predict
 
 __all__ = [
     "ERROR_KINDS",
@@ -355,19 +355,8 @@ class Scorer:
 
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
-        if mode == "cascade" and (calibration is None or not calibration.cascade):
-            raise CascadeError(
-                "--mode cascade needs a fitted cascade band: run `synerdetect calibrate --checkpoint "
-                "DIR --data VAL --cascade-agreement 0.99` on a labelled validation set first"
-            )
+        self.cascade_band = cascade_band_of(calibration, mode)
         self.mode = mode
-        self.cascade_band: tuple[float, float] | None = None
-        if mode == "cascade":
-            assert calibration is not None and calibration.cascade is not None
-            lo, hi = calibration.cascade["band"]
-            self.cascade_band = (float(lo), float(hi))
         self.model = model
         self.image_size = int(image_size or loader_image_size(model.cfg))
         self.batch_size = int(batch_size)
