@@ -31,6 +31,7 @@ from prometheus_client.parser import text_string_to_metric_families  # noqa: E40
 
 from synerdetect.engine.scoring import Scorer  # noqa: E402
 from synerdetect.serve import ServeSettings, create_app, read_api_keys  # noqa: E402
+from synerdetect.serve.loadtest import stop_server  # noqa: E402
 
 ERROR_KEYS = {"status", "error", "message"}
 
@@ -652,13 +653,7 @@ def test_load_on_a_real_uvicorn_server(tiny_model, tmp_path):
         rc = proc.wait(30)
         assert rc == 0, (tmp_path / "server.log").read_text()[-3000:]
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+        stop_server(proc, 30)
         log.close()
 
 

@@ -78,6 +78,19 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def stop_server(proc: subprocess.Popen, wait_s: float = 60.0) -> None:
+    """Stop a server process that is still running: SIGTERM (it drains in-flight requests), then kill if it
+    has not exited within ``wait_s``."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(wait_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+
+
 def _rss_mb(pid: int) -> float | None:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -259,13 +272,7 @@ def run_serve_bench(
             metrics = httpx.get(base + "/metrics", timeout=30).text
             rss_after = _rss_mb(proc.pid)
         finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(60)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(10)
+            stop_server(proc, 60)
             log.close()
         exit_code = proc.returncode
 
