@@ -551,7 +551,7 @@ class SynerDetect(nn.Module):
         feature cache's tensors of this batch) replaces the inversion; its ``latents`` are CMID's target when
         given, else the batch is VAE-encoded."""
         self.check_inputs(images, labels)
-        labels = torch.as_tensor(labels, device=self.clip_pixels(images).device).long()
+        labels = torch.as_tensor(labels, device=images.device).long()  # a tensor or Views: both have .device
         lc = self.lcfg
         if lc.use_ot_dcl and len(set(labels.tolist())) < 2:
             raise InputError(
