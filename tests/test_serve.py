@@ -134,7 +134,15 @@ def test_health_ready_model_page_and_docs(tiny_model):
         assert "Content-Security-Policy" in page.headers
         spec = c.get("/openapi.json").json()
         assert "/v1/detect" in spec["paths"] and "multipart/form-data" in str(spec["paths"]["/v1/detect"])
-        assert c.get("/docs").status_code == 200
+        # /docs works offline: every script and stylesheet it names is served by this app
+        docs = c.get("/docs")
+        assert docs.status_code == 200
+        assets = re.findall(r"""(?:src|href)\s*=\s*["']([^"']+)["']""", docs.text)
+        assert assets and not [a for a in assets if "//" in a], assets
+        for a in assets:
+            got = c.get(a)
+            assert got.status_code == 200 and len(got.content) > 100, a
+        assert c.get("/redoc").status_code == 200
 
 
 def test_detect_scores_each_file_and_reports_bad_ones_separately(tiny_model):

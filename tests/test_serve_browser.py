@@ -248,3 +248,17 @@ def test_page_uploads_images_and_renders_verdicts(server, browser, tmp_path):
         shutil.copyfile(shot, extra)
     logs = browser.get_log("browser") if hasattr(browser, "get_log") else []
     assert not [e for e in logs if e.get("level") == "SEVERE" and "favicon" not in e.get("message", "")], logs
+
+
+def test_openapi_page_renders_offline(server, browser):
+    """/docs draws the API from the package's own Swagger UI files (no CDN): the operations appear in the page."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(server + "/docs")
+    WebDriverWait(browser, 30).until(ec.presence_of_element_located((By.CSS_SELECTOR, ".opblock-summary-path")))
+    paths = {e.text.strip() for e in browser.find_elements(By.CSS_SELECTOR, ".opblock-summary-path")}
+    assert {"/v1/detect", "/healthz", "/readyz", "/v1/model"} <= paths, paths
+    requested = browser.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
+    assert requested and all(u.startswith(server) for u in requested), requested

@@ -35,6 +35,7 @@ from typing import Any
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi_offline import FastAPIOffline
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
@@ -49,7 +50,10 @@ __all__ = ["create_app"]
 
 log = logging.getLogger(__name__)
 
-KNOWN_PATHS = frozenset({"/", "/healthz", "/readyz", "/metrics", "/v1/detect", "/v1/model", "/docs", "/openapi.json"})
+DOCS_ASSETS = "/docs-assets"
+KNOWN_PATHS = frozenset(
+    {"/", "/healthz", "/readyz", "/metrics", "/v1/detect", "/v1/model", "/docs", "/redoc", "/openapi.json"}
+)
 SPOOL_BYTES = 1 << 20  # request bodies beyond this go to a temporary file, not memory
 RAW_TYPES_REFUSED = ("text/", "application/json", "application/xml", "application/javascript")
 
@@ -115,7 +119,7 @@ class _Guard:
             await self.app(scope, receive, send)
             return
         path = scope.get("path", "")
-        endpoint = path if path in KNOWN_PATHS else "other"
+        endpoint = path if path in KNOWN_PATHS else DOCS_ASSETS if path.startswith(DOCS_ASSETS + "/") else "other"
         start = time.perf_counter()
         state = {"status": 500, "started": False}
 
@@ -150,7 +154,10 @@ def create_app(scorer: Scorer, settings: ServeSettings | None = None) -> FastAPI
     """The FastAPI app serving ``scorer`` under ``settings`` (see :class:`~synerdetect.serve.limits.ServeSettings`).
 
     ``app.state`` holds ``scorer``, ``settings``, ``batcher`` (:class:`~synerdetect.serve.batcher.MicroBatcher`)
-    and ``metrics`` (:class:`~synerdetect.serve.metrics.Metrics`)."""
+    and ``metrics`` (:class:`~synerdetect.serve.metrics.Metrics`).
+
+    On CPU, build ``scorer`` off the main thread (as ``synerdetect serve`` does): a model loaded on the main thread
+    ran its forward passes on the batcher's worker thread about twice as slowly (OpenMP thread teams)."""
     settings = settings or ServeSettings()
     decoder = scorer.decoder.with_limits(max_pixels=settings.max_pixels, max_bytes=settings.max_file_bytes)
     metrics = Metrics()
@@ -181,10 +188,13 @@ def create_app(scorer: Scorer, settings: ServeSettings | None = None) -> FastAPI
             batcher.stop()
             runtime["pool"].shutdown(wait=False, cancel_futures=True)
 
-    app = FastAPI(
+    # FastAPIOffline: FastAPI whose /docs and /redoc serve Swagger UI and ReDoc from the installed package (FastAPI's
+    # own pages load them from a CDN, blank on an offline machine)
+    app = FastAPIOffline(
         title="SynerDetect",
         version=__version__,
         lifespan=lifespan,
+        static_url=DOCS_ASSETS,
         description="Detect AI-generated images (SynerDetect: CLIP + Stable Diffusion, Eq. 10 scores, "
         "calibrated probability and provenance evidence).",
     )

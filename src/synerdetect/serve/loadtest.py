@@ -101,6 +101,15 @@ def _rss_mb(pid: int) -> float | None:
     return None
 
 
+def _cpu_s(pid: int) -> float | None:
+    """User + system CPU seconds of a process so far (Linux ``/proc``)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def _metric(text: str, name: str, **labels: str) -> float:
     from prometheus_client.parser import text_string_to_metric_families
 
@@ -204,7 +213,8 @@ def run_serve_bench(
 
             # offline: the same good images through predict's call, as many as the load test sends
             n_good = sum(1 for k, _ in plan if k == "good")
-            scorer = Scorer.from_checkpoint(checkpoint, device=device, batch_size=max_batch)
+            # as `synerdetect predict` and the server run by default: provenance read for every image
+            scorer = Scorer.from_checkpoint(checkpoint, device=device, batch_size=max_batch, provenance=True)
             scorer.warmup()
             paths = [str(goods[i % n_images]) for i in range(max(n_good, n_images))]
             t0 = time.perf_counter()
@@ -221,8 +231,14 @@ def run_serve_bench(
             cursor = iter(range(len(plan)))
             stop_at = hard_deadline - 30  # leave time to collect metrics and shut down
 
-            def client() -> None:
-                with httpx.Client(base_url=base, timeout=min(120.0, timeout_s)) as h:
+            # one connected client per thread, made before the clock starts: building an httpx client (its TLS
+            # context) and opening the connection is the load generator's set-up, not the server's throughput
+            pool = [httpx.Client(base_url=base, timeout=min(120.0, timeout_s)) for _ in range(clients)]
+            for h in pool:
+                h.get("/healthz")
+
+            def client(h: httpx.Client) -> None:
+                try:
                     while time.monotonic() < stop_at:
                         with lock:
                             j = next(cursor, None)
@@ -259,14 +275,17 @@ def run_serve_bench(
                                 rec["error_kind"] = "non_json"
                         with lock:
                             results.append(rec)
+                finally:
+                    h.close()
 
-            t_load = time.perf_counter()
-            threads = [threading.Thread(target=client, daemon=True) for _ in range(clients)]
+            t_load, cpu_load, srv_cpu0 = time.perf_counter(), time.process_time(), _cpu_s(proc.pid)
+            threads = [threading.Thread(target=client, args=(h,), daemon=True) for h in pool]
             for t in threads:
                 t.start()
             for t in threads:
                 t.join(max(1.0, hard_deadline - time.monotonic()))
             load_s = time.perf_counter() - t_load
+            client_cpu_s, srv_cpu1 = time.process_time() - cpu_load, _cpu_s(proc.pid)
             with lock:
                 done = list(results)
             metrics = httpx.get(base + "/metrics", timeout=30).text
@@ -319,6 +338,10 @@ def run_serve_bench(
             if n_batches
             else None,
             "forward_passes": int(n_batches),
+            # the model worker's busy time: load_s minus this is time the model waited for requests
+            "client_cpu_s": round(client_cpu_s, 2),
+            "server_cpu_s": round(srv_cpu1 - srv_cpu0, 2) if srv_cpu0 is not None and srv_cpu1 is not None else None,
+            "model_busy_s": round(_metric(metrics, "synerdetect_batch_duration_seconds_sum"), 2),
         },
         {
             "bench": "serve_errors",
