@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from synerdetect.data import EvalTransform, load_image
+from synerdetect.data import Views
 from synerdetect.engine.calibration import Calibration
 from synerdetect.engine.evaluate import predict_paths
 from synerdetect.engine.scoring import SCORE_KEYS, Scorer
@@ -129,8 +129,28 @@ def test_records_for_paths_bytes_named_bytes_files_and_pil_with_per_image_errors
 
 def test_scorer_equals_model_predict_on_an_independently_built_tensor(tiny_model, images):
     _, paths = images
-    size = loader_image_size(tiny_model.cfg)
-    x = torch.stack([EvalTransform(size)(load_image(p)) for p in paths[:3]])
+    assert loader_image_size(tiny_model.cfg) is None  # the default reads two views of each file
+    m = tiny_model.mcfg
+
+    def views(path: str) -> tuple[np.ndarray, np.ndarray]:
+        # built here with numpy and Pillow: E_v's view is the centre clip_size crop of the file's own pixels; the SD
+        # view the shorter side resized to sd_size (bicubic), then centre-cropped
+        img = Image.open(path).convert("RGB")
+        a = np.asarray(img, dtype=np.float32) / 255
+        h, w = a.shape[:2]
+        top, left = round((h - m.clip_size) / 2), round((w - m.clip_size) / 2)
+        clip = a[top : top + m.clip_size, left : left + m.clip_size]
+        k = m.sd_size / min(w, h)
+        nw, nh = max(m.sd_size, round(w * k)), max(m.sd_size, round(h * k))
+        r = np.asarray(img.resize((nw, nh), Image.Resampling.BICUBIC), dtype=np.float32) / 255
+        top, left = round((nh - m.sd_size) / 2), round((nw - m.sd_size) / 2)
+        return clip, r[top : top + m.sd_size, left : left + m.sd_size]
+
+    pairs = [views(p) for p in paths[:3]]
+    x = Views(
+        torch.from_numpy(np.stack([c for c, _ in pairs])).permute(0, 3, 1, 2).contiguous(),
+        torch.from_numpy(np.stack([s for _, s in pairs])).permute(0, 3, 1, 2).contiguous(),
+    )
     ref = tiny_model.predict(x)
     recs = Scorer(tiny_model, batch_size=8).score(paths[:3])
     for i, r in enumerate(recs):

@@ -71,3 +71,44 @@ def test_predict_and_losses_accept_views(tiny_model):
     )
     with pytest.raises(Exception, match="preprocess needs"):
         tiny_model.preprocess([])
+
+
+def test_every_loader_reads_the_native_views(tiny_model, tmp_path):
+    """Training, evaluation/prediction and the feature cache all read files through view_transform: the CLIP view
+    of a 96 x 96 file is its own centre (evaluation) or an exact window (training) of its pixels, not a resampling."""
+    from synerdetect.cache import feature_key
+    from synerdetect.config import merge
+    from synerdetect.data import ImageDataset, Sample
+    from synerdetect.engine.scoring import Scorer
+    from synerdetect.engine.train import loader_image_size
+    from synerdetect.model.detector import view_transform
+
+    img = _noise(96, 96, seed=7)
+    path = tmp_path / "a.png"
+    img.save(path)
+    src = np.asarray(img).astype(np.float32) / 255
+    cfg = tiny_model.cfg
+    assert loader_image_size(cfg) is None  # the default: two views
+    # evaluation, prediction and the service: the Scorer's decoder
+    prepared = Scorer(tiny_model).prepare(str(path))
+    assert isinstance(prepared.image, Views)
+    assert torch.equal(prepared.image.clip, torch.from_numpy(src[16:80, 16:80]).permute(2, 0, 1))
+    # training: the dataset the train loop builds, without blur/JPEG/flip, gives a window of the file's pixels
+    plain = merge(cfg, {"data": {"blur_prob": 0.0, "jpeg_prob": 0.0, "flip": False}})
+    ds = ImageDataset([Sample(str(path), 1, "g", None)], view_transform(plain, train=True), seed=0)
+    clip = ds[0]["image"].clip.permute(1, 2, 0).numpy()
+    assert any(np.array_equal(src[y : y + 64, x : x + 64], clip) for y in range(33) for x in range(33))
+    # the feature cache's key names the view geometry: crop, resize and a single resized view are three caches
+    keys = {
+        feature_key(tiny_model, image_size=None)[0],
+        feature_key(tiny_model, image_size=96)[0],
+    }
+    tiny_model.cfg = merge(cfg, {"data": {"clip_view": "resize"}})
+    try:
+        keys.add(feature_key(tiny_model, image_size=None)[0])
+    finally:
+        tiny_model.cfg = cfg
+    assert len(keys) == 3
+    # an explicit data.image_size keeps the older single resized view
+    single = view_transform(cfg, train=False, image_size=96)(img)
+    assert isinstance(single, torch.Tensor) and single.shape == (3, 96, 96)

@@ -127,7 +127,7 @@ def _shard_worker(argv: list[str]) -> int:
         model,
         spec["paths"],
         spec["cache_root"],
-        image_size=spec["image_size"],
+        image_size=None,  # the model's own two views of each file
         batch_size=spec["batch_size"],
         rank=rank,
         world_size=world,
@@ -146,7 +146,6 @@ def _sharded_build_seconds(
     *,
     preset: str,
     overrides: dict,
-    image_size: int,
     batch_size: int,
     timeout: float = 900.0,
 ) -> float:
@@ -158,7 +157,6 @@ def _sharded_build_seconds(
         "overrides": overrides,
         "paths": paths,
         "cache_root": str(work / f"cache-{nprocs}"),
-        "image_size": image_size,
         "batch_size": batch_size,
         "sync_dir": str(sync),
         "out": str(work / f"stats-{nprocs}.json"),
@@ -203,19 +201,19 @@ def _sharded_build_seconds(
 
 
 # ----------------------------------------------------------------------------- epochs
-def _epoch_loader(paths: list[str], image_size: int, batch_size: int):
+def _epoch_loader(model, paths: list[str], batch_size: int):
     from torch.utils.data import DataLoader
 
     from .data.datasets import ImageDataset, collate
     from .data.layouts import Sample
-    from .data.transforms import EvalTransform
+    from .model.detector import view_transform
 
     samples = [Sample(p, i % 2, "bench", None) for i, p in enumerate(paths)]
-    ds = ImageDataset(samples, EvalTransform(image_size))
+    ds = ImageDataset(samples, view_transform(model.cfg, train=False))
     return DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=0, collate_fn=collate)
 
 
-def _copy_without_noise_pixels(model, src, root: Path, image_size: int, batch_size: int) -> None:
+def _copy_without_noise_pixels(model, src, root: Path, image_size: int | None, batch_size: int) -> None:
     """The same latents / inverted latents under the ``store_noise_pixels=False`` key (what ``build_cache(...,
     store_noise_pixels=False)`` computes), copied instead of recomputed to keep the bench short."""
     from .cache import FeatureCache, feature_key
@@ -242,15 +240,17 @@ def _epoch_times(
     paths: list[str],
     cache_root: Path,
     *,
-    image_size: int,
     batch_size: int,
     device: torch.device,
     latents_only: bool = True,
 ) -> dict[str, float]:
     """Build the cache (timed, with the E_d inputs), then one training epoch and one evaluation epoch, online
     and from the cache; with ``latents_only`` also the cached epochs that read only latents + inverted latents
-    and decode the E_d input every step (the previous cache), from a second cache built without noise pixels."""
+    and decode the E_d input every step (the previous cache), from a second cache built without noise pixels.
+    The files are read as training and prediction read them (``data.image_size``: None, two views)."""
     from .cache import CachedFeatures, build_cache
+
+    image_size = model.cfg.data.image_size
 
     t0 = time.perf_counter()
     st = build_cache(
@@ -274,7 +274,7 @@ def _epoch_times(
         caches["cached_latents_only"] = CachedFeatures(
             cache_root / "latents", model, image_size, store_noise_pixels=False
         )
-    loader = _epoch_loader(paths, image_size, batch_size)
+    loader = _epoch_loader(model, paths, batch_size)
     opt = _optimizer(model)
 
     def lookup(which: str, b):
@@ -629,7 +629,7 @@ def _measure_cached_epochs(model, image_size: int, tmp: Path, bc: BenchConfig, e
             (SynerDetect.from_preset(bc.preset, **ov).to(dev).eval(), int(bc.long_steps), f"_{int(bc.long_steps)}steps")
         )
     for mdl, s, suffix in variants:
-        ep = _epoch_times(mdl, paths, tmp / f"cache{suffix}", image_size=image_size, batch_size=bs, device=dev)
+        ep = _epoch_times(mdl, paths, tmp / f"cache{suffix}", batch_size=bs, device=dev)
         kw = {"steps": s, "batch_size": bs}
         emit(f"cache_build_s_per_img{suffix}", ep["build"] / n_epoch, "s/img", **kw)
         emit(f"epoch_train_online_s{suffix}", ep["train_online"], "s", images=n_epoch, **kw)
@@ -680,12 +680,8 @@ def _measure_sharded_build(tmp: Path, bc: BenchConfig, emit: _Recorder) -> None:
     n_shard = bc.shard_images_
     spaths = _write_images(tmp / "shard", n_shard, t_size, seed=2)
     sbs = min(8, max(1, n_shard // 8))
-    t1 = _sharded_build_seconds(
-        spaths, tmp / "sharded", 1, preset="tiny", overrides=tiny_ov, image_size=t_size, batch_size=sbs
-    )
-    t2 = _sharded_build_seconds(
-        spaths, tmp / "sharded", 2, preset="tiny", overrides=tiny_ov, image_size=t_size, batch_size=sbs
-    )
+    t1 = _sharded_build_seconds(spaths, tmp / "sharded", 1, preset="tiny", overrides=tiny_ov, batch_size=sbs)
+    t2 = _sharded_build_seconds(spaths, tmp / "sharded", 2, preset="tiny", overrides=tiny_ov, batch_size=sbs)
     kw = dict(
         device="cpu",
         preset="tiny",

@@ -46,8 +46,9 @@ def _device(requested: str | None):
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _image_size(model, override: int | None) -> int:
-    """Loader size: the override, else what the detector was trained with (data.image_size), else max(clip, sd)."""
+def _image_size(model, override: int | None) -> int | None:
+    """The older single-view loader size: the override, else the checkpoint's data.image_size; None (the default)
+    reads two views of each file at the model's own sizes."""
     from .engine.train import loader_image_size
 
     return override or loader_image_size(model.cfg)

@@ -78,7 +78,7 @@ def build_cache(
     samples: Sequence,
     cache_root: str | os.PathLike,
     *,
-    image_size: int,
+    image_size: int | None,
     batch_size: int = 16,
     rank: int | None = None,
     world_size: int | None = None,
@@ -107,7 +107,7 @@ def build_cache(
     n_duplicates, seconds, per_image_seconds, key, dir, rank, world_size; rank 0 adds n_indexed and ``all_ranks``.
     """
     from ..data.imageio import UnreadableImage, load_image
-    from ..data.transforms import EvalTransform
+    from ..model.detector import view_transform
 
     t_start, t0, cpu0 = time.time(), time.perf_counter(), time.process_time()
     rank, world = rank_world(rank, world_size)
@@ -126,7 +126,7 @@ def build_cache(
     paths = sorted({os.fspath(getattr(s, "path", s)) for s in samples})
     job = hashlib.sha256(json.dumps([key, world, paths]).encode()).hexdigest()[:24]
     mine = paths[rank::world]
-    transform = EvalTransform(image_size)
+    transform = view_transform(model.cfg, train=False, image_size=image_size)  # the evaluation view(s)
     stats: dict[str, Any] = {
         "key": key,
         "dir": str(cache.dir),

@@ -68,14 +68,14 @@ class CachedFeatures:
         self,
         cache: FeatureCache | str | os.PathLike,
         model,
-        image_size: int,
+        image_size: int | None,
         *,
         key: str | None = None,
         rank: int | None = None,
         store_noise_pixels: bool = True,
     ):
         self.model = model
-        self.image_size = int(image_size)
+        self.image_size = int(image_size) if image_size else None
         self.store_noise_pixels = bool(store_noise_pixels)
         if isinstance(cache, FeatureCache):
             self.root, r = cache.root, cache.rank
@@ -155,7 +155,7 @@ class CacheSchedule:
         samples: Sequence,
         root: str | os.PathLike,
         *,
-        image_size: int,
+        image_size: int | None,
         batch_size: int,
         key: str | None = None,
         progress: bool = True,

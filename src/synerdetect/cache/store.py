@@ -146,7 +146,7 @@ def stores_noise_pixels(model, store_noise_pixels: bool = True) -> bool:
 _DESCRIPTIVE = ("clip_source", "sd_source", "image_view", "conditioning")
 
 
-def feature_key(model, *, image_size: int, store_noise_pixels: bool = True) -> tuple[str, dict]:
+def feature_key(model, *, image_size: int | None, store_noise_pixels: bool = True) -> tuple[str, dict]:
     """(key, info): a 24-hex-digit key of everything that changes the cached tensors, and the readable dict it
     was computed from (stored in ``info.json`` / ``index.json``).
 
@@ -156,6 +156,8 @@ def feature_key(model, *, image_size: int, store_noise_pixels: bool = True) -> t
     Identity of the frozen models is *what the weights are* (architecture configs + a sampled exact fingerprint of
     the UNet, VAE, CLIP towers and SD's empty-prompt context), not where they were loaded from: moving a model
     folder keeps its cache valid. The source strings are recorded in ``info`` but not hashed."""
+    from ..model.detector import view_transform
+
     m = model.mcfg
     frozen_clip = [(n, p) for n, p in model.E_v.named_parameters() if not p.requires_grad]
     frozen_clip += list(model.text.named_parameters()) + list(model.text.named_buffers())
@@ -177,8 +179,11 @@ def feature_key(model, *, image_size: int, store_noise_pixels: bool = True) -> t
         "sd_size": int(m.sd_size),
         "inversion_size": int(m.inversion_size or m.sd_size),
         "clip_size": int(m.clip_size),
-        "image_size": int(image_size),
-        "image_view": "EvalTransform(image_size): shorter side to image_size (bicubic), centre crop",
+        "image_size": int(image_size) if image_size else None,
+        # hashed: the geometry of what the entries were computed from (two views of one decode, or one view)
+        "input_transform": repr(view_transform(model.cfg, train=False, image_size=image_size)),
+        "image_view": "the evaluation transform above: by default E_v's view is a centre crop of the image's own "
+        "pixels at clip_size and the SD view the image resized to sd_size; with image_size one resized view",
         "dtype": str(m.dtype),
         "class_names": list(m.class_names),
         "conditioning": "label-agnostic prompt (docs/method.md) of the building model",
@@ -269,7 +274,7 @@ class FeatureCache:
 
     @classmethod
     def for_model(
-        cls, root: str | os.PathLike, model, *, image_size: int, rank: int = 0, store_noise_pixels: bool = True
+        cls, root: str | os.PathLike, model, *, image_size: int | None, rank: int = 0, store_noise_pixels: bool = True
     ) -> FeatureCache:
         key, info = feature_key(model, image_size=image_size, store_noise_pixels=store_noise_pixels)
         return cls(root, key, rank=rank, info=info)

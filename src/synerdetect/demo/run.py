@@ -27,7 +27,6 @@ def demo_config(out: Path, quick: bool = False):
                 "train": str(out / "data" / "train"),
                 "train_layout": "cnndetection",
                 "train_split": "train",
-                "image_size": 64,
                 "blur_prob": 0.0,
                 "jpeg_prob": 0.0,
             },
@@ -99,7 +98,7 @@ def run_demo(out_dir: str | Path = "demo_out", *, quick: bool = False, progress:
         layout="cnndetection",
         split="test",
         model=model,
-        image_size=64,
+        image_size=None,
         batch_size=32,
         progress=progress,
         cascade_agreement=0.99,
@@ -111,7 +110,7 @@ def run_demo(out_dir: str | Path = "demo_out", *, quick: bool = False, progress:
         model,
         samples,
         out,
-        image_size=64,
+        image_size=None,
         batch_size=32,
         progress=progress,
         calibration=cal,
@@ -164,7 +163,7 @@ def run_demo(out_dir: str | Path = "demo_out", *, quick: bool = False, progress:
     assert cal.cascade is not None
     band = (cal.cascade["band"][0], cal.cascade["band"][1])
     val_samples = load_labelled(str(val_root / "test"), "cnndetection", "test")
-    casc = measure_cascade(model, val_samples, samples, image_size=64, batch_size=32, band=band, out_dir=out)
+    casc = measure_cascade(model, val_samples, samples, image_size=None, batch_size=32, band=band, out_dir=out)
     ct = casc["test"]
     print(
         f"cascade:       band [{band[0]:+.4f}, {band[1]:+.4f}] fitted on validation for 99% agreement with full "

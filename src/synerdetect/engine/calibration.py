@@ -591,7 +591,7 @@ def calibrate_checkpoint(
         "n_real": int((labels == 0).sum()),
         "n_fake": int((labels == 1).sum()),
         "n_unreadable": len(errors),
-        "image_size": int(size),
+        "image_size": int(size) if size else None,
         "protocol_config": str(protocol_config) if isinstance(protocol_config, (str, Path)) else None,
     }
     if cascade_agreement is not None:

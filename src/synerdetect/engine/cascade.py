@@ -184,7 +184,9 @@ def cascade_band_of(calibration: Any, mode: str) -> tuple[float, float] | None:
     return float(lo), float(hi)
 
 
-def _timed_scores(model, samples, *, image_size: int, batch_size: int, mode: str, band=None) -> tuple[list, float]:
+def _timed_scores(
+    model, samples, *, image_size: int | None, batch_size: int, mode: str, band=None
+) -> tuple[list, float]:
     """The records of one pass of :func:`~synerdetect.engine.evaluate.score_samples` in ``mode`` and its wall time
     (data loading included)."""
     import time
@@ -204,7 +206,7 @@ def _timed_scores(model, samples, *, image_size: int, batch_size: int, mode: str
 
 
 def both_branches(
-    model, samples, *, image_size: int, batch_size: int, full_records: list | None = None
+    model, samples, *, image_size: int | None, batch_size: int, full_records: list | None = None
 ) -> dict[str, np.ndarray]:
     """Perceptual margin and full Eq. 10 logit of every readable sample, with its label (to fit or study a band).
     ``full_records``: the full pass's records when the caller already has them (it is not run again)."""
@@ -224,7 +226,7 @@ def measure_cascade(
     val_samples,
     test_samples,
     *,
-    image_size: int,
+    image_size: int | None,
     batch_size: int = 16,
     target_agreement: float = 0.99,
     band: tuple[float, float] | None = None,

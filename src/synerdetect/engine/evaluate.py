@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from ..data import EvalTransform, ImageDataset, Sample, ShardedEvalSampler, collate, discover
+from ..data import ImageDataset, Sample, ShardedEvalSampler, collate, discover
 from ..utils import atomic_write_text, check_output_dir, rank_world
 from .calibration import DEFAULT_TAU, Calibration, apply_calibration, calibration_section
 from .metrics import ScoreRecord, robustness_table, summarize
@@ -51,7 +51,7 @@ def iter_scores(
     model,
     samples: Sequence[Sample],
     *,
-    image_size: int,
+    image_size: int | None,
     batch_size: int = 32,
     num_workers: int = 0,
     perturbation: Perturbation | None = None,
@@ -66,7 +66,9 @@ def iter_scores(
     Eq. 10, the perceptual branch only, or the cascade (``cascade_band`` required; in-band images are regrouped
     into full batches across loader batches, so its ScoredBatches hold one image each, out of order)."""
     rank, world = rank_world()
-    transform: Callable = EvalTransform(image_size)
+    from ..model.detector import view_transform
+
+    transform: Callable = view_transform(model.cfg, train=False, image_size=image_size)
     if perturbation is not None:
         transform = PerturbedTransform(transform, perturbation)
     ds = ImageDataset(samples, transform, seed=0)
@@ -131,7 +133,7 @@ def score_samples(
     model,
     samples: Sequence[Sample],
     *,
-    image_size: int,
+    image_size: int | None,
     batch_size: int = 32,
     num_workers: int = 0,
     perturbation: Perturbation | None = None,
@@ -274,7 +276,7 @@ def evaluate(
     samples: Sequence[Sample],
     out_dir: str | Path | None,
     *,
-    image_size: int,
+    image_size: int | None,
     batch_size: int = 32,
     num_workers: int = 0,
     perturb: Sequence[str] = (),
@@ -477,7 +479,7 @@ def predict_paths(
     model,
     paths: Sequence[str],
     *,
-    image_size: int,
+    image_size: int | None,
     batch_size: int = 16,
     num_workers: int = 0,
     progress: bool = True,

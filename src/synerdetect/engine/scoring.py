@@ -45,7 +45,7 @@ import hashlib
 import io
 import os
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -56,7 +56,7 @@ from PIL import Image
 
 from ..data import imageio
 from ..data.imageio import DEFAULT_MAX_PIXELS, UnreadableImage, open_regular_file
-from ..data.transforms import EvalTransform
+from ..data.transforms import stack_images
 from .calibration import Calibration, apply_calibration
 from .cascade import cascade_band_of, cascade_predict
 
@@ -198,17 +198,14 @@ def _named(item: Any, index: int) -> tuple[str, Any]:
 @dataclass
 class Decoder:
     """Input -> :class:`Prepared`: bytes read under ``max_bytes``, decoded under ``max_pixels``, evaluation
-    transform at ``image_size``, sha256 and (optional) provenance. Holds no model, so it pickles cheaply into
-    DataLoader workers and runs in any number of threads."""
+    transform (:func:`~synerdetect.model.detector.view_transform`), sha256 and (optional) provenance. Holds no
+    model, so it pickles cheaply into DataLoader workers and runs in any number of threads."""
 
-    image_size: int
+    transform: Callable[[Any], Any]
     max_pixels: int | None = DEFAULT_MAX_PIXELS
     max_bytes: int | None = None
     provenance: bool = False
     trust_anchors_pem: str | None = None
-
-    def __post_init__(self) -> None:
-        self.transform = EvalTransform(self.image_size)
 
     def with_limits(self, *, max_pixels: int | None, max_bytes: int | None) -> Decoder:
         return replace(self, max_pixels=max_pixels, max_bytes=max_bytes)
@@ -326,7 +323,8 @@ class Scorer:
 
     Args:
         model: a :class:`~synerdetect.model.SynerDetect` in eval mode, on its device.
-        image_size: loader size (default: the checkpoint's, :func:`~synerdetect.engine.train.loader_image_size`).
+        image_size: the older single-view loader at this size (default: the checkpoint's ``data.image_size``; None
+            reads two views of one decode at the model's own sizes, :func:`~synerdetect.model.detector.view_transform`).
         batch_size: images per forward pass in :meth:`score` / :meth:`score_paths`.
         calibration: a :class:`~synerdetect.engine.calibration.Calibration` (None: raw ``sigmoid(logit / tau)``).
         provenance: read the provenance evidence of every image into ``record["provenance"]``.
@@ -351,6 +349,7 @@ class Scorer:
         mode: str = "full",
     ):
         from ..engine.train import loader_image_size
+        from ..model.detector import view_transform
         from ..provenance import load_trust_anchors
 
         if int(batch_size) < 1:
@@ -358,7 +357,7 @@ class Scorer:
         self.cascade_band = cascade_band_of(calibration, mode)
         self.mode = mode
         self.model = model
-        self.image_size = int(image_size or loader_image_size(model.cfg))
+        self.image_size = image_size or loader_image_size(model.cfg)
         self.batch_size = int(batch_size)
         self.calibration = calibration
         self.trust_metadata = bool(trust_metadata)
@@ -366,7 +365,7 @@ class Scorer:
         self.tau = float(model.mcfg.tau)
         self.checkpoint: str | None = None
         self.decoder = Decoder(
-            self.image_size,
+            view_transform(model.cfg, train=False, image_size=self.image_size),
             max_pixels=max_pixels,
             max_bytes=max_bytes,
             provenance=self.provenance,
@@ -407,7 +406,7 @@ class Scorer:
         rows: dict[int, tuple[dict[str, float], str]] = {}
         score_ms = None
         if ok:
-            x = torch.stack([p.image for p in ok if p.image is not None]).to(self.device)
+            x = stack_images([p.image for p in ok if p.image is not None]).to(self.device)
             t0 = time.perf_counter()
             for k, out, how in self._outputs(x, list(range(len(ok))), batch_size=len(ok)):
                 rows[k] = (out, how)
@@ -556,7 +555,7 @@ class Scorer:
                     ok = [p for p in batch if p.ok]
                     bar.update(len(batch))
                     if ok:
-                        yield torch.stack([p.image for p in ok if p.image is not None]).to(self.device), ok
+                        yield stack_images([p.image for p in ok if p.image is not None]).to(self.device), ok
 
             for p, out, how in cascade_predict(self.model, ok_batches(), self.cascade_band, batch_size=self.batch_size):
                 records.append(self._record(p, out, how, None, self.batch_size))
@@ -566,7 +565,8 @@ class Scorer:
     def warmup(self) -> float:
         """One forward pass on a grey image (lazy initialisation, compilation); returns its milliseconds."""
         t0 = time.perf_counter()
-        p = Prepared(name="warmup", image=torch.full((3, self.image_size, self.image_size), 0.5))
+        side = self.image_size or max(self.model.mcfg.clip_size, self.model.mcfg.sd_size)
+        p = Prepared(name="warmup", image=self.decoder.transform(Image.new("RGB", (side, side), (128, 128, 128))))
         self.forward([p])
         return (time.perf_counter() - t0) * 1e3
 

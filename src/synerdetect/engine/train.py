@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from ..config import ConfigError, ExperimentConfig, OptimConfig, to_dict
-from ..data import BalancedBatchSampler, ImageDataset, TrainTransform, collate
+from ..data import BalancedBatchSampler, ImageDataset, collate
 from ..utils import atomic_write_json, atomic_write_text, check_output_dir
 from .checkpoint import FINAL_STATE, find_resumable, load_optimizer, read_state, save_checkpoint, save_final
 from .evaluate import evaluate, load_labelled
@@ -51,8 +51,10 @@ _EXTENDABLE = {
 }
 
 
-def loader_image_size(cfg: ExperimentConfig) -> int:
-    return cfg.data.image_size or max(cfg.model.clip_size, cfg.model.sd_size)
+def loader_image_size(cfg: ExperimentConfig) -> int | None:
+    """``data.image_size``: None (the default) reads two views of each file at the model's own sizes
+    (:func:`~synerdetect.model.detector.view_transform`); an int, the older single view at that size."""
+    return cfg.data.image_size
 
 
 def build_optimizer(params: Iterable[torch.nn.Parameter], o: OptimConfig) -> torch.optim.Optimizer:
@@ -135,7 +137,7 @@ def train(
     finished run is extended when more steps are asked for), "never", or a checkpoint folder.
     ``on_step(global_step, losses)`` is called after each optimiser step."""
     from ..cache import CacheSchedule
-    from ..model.detector import SynerDetect
+    from ..model.detector import SynerDetect, view_transform
 
     # 1. Check the request before any work: data, output folder, config of an existing run.
     if not cfg.data.train:
@@ -154,16 +156,7 @@ def train(
     per_rank = t.batch_size // world
     samples = load_labelled(cfg.data.train, cfg.data.train_layout, cfg.data.train_split, cfg.data.train_generators)
     size = loader_image_size(cfg)
-    d = cfg.data
-    transform = TrainTransform(
-        size,
-        flip=d.flip,
-        blur_prob=d.blur_prob,
-        blur_sigma=(d.blur_sigma[0], d.blur_sigma[1]),
-        jpeg_prob=d.jpeg_prob,
-        jpeg_quality=(d.jpeg_quality[0], d.jpeg_quality[1]),
-    )
-    ds = ImageDataset(samples, transform, seed=t.seed)
+    ds = ImageDataset(samples, view_transform(cfg, train=True), seed=t.seed)
     sampler = BalancedBatchSampler(ds.labels, per_rank, seed=t.seed, num_replicas=world, rank=rank)
     loader = DataLoader(ds, batch_sampler=sampler, collate_fn=collate, num_workers=t.num_workers)
     steps_per_epoch = len(sampler)

@@ -117,11 +117,17 @@ def _add_lora(module: nn.Module, cfg: ModelConfig, name: str) -> nn.Module:
         raise ConfigError(f"LoRA on {name}: {e} (model.lora_targets={cfg.lora_targets})") from e
 
 
-def view_transform(cfg: ExperimentConfig, *, train: bool, clip_view: str | None = None) -> Any:
-    """The data transform a detector of ``cfg`` reads files with: two views (:class:`Views`) of one decode."""
-    from ..data import ViewTransform
+def view_transform(
+    cfg: ExperimentConfig, *, train: bool, clip_view: str | None = None, image_size: int | None = None
+) -> Any:
+    """The data transform a detector of ``cfg`` reads files with (training, evaluation, prediction, the feature
+    cache, the service): by default two views (:class:`Views`) of one decode, E_v's a crop of the image's own
+    pixels. ``image_size`` (default ``data.image_size``) set: the older single view instead, the image resized to
+    ``image_size`` and centre-cropped (random crop in training), which each branch then resamples to its size."""
+    from ..data import EvalTransform, TrainTransform, ViewTransform
 
     d = cfg.data
+    size = image_size or d.image_size
     kw: dict[str, Any] = {
         "flip": d.flip,
         "blur_prob": d.blur_prob,
@@ -129,6 +135,8 @@ def view_transform(cfg: ExperimentConfig, *, train: bool, clip_view: str | None 
         "jpeg_prob": d.jpeg_prob,
         "jpeg_quality": (d.jpeg_quality[0], d.jpeg_quality[1]),
     }
+    if size:
+        return TrainTransform(size, **kw) if train else EvalTransform(size)
     return ViewTransform(cfg.model.clip_size, cfg.model.sd_size, train=train, clip_view=clip_view or d.clip_view, **kw)
 
 
