@@ -5,7 +5,10 @@ set-up (the tiny preset, trained on the seen family for 4 epochs), over several 
 trainable initialisation, the data order, augmentation and CMID noise). Reports mean ± std of accuracy and AP
 on the seen family and the mean over the unseen ones.
 
-    python scripts/ledger.py --out ledger_out --seeds 0 1 2 [--rows NAME ...]
+    python scripts/ledger.py --out ledger_out --seeds 0 1 2 [--rows NAME ...] [--image-px 64]
+
+``--image-px`` sets the side of the demo's images (64 by default, the tiny model's clip_size): at 128 the CLIP view
+is a 64 px crop of each file's own pixels by default, or the file resized to 64 px with ``clip view resize``.
 
 Writes `<out>/ledger.json` (every run) and prints a markdown table. Each run takes about a minute on 2 cores.
 """
@@ -44,6 +47,11 @@ ROWS: dict[str, tuple[str, dict, dict]] = {
     "cache cached-refresh": (
         "inversion from a feature cache refreshed every 3 epochs",
         {"cache": {"policy": "cached-refresh", "refresh_every": 3}},
+        {},
+    ),
+    "tuner zero init": (
+        "the tuner's output projection starts at zero (the earlier init)",
+        {"model": {"tuner_out_init": 0.0}},
         {},
     ),
     "clip view resize": (
@@ -95,7 +103,7 @@ def one_run(data: Path, run: Path, seed: int, patch: dict) -> dict:
     summary = train(cfg, resume="never", progress=False)
     model = SynerDetect.from_pretrained(summary["final"]).eval()
     samples = load_labelled(str(data / "test"), "cnndetection", "test")
-    res = evaluate(model, samples, None, image_size=64, batch_size=32, progress=False)
+    res = evaluate(model, samples, None, image_size=None, batch_size=32, progress=False)
     gens = res["summary"]["generators"]
     unseen = [g for g in gens if g not in SEEN]
     return {
@@ -119,10 +127,11 @@ def main() -> int:
     ap.add_argument("--out", default="ledger_out")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--rows", nargs="*", default=list(ROWS))
+    ap.add_argument("--image-px", type=int, default=64, help="side of the demo's images")
     args = ap.parse_args()
     out = Path(args.out)
     data = out / "data"
-    build_demo_benchmark(data, size=64, n_train=256, n_test=64, train_families=SEEN, seed=0)
+    build_demo_benchmark(data, size=args.image_px, n_train=256, n_test=64, train_families=SEEN, seed=0)
     path = out / "ledger.json"
     done = json.loads(path.read_text()) if path.is_file() else {}
     for name in args.rows:

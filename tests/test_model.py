@@ -403,3 +403,31 @@ def test_perceptual_mode_is_the_clip_branch_of_eq_10(tiny_model):
     assert torch.isnan(per["sim_n_real"]).all()
     with pytest.raises(InputError, match="mode"):
         tiny_model.predict(x, mode="fast")
+
+
+@pytest.mark.parametrize("out_init", [0.0, 0.004])
+def test_tuner_parts_get_a_gradient_at_step_0_unless_the_output_starts_at_zero(out_init):
+    """With a zero output projection, d(out)/d(attention, z_v projection, CConv) = W_out^T (...) = 0 at step 0 (by
+    hand: the output is W_out @ attention + b); with the small default init every part gets a gradient, and the
+    per-image term starts at a few percent of ||p_c|| (7.5 % measured at widths 64 and 768)."""
+    from synerdetect.model.prompt import VisualAwareTuner
+
+    torch.manual_seed(0)
+    t = VisualAwareTuner(
+        64, 32, 4, 8, use_global=True, use_local=True, cconv_filters=3, cconv_kernel=5, cconv_channels=8,
+        cconv_grid=2, out_init=out_init,
+    )  # fmt: skip
+    z_v = torch.nn.functional.normalize(torch.randn(4, 32), dim=-1)
+    out = t(z_v, torch.rand(4, 3, 32, 32))
+    term = (out - t.ctx).norm(dim=-1).mean() / t.ctx.norm(dim=-1).mean()
+    (out**2).sum().backward()
+    parts = {
+        "attention": t.attn.in_proj_weight,
+        "z_v projection": t.zv_proj.weight,
+        "CConv": t.cconv.bayar.parametrizations.weight.original,
+    }
+    norms = {k: float(p.grad.norm()) if p.grad is not None else 0.0 for k, p in parts.items()}
+    if out_init == 0:
+        assert float(term) == 0.0 and all(v == 0.0 for v in norms.values()), norms
+    else:
+        assert 0.01 < float(term) < 0.2 and all(v > 0 for v in norms.values()), (float(term), norms)

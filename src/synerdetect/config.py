@@ -41,6 +41,10 @@ class ModelConfig:
     tuner_heads: int = 8
     tuner_global: bool = True  # z_v as key/value of the tuner (Table 5c "Global")
     tuner_local: bool = True  # CConv tokens as key/value (Table 5c "Local")
+    # The tuner's output projection starts at PyTorch's default init times this factor. 0 = zero init (p̂_c = p_c
+    # at step 0, but then the attention, z_v projection and CConv get no gradient at step 0 and barely move under
+    # SGD 1e-4); the default keeps the per-image term small against p_c while every tuner part learns from step 0.
+    tuner_out_init: float = 0.004
     cconv_filters: int = 3  # Bayar constrained filters
     cconv_kernel: int = 5
     cconv_channels: int = 32  # width of the conv stem after the Bayar layer

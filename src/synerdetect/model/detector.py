@@ -221,6 +221,7 @@ class SynerDetect(nn.Module):
             cconv_channels=m.cconv_channels,
             cconv_grid=m.cconv_grid,
             init_std=m.ctx_init_std,
+            out_init=m.tuner_out_init,
         )
         self.unet, self.vae = base.unet, base.vae
         sd_width = base.empty_context.shape[-1]

@@ -82,6 +82,7 @@ class VisualAwareTuner(nn.Module):
         cconv_channels: int,
         cconv_grid: int,
         init_std: float = 0.02,
+        out_init: float = 0.0,
     ):
         super().__init__()
         if width % heads != 0:
@@ -91,10 +92,13 @@ class VisualAwareTuner(nn.Module):
         if use_global or use_local:
             self.ln_q = nn.LayerNorm(width)
             self.attn = nn.MultiheadAttention(width, heads, batch_first=True)
-            # Zero-initialised output: the tuner starts as plain CoOp context (p̂_c = p_c) and learns how much
-            # image evidence to add. A default init would make the per-image term ~25x larger than p_c at
-            # step 0, leaving each image's other-class prompt, which Eq. 7 never trains, arbitrary.
-            nn.init.zeros_(self.attn.out_proj.weight)
+            # A small output projection (PyTorch's default init times ``out_init``): the tuner starts close to plain
+            # CoOp context (p̂_c ≈ p_c) and learns how much image evidence to add. The default init would make the
+            # per-image term ~25x larger than p_c at step 0, leaving each image's other-class prompt, which Eq. 7
+            # never trains, arbitrary; a zero init (``out_init=0``) gives the attention, the z_v projection and
+            # CConv no gradient at step 0, and under SGD 1e-4 they barely move (docs/method.md, the ledger).
+            with torch.no_grad():
+                self.attn.out_proj.weight.mul_(out_init)
             nn.init.zeros_(self.attn.out_proj.bias)
         if use_global:
             self.zv_proj = nn.Linear(joint_dim, width)  # z_v lives in the joint space, keys in the text width
