@@ -46,6 +46,7 @@ PROTOCOLS = {
     "robustness": ("cnndetection", LSUN_20, "cnndetection", "test"),
     "ablation_modules": ("cnndetection", LSUN_20, "cnndetection", "test"),
     "ablation_tuner": ("cnndetection", LSUN_20, "cnndetection", "test"),
+    "ablation_fusion": ("cnndetection", LSUN_20, "cnndetection", "test"),
     "chameleon_progan": ("cnndetection", LSUN_20, "chameleon", "test"),
     "genimage_sdv14": ("genimage", ["stable_diffusion_v_1_4"], "genimage", "val"),
     "chameleon_sdv14": ("genimage", ["stable_diffusion_v_1_4"], "chameleon", "test"),
@@ -133,7 +134,7 @@ def test_output_dirs_are_distinct():
 
 def test_robustness_and_ablations_train_like_aigcdetect():
     base = _load("aigcdetect_progan")
-    for name in ("robustness", "ablation_modules", "ablation_tuner", "chameleon_progan"):
+    for name in ("robustness", "ablation_modules", "ablation_tuner", "ablation_fusion", "chameleon_progan"):
         cfg = _load(name)
         assert cfg.data.train == base.data.train and cfg.data.train_generators == base.data.train_generators
         assert (cfg.model, cfg.loss, cfg.optim) == (base.model, base.loss, base.optim)
@@ -158,6 +159,18 @@ def test_ablation_files_document_their_flags(fname, flags):
     for flag in flags:
         assert flag in ABLATIONS
         assert f"--ablation {flag}" in text
+
+
+def test_ablation_fusion_rows_are_registered_methods():
+    import re
+
+    from synerdetect.methods import list_methods
+
+    assert _load("ablation_fusion").method == "synerdetect"  # the base file is the full method; rows use --method
+    flags = re.findall(r"--method (\w+)", (CONFIGS / "ablation_fusion.yaml").read_text())
+    assert set(flags) == set(list_methods())
+    for path in ALL_YAML:
+        assert load_experiment(path).method == "synerdetect", path.name
 
 
 def test_tiny_demo():

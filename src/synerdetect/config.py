@@ -150,6 +150,9 @@ class CacheConfig:
 @dataclass
 class ExperimentConfig:
     preset: str = "paper"
+    # The detection method: "synerdetect" or one of the paper's reference methods (Table 5a, Figure 3). Checked
+    # against the registry in synerdetect.methods when the model is built (this module imports no package module).
+    method: str = "synerdetect"
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)

@@ -679,6 +679,11 @@ class SynerDetect(nn.Module):
         from .backbones.loaders import read_base_configs
 
         validate_experiment(cfg)
+        if cls is SynerDetect:
+            # The reference methods (synerdetect.methods) load like SynerDetect: build the config's method's class.
+            from ..methods import get_method
+
+            cls = get_method(cfg.method)  # a ConfigError listing the known methods for an unknown name
         # Dimensions are checked on the JSON configs first: a mismatch is reported before gigabytes load.
         cfgs = read_base_configs(cfg.model.clip, cfg.model.sd, tiny_seed=cfg.model.tiny_seed)
         if cfgs is not None:
