@@ -81,12 +81,15 @@ def cmd_presets(args) -> int:
 
 def cmd_train(args) -> int:
     from .engine.train import train
+    from .methods import check_method
     from .presets import load_experiment, with_ablation
     from .utils import is_main_process
 
-    cfg = load_experiment(args.config, args.overrides, preset=args.preset)
+    overrides = list(args.overrides) + ([f"method={args.method}"] if args.method else [])
+    cfg = load_experiment(args.config, overrides, preset=args.preset)
     if args.ablation:
         cfg = with_ablation(cfg, args.ablation)
+    check_method(cfg.method)  # an unknown method fails before the data is read
     summary = train(cfg, resume=args.resume, progress=not args.no_progress)
     if is_main_process():
         print(json.dumps(summary, indent=2, default=str))
@@ -510,6 +513,12 @@ def cmd_calibrate(args) -> int:
 
 
 def cmd_demo(args) -> int:
+    if args.methods:
+        from .demo.compare import run_comparison
+        from .methods import parse_methods
+
+        run_comparison(args.out, parse_methods(args.methods), quick=args.quick, progress=not args.no_progress)
+        return 0
     from .demo.run import run_demo
 
     return run_demo(args.out, quick=args.quick, progress=not args.no_progress)
@@ -524,6 +533,12 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")
     d.add_argument("--quick", action="store_true", help="fewer images and steps (smoke test)")
     d.add_argument("--no-progress", action="store_true")
+    d.add_argument(
+        "--methods",
+        default=None,
+        help="compare methods instead (paper Table 5a / Figure 3): train and evaluate each, e.g. "
+        "synerdetect,unifd,dire or all; writes comparison.json, comparison.md and comparison_logits.png",
+    )
     d.set_defaults(func=cmd_demo)
 
     sub.add_parser("presets", help="list presets and ablations").set_defaults(func=cmd_presets)
@@ -532,6 +547,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--config", help="experiment YAML (see configs/)")
     t.add_argument("--preset", help="preset if the YAML names none (default: paper)")
     t.add_argument("--ablation", help="a Table 5 ablation: no_cmid, no_ot_dcl, no_pot, fixed_prompts, ...")
+    t.add_argument(
+        "--method",
+        default=None,
+        help="detection method (the config's `method`, default synerdetect): synerdetect, or a reference of "
+        "Table 5a: unifd, dire, inversion_probe, fusion_a, fusion_b, fusion_c",
+    )
     t.add_argument("--resume", default="auto", help="auto | never | CHECKPOINT_DIR (default: auto)")
     t.add_argument("--no-progress", action="store_true")
     t.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.epochs=2 data.train=/data")

@@ -1,0 +1,280 @@
+"""The method registry and the paper's reference methods (Table 5a, Figure 3) on the tiny preset.
+
+Each reference trains (its loss falls on a fixed batch), keeps CLIP and SD frozen, reloads from a checkpoint with
+identical logits, reads the feature cache, follows SynerDetect's predict contract, and trains through train().
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from synerdetect import SynerDetect
+from synerdetect.config import ConfigError, ExperimentConfig
+from synerdetect.methods import METHODS, check_method, get_method, list_methods, parse_methods
+from synerdetect.methods.references import DIRE, ReferenceMethod, UniFD
+from synerdetect.model.detector import InputError
+
+REFERENCES = [m for m in list_methods() if m != "synerdetect"]
+STEPS = {"model.inversion_steps": 2}
+
+
+def batch(b: int = 8, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(b, 3, 64, 64, generator=g), torch.tensor([0, 1] * (b // 2))
+
+
+def build(method: str, **over) -> SynerDetect:
+    return SynerDetect.from_preset("tiny", method=method, **{**STEPS, **over})
+
+
+@pytest.fixture(scope="module")
+def models() -> dict[str, SynerDetect]:
+    """One untrained model per reference, shared by the read-only tests below."""
+    return {m: build(m) for m in REFERENCES}
+
+
+# ---------------------------------------------------------------- registry and config
+def test_registry_names_every_method_of_table_5a():
+    assert list_methods()[0] == "synerdetect"
+    assert set(list_methods()) == {
+        "synerdetect",
+        "unifd",
+        "dire",
+        "inversion_probe",
+        "fusion_a",
+        "fusion_b",
+        "fusion_c",
+    }
+    assert get_method("synerdetect") is SynerDetect
+    for name in REFERENCES:
+        cls = get_method(name)
+        assert issubclass(cls, ReferenceMethod) and cls.method_name == name
+
+
+def test_unknown_method_is_refused_with_the_known_ones():
+    for call in (lambda: get_method("nope"), lambda: check_method("nope"), lambda: build("nope")):
+        with pytest.raises(ConfigError) as e:
+            call()
+        assert "'nope'" in str(e.value)
+        for name in METHODS:
+            assert name in str(e.value)
+
+
+def test_method_is_part_of_the_config():
+    from synerdetect.presets import load_experiment
+
+    assert ExperimentConfig().method == "synerdetect"
+    assert load_experiment(None, ["method=dire"], preset="tiny").method == "dire"
+    assert parse_methods("all") == list_methods()
+    assert parse_methods(" unifd,dire ,unifd") == ["unifd", "dire"]
+    with pytest.raises(ConfigError, match="known methods"):
+        parse_methods("unifd,nope")
+
+
+def test_from_config_builds_the_configured_method(models):
+    assert type(build("synerdetect")) is SynerDetect
+    for name, model in models.items():
+        assert type(model) is get_method(name) and model.cfg.method == name
+
+
+# ---------------------------------------------------------------- training
+@pytest.mark.parametrize("method", REFERENCES)
+def test_reference_trains_its_head_only_and_its_loss_falls(models, method):
+    model = copy.deepcopy(models[method])  # trained in place: a copy of the shared one (cheaper than a build)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(n.startswith("head.") for n in trainable)  # CLIP, LoRA, SD, tuner: frozen
+    frozen_before = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+    x, y = batch(4)
+    cached = model.cache_features(x)  # the fixed batch's inversion, computed once (the feature cache's path)
+    opt = torch.optim.AdamW(model.trainable_parameters(), lr=3e-4)
+    model.train()
+    losses = []
+    for _ in range(6):
+        out = model.compute_losses(x, y, cached=cached)
+        assert {"total", "ce", "cr", "dcl", "pot", "ot_dcl"} <= set(out)
+        assert all(v.ndim == 0 and torch.isfinite(v) for v in out.values())
+        opt.zero_grad()
+        out["total"].backward()
+        opt.step()
+        losses.append(float(out["total"].detach()))
+    assert losses[-1] < losses[0], losses
+    for n, p in model.named_parameters():
+        if n in frozen_before:
+            assert torch.equal(p, frozen_before[n]), n
+
+
+def test_fusion_b_has_the_uni_code_terms(models):
+    x, y = batch()
+    out = models["fusion_b"].compute_losses(x, y)
+    assert float(out["vq"]) > 0 and float(out["align"]) > 0
+    expected = out["ce"] + out["vq"] + out["align"]
+    torch.testing.assert_close(out["total"], expected)
+
+
+# ---------------------------------------------------------------- predict contract, cache, checkpoints
+def _perturb_head(model: SynerDetect, seed: int = 1) -> None:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.trainable_parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=g))
+
+
+@pytest.mark.parametrize("method", REFERENCES)
+def test_predict_contract_and_cached_features(models, method):
+    model = models[method]
+    x, _ = batch(4, seed=3)
+    out = model.predict(x)
+    tau = model.mcfg.tau
+    torch.testing.assert_close(out["prob_fake"], torch.sigmoid(out["logit"] / tau))
+    torch.testing.assert_close(out["s_fake"] - out["s_real"], out["logit"])
+    assert torch.equal(out["label"], (out["logit"] > 0).long())
+    for k in ("sim_v_real", "sim_v_fake", "sim_n_real", "sim_n_fake"):
+        assert torch.isnan(out[k]).all()
+    # The inversion the feature cache stores gives the same decision as the online one.
+    hit = model.predict(x, cached=model.cache_features(x))
+    torch.testing.assert_close(hit["logit"], out["logit"], rtol=0, atol=1e-5)
+    # the views of preprocess() work like plain tensors
+    from PIL import Image
+
+    pil = [Image.fromarray((x[i].permute(1, 2, 0).numpy() * 255).astype("uint8")) for i in range(2)]
+    assert model.predict(model.preprocess(pil))["logit"].shape == (2,)
+
+
+def test_perceptual_mode_only_where_the_method_has_that_path(models):
+    x, _ = batch(4)
+    unifd = models["unifd"]
+    assert isinstance(unifd, UniFD)
+    torch.testing.assert_close(unifd.predict(x, mode="perceptual")["logit"], unifd.predict(x)["logit"])
+    for name in ("dire", "inversion_probe", "fusion_a", "fusion_b", "fusion_c"):
+        with pytest.raises(InputError, match="no perceptual-only path"):
+            models[name].predict(x, mode="perceptual")
+
+
+def test_dire_map_is_the_reconstruction_error(models):
+    model = models["dire"]
+    assert isinstance(model, DIRE)
+    x, _ = batch(2)
+    d = model.dire_map(x)
+    assert d.shape == (2, 3, 64, 64) and float(d.min()) >= 0 and float(d.max()) <= 1
+    assert float(d.mean()) > 0  # a 2-step round trip through random SD does not reproduce the image
+
+
+@pytest.mark.parametrize("method", REFERENCES)
+def test_checkpoint_reloads_with_identical_logits(models, method, tmp_path):
+    model = copy.deepcopy(models[method])
+    _perturb_head(model)
+    x, _ = batch(4, seed=5)
+    before = model.predict(x)
+    folder = model.save_pretrained(tmp_path / "ckpt")
+    doc = json.loads((folder / "synerdetect_config.json").read_text())
+    assert doc["config"]["method"] == method
+    reloaded = SynerDetect.from_pretrained(folder)
+    assert type(reloaded) is type(model)
+    after = reloaded.predict(x)
+    for k in ("s_real", "s_fake", "logit", "prob_fake"):
+        torch.testing.assert_close(before[k], after[k], rtol=0, atol=1e-6)
+    assert reloaded.trainable_fingerprint() == model.trainable_fingerprint()
+
+
+def test_checkpoint_of_another_method_does_not_load_into_a_reference(tmp_path):
+    from synerdetect.model.detector import CheckpointError
+
+    build("unifd").save_pretrained(tmp_path / "u")
+    model = build("fusion_c")
+    with pytest.raises(CheckpointError, match="shape"):  # same parameter names, another head
+        model.load_trainable(tmp_path / "u")
+    with pytest.raises(CheckpointError, match="does not match"):
+        build("dire").load_trainable(tmp_path / "u")
+
+
+# ---------------------------------------------------------------- train() and the CLI
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+    from synerdetect.demo import build_demo_benchmark
+
+    root = tmp_path_factory.mktemp("bench")
+    build_demo_benchmark(
+        root, size=64, n_train=8, n_test=4, train_families=("gan_upsample",), test_families=("gan_upsample",), seed=0
+    )
+    return root
+
+
+def test_train_with_a_reference_method(bench, tmp_path):
+    from synerdetect.engine.train import train
+    from synerdetect.presets import load_experiment
+
+    over = [
+        "method=fusion_c",
+        f"data.train={bench / 'train'}",
+        "data.train_layout=cnndetection",
+        "model.inversion_steps=2",
+        "train.batch_size=4",
+        "train.max_steps=3",
+        "train.num_workers=0",
+        f"train.output_dir={tmp_path / 'run'}",
+    ]
+    cfg = load_experiment(None, over, preset="tiny")
+    seen: list[dict] = []
+    summary = train(cfg, resume="never", progress=False, on_step=lambda s, losses: seen.append(losses))
+    assert summary["global_step"] == 3 and len(seen) == 3 and all("ce" in v for v in seen)
+    model = SynerDetect.from_pretrained(summary["final"])
+    assert model.cfg.method == "fusion_c" and type(model).__name__ == "FusionC"
+    fresh = build("fusion_c")
+    assert model.trainable_fingerprint() != fresh.trainable_fingerprint()  # the head was trained and saved
+
+
+def _run(args: list[str]) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    return subprocess.run(
+        [sys.executable, "-m", "synerdetect.cli", *args], capture_output=True, text=True, env=env, timeout=900
+    )
+
+
+@pytest.mark.slow
+def test_cli_train_method_then_evaluate(bench, tmp_path):
+    out = tmp_path / "run"
+    common = ["train", "--preset", "tiny", "--no-progress", f"data.train={bench / 'train'}", "model.inversion_steps=2"]
+    r = _run([*common, "--method", "nope", f"train.output_dir={out}"])
+    assert r.returncode != 0 and "known methods" in r.stderr
+    r = _run([*common, "--method", "dire", "train.batch_size=4", "train.max_steps=2", f"train.output_dir={out}"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "method: dire" in (out / "config.yaml").read_text()
+    data = bench / "test"
+    r = _run(
+        ["evaluate", "--checkpoint", str(out / "final"), "--data", str(data), "--layout", "cnndetection"]
+        + ["--split", "test", "--out", str(tmp_path / "eval"), "--no-progress"]
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert "gan_upsample" in res["generators"]
+
+
+@pytest.mark.slow
+def test_demo_methods_writes_the_comparison(tmp_path):
+    out = tmp_path / "demo"
+    r = _run(["demo", "--quick", "--no-progress", "--out", str(out), "--methods", "unifd,fusion_c"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    doc = json.loads((out / "comparison.json").read_text())
+    assert list(doc["methods"]) == ["unifd", "fusion_c"]
+    families = {"gan_upsample", "gan_spectral", "diffusion_latent", "diffusion_noise"}
+    for m in doc["methods"].values():
+        assert set(m["generators"]) == families
+        assert 0 <= m["mean"]["acc"] <= 1 and set(m["mean"]) == {"acc", "ap"}
+    md = (out / "comparison.md").read_text()
+    assert md.count("| unifd |") == 1 and md.count("| fusion_c |") == 1
+    assert (out / "comparison_logits.png").stat().st_size > 5000
+    assert type(SynerDetect.from_pretrained(out / "checkpoints" / "fusion_c")).__name__ == "FusionC"
+
+
+def test_ablation_fusion_config_documents_every_reference():
+    text = (Path(__file__).resolve().parents[1] / "configs" / "ablation_fusion.yaml").read_text()
+    for name in REFERENCES:
+        assert f"--method {name}" in text
