@@ -100,7 +100,7 @@ def demo_cfg(data: Path, run: Path, seed: int, patch: dict):
 
 def one_run(data: Path, run: Path, seed: int, patch: dict) -> dict:
     cfg = demo_cfg(data, run, seed, patch)
-    summary = train(cfg, resume="never", progress=False)
+    summary = train(cfg, resume="auto", progress=False)  # a killed measurement reuses its finished runs
     model = SynerDetect.from_pretrained(summary["final"]).eval()
     samples = load_labelled(str(data / "test"), "cnndetection", "test")
     res = evaluate(model, samples, None, image_size=None, batch_size=32, progress=False)
