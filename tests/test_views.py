@@ -112,3 +112,28 @@ def test_every_loader_reads_the_native_views(tiny_model, tmp_path):
     # an explicit data.image_size keeps the older single resized view
     single = view_transform(cfg, train=False, image_size=96)(img)
     assert isinstance(single, torch.Tensor) and single.shape == (3, 96, 96)
+
+
+def test_cache_build_and_cascade_take_the_views(tiny_model, tmp_path):
+    """The feature cache and the cascade stack per-image views (not tensors): the cached latents are those of the
+    SD view, and the cascade's full pass equals predict on the same views."""
+    from synerdetect.cache import CachedFeatures, build_cache
+    from synerdetect.engine.cascade import cascade_predict
+
+    paths = []
+    for s in range(3):
+        p = tmp_path / f"{s}.png"
+        _noise(96, 80, seed=10 + s).save(p)
+        paths.append(str(p))
+    views = tiny_model.preprocess([Image.open(p) for p in paths])
+    st = build_cache(tiny_model, paths, tmp_path / "cache", image_size=None, batch_size=2, progress=False)
+    assert st["n_computed"] == 3 and st["n_unreadable"] == 0
+    hit = CachedFeatures(tmp_path / "cache", tiny_model, None).lookup(paths)
+    assert hit is not None
+    with torch.no_grad():
+        torch.testing.assert_close(hit.latents, tiny_model.encode_latents(views), rtol=1e-5, atol=1e-5)
+    # a band that holds every margin: every image takes the full pass, in batches of 2 across the input batch
+    got = dict((i, out) for i, out, how in cascade_predict(tiny_model, [(views, [0, 1, 2])], (-1e9, 1e9), batch_size=2))
+    ref = tiny_model.predict(views)
+    for i in range(3):
+        assert got[i]["logit"] == pytest.approx(float(ref["logit"][i]), abs=1e-5)

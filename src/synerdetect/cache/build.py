@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from ..data.transforms import stack_images
 from ..utils import atomic_write_json, rank_world
 from .store import NOISE_PIXELS_DTYPE, CacheError, FeatureCache, content_hash, feature_key
 
@@ -191,12 +192,12 @@ def build_cache(
 
         # 2) compute the rest, one shard per batch.
         t_compute = time.perf_counter()
-        batch: list[tuple[str, str, torch.Tensor]] = []
+        batch: list[tuple[str, str, Any]] = []  # (path, hash, tensor or Views)
 
         def flush() -> None:
             if not batch:
                 return
-            x = torch.stack([b[2] for b in batch]).to(device)
+            x = stack_images([b[2] for b in batch]).to(device)  # tensors or the two views of each image
             latents, inverted, _ = model.cache_features(x)
             npx = compute_noise_pixels(model, inverted) if with_npx else None
             cache.put_many([b[1] for b in batch], latents, inverted, paths=[b[0] for b in batch], noise_pixels=npx)

@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..data.transforms import stack_images
+
 MODES = ("full", "perceptual", "cascade")
 
 
@@ -147,7 +149,7 @@ def cascade_predict(
     pending: list[tuple[torch.Tensor, Any, float]] = []
 
     def run_full(items: list[tuple[torch.Tensor, Any, float]]) -> Iterator[tuple[Any, dict[str, float], str]]:
-        out = model.predict(torch.stack([t for t, _, _ in items]))
+        out = model.predict(stack_images([t for t, _, _ in items]))  # tensors or the two views of each image
         for i, (_, ident, margin) in enumerate(items):
             yield ident, {**{k: float(v[i]) for k, v in out.items()}, "perceptual_logit": margin}, "full"
 
