@@ -278,3 +278,24 @@ def test_ablation_fusion_config_documents_every_reference():
     text = (Path(__file__).resolve().parents[1] / "configs" / "ablation_fusion.yaml").read_text()
     for name in REFERENCES:
         assert f"--method {name}" in text
+
+
+def test_training_a_reference_head_keeps_its_feature_cache_valid(tiny_model):
+    """The references invert with SD's empty prompt: their feature-cache key does not move when the head trains,
+    while SynerDetect's key follows the prompt weights its inversion is conditioned on."""
+    from synerdetect.cache import feature_key
+
+    ref = build("fusion_c")
+    before = feature_key(ref, image_size=None)[0]
+    _perturb_head(ref, seed=3)
+    assert feature_key(ref, image_size=None)[0] == before
+    assert feature_key(ref, image_size=None)[1]["conditioning_fingerprint"].startswith("unconditional")
+    ours = feature_key(tiny_model, image_size=None)[0]
+    saved = tiny_model.tuner.ctx.detach().clone()
+    try:
+        with torch.no_grad():
+            tiny_model.tuner.ctx.add_(0.01)
+        assert feature_key(tiny_model, image_size=None)[0] != ours
+    finally:
+        with torch.no_grad():
+            tiny_model.tuner.ctx.copy_(saved)

@@ -129,7 +129,10 @@ def conditioning_fingerprint(model) -> str:
     """sha256 of the exact bytes of the trainable weights the inversion condition depends on.
 
     The label-agnostic prompt depends on the E_v LoRA, the prompt context and tuner, and the projector into SD's
-    space: every trainable tensor except those of E_d and of the noise adapter (which act after the inversion)."""
+    space: every trainable tensor except those of E_d and of the noise adapter (which act after the inversion).
+    A model whose inversion is unconditional (the reference methods: SD's empty prompt) depends on none of them."""
+    if not getattr(model, "conditioned_inversion", True):
+        return "unconditional (SD's empty prompt)"
     return model.trainable_fingerprint(skip=("E_d.", "adapter."))
 
 
@@ -186,7 +189,9 @@ def feature_key(model, *, image_size: int | None, store_noise_pixels: bool = Tru
         "pixels at clip_size and the SD view the image resized to sd_size; with image_size one resized view",
         "dtype": str(m.dtype),
         "class_names": list(m.class_names),
-        "conditioning": "label-agnostic prompt (docs/method.md) of the building model",
+        "conditioning": "label-agnostic prompt (docs/method.md) of the building model"
+        if getattr(model, "conditioned_inversion", True)
+        else "SD's empty prompt (a reference method's unconditional inversion)",
         "conditioning_fingerprint": conditioning_fingerprint(model),
         "stored_dtype": "float32",
         "noise_pixels": _noise_pixels_info(model, store_noise_pixels),

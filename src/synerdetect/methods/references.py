@@ -43,6 +43,9 @@ class ReferenceMethod(SynerDetect):
     method_name: ClassVar[str] = ""
     #: The method's decision needs no inversion, so ``predict(mode="perceptual")`` is the full method (UniFD only).
     perceptual_only: ClassVar[bool] = False
+    #: The inversion uses SD's empty prompt: cached features depend on no trained weight, so training the head
+    #: never invalidates the feature cache.
+    conditioned_inversion: ClassVar[bool] = False
     head: nn.Module
 
     def __init__(self, cfg: ExperimentConfig, base: BaseModels):

@@ -15,7 +15,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -176,6 +176,9 @@ def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
 
 
 class SynerDetect(nn.Module):
+    #: Whether the DDIM inversion is conditioned on trained weights (the tuner's prompt): the feature cache's key then
+    #: fingerprints them. The reference methods invert with SD's empty prompt and set it False.
+    conditioned_inversion: ClassVar[bool] = True
     # Declared for the type checker (nn.Module's __getattr__ would type them Tensor | Module).
     E_v: nn.Module
     E_d: nn.Module
