@@ -16,3 +16,15 @@ def tiny_model():
     from synerdetect import SynerDetect
 
     return SynerDetect.from_preset("tiny")
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+    """A very small demo benchmark (seen family only, 8 training and 4 test images per class) to train on."""
+    from synerdetect.demo import build_demo_benchmark
+
+    root = tmp_path_factory.mktemp("bench")
+    build_demo_benchmark(
+        root, size=64, n_train=8, n_test=4, train_families=("gan_upsample",), test_families=("gan_upsample",), seed=0
+    )
+    return root

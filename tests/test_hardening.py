@@ -12,7 +12,6 @@ from safetensors.torch import load_file, save_file
 from synerdetect import SynerDetect
 from synerdetect.cli import main
 from synerdetect.config import ConfigError
-from synerdetect.demo import build_demo_benchmark
 from synerdetect.engine.checkpoint import find_resumable
 from synerdetect.engine.train import train
 from synerdetect.model.detector import WEIGHTS_NAME, CheckpointError
@@ -23,15 +22,6 @@ from synerdetect.utils import OutputError, atomic_write_text, check_output_dir, 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory, tiny_model):
     return tiny_model.save_pretrained(tmp_path_factory.mktemp("ckpt") / "model")
-
-
-@pytest.fixture(scope="module")
-def bench(tmp_path_factory):
-    root = tmp_path_factory.mktemp("bench")
-    build_demo_benchmark(
-        root, size=64, n_train=8, n_test=4, train_families=("gan_upsample",), test_families=("gan_upsample",), seed=0
-    )
-    return root
 
 
 def _copy_ckpt(ckpt, dest):

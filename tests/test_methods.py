@@ -196,17 +196,6 @@ def test_checkpoint_of_another_method_does_not_load_into_a_reference(tmp_path):
 
 
 # ---------------------------------------------------------------- train() and the CLI
-@pytest.fixture(scope="module")
-def bench(tmp_path_factory):
-    from synerdetect.demo import build_demo_benchmark
-
-    root = tmp_path_factory.mktemp("bench")
-    build_demo_benchmark(
-        root, size=64, n_train=8, n_test=4, train_families=("gan_upsample",), test_families=("gan_upsample",), seed=0
-    )
-    return root
-
-
 def test_train_with_a_reference_method(bench, tmp_path):
     from synerdetect.engine.train import train
     from synerdetect.presets import load_experiment
