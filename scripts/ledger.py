@@ -23,12 +23,10 @@ from pathlib import Path
 
 from synerdetect.config import merge
 from synerdetect.demo import build_demo_benchmark
-from synerdetect.demo.run import demo_config
+from synerdetect.demo.run import SEEN, demo_config
 from synerdetect.engine.evaluate import evaluate, load_labelled
 from synerdetect.engine.train import train
 from synerdetect.model import SynerDetect
-
-SEEN = ("gan_upsample",)
 
 _PAPER_OPTIM = {
     "name": "sgd",

@@ -22,13 +22,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-SEEN = ("gan_upsample",)
+from .run import SEEN, build_benchmark, demo_config
 
 
 def method_config(out: Path, method: str, quick: bool = False):
     """The demo's experiment config with ``method`` set and a run folder of its own."""
     from ..config import merge
-    from .run import demo_config
 
     return merge(demo_config(out, quick), {"method": method, "train": {"output_dir": str(out / "runs" / method)}})
 
@@ -100,25 +99,21 @@ def run_comparison(
 ) -> dict[str, Any]:
     """Train and evaluate each of ``methods`` on the demo benchmark; write comparison.json / .md / _logits.png.
     Returns the comparison document (``{"methods": {...}, "seconds": ...}``)."""
-    import torch
-
     from ..engine.evaluate import evaluate, load_labelled
     from ..engine.train import train
     from ..methods import METHODS, check_method
     from ..model.detector import SynerDetect
     from ..utils import atomic_write_json, atomic_write_text
-    from .synthetic import build_demo_benchmark, describe
+    from .synthetic import describe
 
     for name in methods:
         check_method(name)  # every name is checked before the first minute of training
     t0 = time.time()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     print("SynerDetect demo, method comparison (Table 5a / Figure 3): no weights or data are downloaded.\n")
     print(describe())
-    n_train, n_test = (32, 16) if quick else (256, 64)
-    build_demo_benchmark(out / "data", size=64, n_train=n_train, n_test=n_test, train_families=SEEN, seed=0)
+    build_benchmark(out, quick)
     samples = load_labelled(str(out / "data" / "test"), "cnndetection", "test")
 
     doc: dict[str, Any] = {"seen": list(SEEN), "methods": {}}

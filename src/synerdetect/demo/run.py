@@ -42,9 +42,21 @@ def demo_config(out: Path, quick: bool = False):
     )
 
 
-def run_demo(out_dir: str | Path = "demo_out", *, quick: bool = False, progress: bool = True) -> int:
-    import torch
+#: The family the demo trains on; the other three are the unseen ones.
+SEEN = ("gan_upsample",)
 
+
+def build_benchmark(out: Path, quick: bool = False) -> tuple[int, int]:
+    """The demo's benchmark under ``out/data`` (train on :data:`SEEN`, test on every family); returns
+    ``(n_train, n_test)`` images per class."""
+    from .synthetic import build_demo_benchmark
+
+    n_train, n_test = (32, 16) if quick else (256, 64)
+    build_demo_benchmark(out / "data", size=64, n_train=n_train, n_test=n_test, train_families=SEEN, seed=0)
+    return n_train, n_test
+
+
+def run_demo(out_dir: str | Path = "demo_out", *, quick: bool = False, progress: bool = True) -> int:
     from ..engine.calibration import calibrate_checkpoint, describe_band, format_calibration
     from ..engine.cascade import measure_cascade
     from ..engine.evaluate import evaluate, load_labelled
@@ -55,12 +67,10 @@ def run_demo(out_dir: str | Path = "demo_out", *, quick: bool = False, progress:
     t0 = time.time()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    seen = ("gan_upsample",)
+    seen = SEEN
     print("SynerDetect demo: no weights or data are downloaded.\n")
     print(describe())
-    n_train, n_test = (32, 16) if quick else (256, 64)
-    build_demo_benchmark(out / "data", size=64, n_train=n_train, n_test=n_test, train_families=seen, seed=0)
+    n_train, n_test = build_benchmark(out, quick)
     print(
         f"\nbenchmark in {out / 'data'}: train on {', '.join(seen)} ({n_train} real + {n_train} fake), "
         f"test on {len(FAMILY_KIND)} families ({n_test} real + {n_test} fake each)"

@@ -338,9 +338,9 @@ def run_serve_bench(
             if n_batches
             else None,
             "forward_passes": int(n_batches),
-            # the model worker's busy time: load_s minus this is time the model waited for requests
             "client_cpu_s": round(client_cpu_s, 2),
             "server_cpu_s": round(srv_cpu1 - srv_cpu0, 2) if srv_cpu0 is not None and srv_cpu1 is not None else None,
+            # the model worker's busy time: load_s minus this is time the model waited for requests
             "model_busy_s": round(_metric(metrics, "synerdetect_batch_duration_seconds_sum"), 2),
         },
         {
