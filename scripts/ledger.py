@@ -24,7 +24,8 @@ from pathlib import Path
 from synerdetect.config import merge
 from synerdetect.demo import build_demo_benchmark
 from synerdetect.demo.run import SEEN, demo_config
-from synerdetect.engine.evaluate import evaluate, load_labelled
+from synerdetect.data import load_labelled
+from synerdetect.engine.evaluate import evaluate
 from synerdetect.engine.train import train
 from synerdetect.model import SynerDetect
 

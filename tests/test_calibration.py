@@ -11,13 +11,14 @@ import pytest
 import torch
 
 from synerdetect import SynerDetect
+from synerdetect.data import load_labelled
+from synerdetect.engine.calibrate import calibrate_checkpoint
 from synerdetect.engine.calibration import (
     BAND_ALL,
     CALIBRATION_NAME,
     Calibration,
     CalibrationError,
     apply_calibration,
-    calibrate_checkpoint,
     fit_calibration,
     format_calibration,
     search_band,
@@ -234,7 +235,7 @@ def bench(tmp_path_factory):
 def test_calibrate_checkpoint_fits_saves_and_keeps_the_cascade(ckpt, model, bench, tmp_path):
     import shutil
 
-    from synerdetect.engine.evaluate import load_labelled, score_samples
+    from synerdetect.engine.inference import score_samples
 
     folder = tmp_path / "c"
     shutil.copytree(ckpt, folder)
@@ -283,7 +284,7 @@ def test_calibrate_checkpoint_refuses(ckpt, model, bench, tmp_path):
 def test_evaluate_with_and_without_calibration(model, bench, tmp_path, calibrated):
     from sklearn.metrics import brier_score_loss, log_loss
 
-    from synerdetect.engine.evaluate import evaluate, load_labelled
+    from synerdetect.engine.evaluate import evaluate
 
     samples = load_labelled(str(bench / "test"), "cnndetection", "test")
     cal = Calibration(method="platt", a=3.0, b=0.2, band=[-0.05, 0.02], target_accuracy=0.9) if calibrated else None

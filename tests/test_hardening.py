@@ -319,7 +319,7 @@ def test_predict_inputs_scan_a_deep_tree_and_cache_hash_refuses_a_fifo(tmp_path)
     from PIL import Image
 
     from synerdetect.cache import content_hash
-    from synerdetect.engine.evaluate import expand_inputs
+    from synerdetect.engine.scoring import expand_inputs
 
     deep = leaf = tmp_path / "d"
     deep.mkdir()

@@ -12,7 +12,8 @@ from PIL import Image
 
 from synerdetect import SynerDetect
 from synerdetect.data import Sample
-from synerdetect.engine.evaluate import DEFAULT_HARMONIZE, evaluate, parse_harmonize_spec, score_samples
+from synerdetect.engine.evaluate import DEFAULT_HARMONIZE, evaluate, parse_harmonize_spec
+from synerdetect.engine.inference import score_samples
 from synerdetect.engine.metrics import ScoreRecord, generator_metrics, summarize
 
 STEPS = 3

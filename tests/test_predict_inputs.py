@@ -2,7 +2,7 @@
 
 from PIL import Image
 
-from synerdetect.engine.evaluate import expand_inputs
+from synerdetect.engine.scoring import expand_inputs
 
 
 def test_files_folders_globs_and_missing(tmp_path):

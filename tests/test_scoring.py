@@ -16,9 +16,7 @@ from PIL import Image
 
 from synerdetect.data import Views
 from synerdetect.engine.calibration import Calibration
-from synerdetect.engine.evaluate import predict_paths
-from synerdetect.engine.scoring import SCORE_KEYS, Scorer
-from synerdetect.engine.train import loader_image_size
+from synerdetect.engine.scoring import SCORE_KEYS, Scorer, predict_paths
 
 RECORD_KEYS = {
     "decided_by",
@@ -129,7 +127,7 @@ def test_records_for_paths_bytes_named_bytes_files_and_pil_with_per_image_errors
 
 def test_scorer_equals_model_predict_on_an_independently_built_tensor(tiny_model, images):
     _, paths = images
-    assert loader_image_size(tiny_model.cfg) is None  # the default reads two views of each file
+    assert tiny_model.cfg.data.image_size is None  # the default reads two views of each file
     m = tiny_model.mcfg
 
     def views(path: str) -> tuple[np.ndarray, np.ndarray]:

@@ -80,7 +80,6 @@ def test_every_loader_reads_the_native_views(tiny_model, tmp_path):
     from synerdetect.config import merge
     from synerdetect.data import ImageDataset, Sample
     from synerdetect.engine.scoring import Scorer
-    from synerdetect.engine.train import loader_image_size
     from synerdetect.model.detector import view_transform
 
     img = _noise(96, 96, seed=7)
@@ -88,7 +87,7 @@ def test_every_loader_reads_the_native_views(tiny_model, tmp_path):
     img.save(path)
     src = np.asarray(img).astype(np.float32) / 255
     cfg = tiny_model.cfg
-    assert loader_image_size(cfg) is None  # the default: two views
+    assert cfg.data.image_size is None  # the default: two views
     # evaluation, prediction and the service: the Scorer's decoder
     prepared = Scorer(tiny_model).prepare(str(path))
     assert isinstance(prepared.image, Views)

@@ -6,7 +6,7 @@ Distillation (CMID) and Optimal-Transport-guided discriminative contrastive lear
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from .version import __version__
 
 __all__ = ["SynerDetect", "__version__", "list_presets", "get_preset"]
 

@@ -49,9 +49,8 @@ def _device(requested: str | None):
 def _image_size(model, override: int | None) -> int | None:
     """The older single-view loader size: the override, else the checkpoint's data.image_size; None (the default)
     reads two views of each file at the model's own sizes."""
-    from .engine.train import loader_image_size
 
-    return override or loader_image_size(model.cfg)
+    return override or model.cfg.data.image_size
 
 
 def _init_dist_if_launched() -> None:
@@ -97,7 +96,8 @@ def cmd_train(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from .engine.evaluate import evaluate, load_labelled
+    from .data import load_labelled
+    from .engine.evaluate import evaluate
     from .utils import check_output_dir, rank_world
 
     _init_dist_if_launched()
@@ -174,8 +174,7 @@ def cmd_evaluate(args) -> int:
 
 def cmd_predict(args) -> int:
     from .engine.calibration import Calibration
-    from .engine.evaluate import expand_inputs, predict_paths
-    from .engine.scoring import provenance_summary
+    from .engine.scoring import expand_inputs, predict_paths, provenance_summary
     from .provenance import load_trust_anchors
     from .utils import atomic_write_json, atomic_write_text, check_output_file
 
@@ -366,7 +365,7 @@ def _add_mode_arg(q) -> None:
 
 def cmd_inspect(args) -> int:
     """Provenance only (C2PA, XMP, PNG text, EXIF): no model is loaded."""
-    from .engine.evaluate import expand_inputs
+    from .engine.scoring import expand_inputs
     from .provenance import format_inspect_table, inspect_paths
     from .utils import atomic_write_json, check_output_file
 
@@ -399,8 +398,7 @@ def cmd_data_check(args) -> int:
 
 def cmd_cache_build(args) -> int:
     from .cache import build_cache
-    from .engine.evaluate import load_labelled
-    from .engine.train import loader_image_size
+    from .data import load_labelled
     from .model.detector import SynerDetect
     from .presets import load_experiment
     from .utils import check_output_dir, rank_world
@@ -421,7 +419,7 @@ def cmd_cache_build(args) -> int:
     model = model.to(_device(None)).eval().enable_fast_path()
     samples = load_labelled(args.data, args.layout, args.split)
     # The size the detector reads images at (the checkpoint's own when one is given), or keys never match.
-    stats = build_cache(model, samples, root, image_size=loader_image_size(model.cfg), batch_size=args.batch_size)
+    stats = build_cache(model, samples, root, image_size=model.cfg.data.image_size, batch_size=args.batch_size)
     if rank_world()[0] == 0:
         print(json.dumps(stats, indent=2, default=str))
     return 0
@@ -465,7 +463,8 @@ def cmd_bench(args) -> int:
 
 
 def cmd_calibrate(args) -> int:
-    from .engine.calibration import CALIBRATION_NAME, calibrate_checkpoint, check_not_test_set, format_calibration
+    from .engine.calibrate import calibrate_checkpoint, check_not_test_set
+    from .engine.calibration import CALIBRATION_NAME, format_calibration
     from .utils import rank_world
 
     _init_dist_if_launched()

@@ -36,6 +36,7 @@ from .layouts import (
     detect_layout,
     discover,
     generators,
+    load_labelled,
     parse_label,
 )
 from .sampling import BalancedBatchSampler, ShardedEvalSampler
@@ -78,6 +79,7 @@ __all__ = [
     "is_image_file",
     "load_image",
     "load_image_with_format",
+    "load_labelled",
     "open_regular_file",
     "parse_label",
     "pil_to_tensor",

@@ -931,3 +931,19 @@ def _read_json_manifest(path: Path) -> list[tuple[str, dict[str, Any]]]:
     if not isinstance(data, list):
         raise ManifestError(f"{path}: expected a list of objects or {{'samples': [...]}}")
     return [_row_from_json(path, f"item {i}", obj) for i, obj in enumerate(data, start=1)]
+
+
+def load_labelled(
+    data: str | os.PathLike, layout: str = "auto", split: str | None = None, generators: list[str] | None = None
+) -> list[Sample]:
+    """The labelled (real or fake) images of ``data``, optionally only those of ``generators``; a
+    :class:`LayoutError` when none is left."""
+    samples = [s for s in discover(data, layout=layout, split=split) if s.label in (0, 1)]
+    if generators:
+        wanted = set(generators)
+        samples = [s for s in samples if s.generator in wanted]
+    if not samples:
+        raise LayoutError(
+            f"no labelled images found in {data} (layout={layout}, split={split}, generators={generators})"
+        )
+    return samples

@@ -99,7 +99,8 @@ def run_comparison(
 ) -> dict[str, Any]:
     """Train and evaluate each of ``methods`` on the demo benchmark; write comparison.json / .md / _logits.png.
     Returns the comparison document (``{"methods": {...}, "seconds": ...}``)."""
-    from ..engine.evaluate import evaluate, load_labelled
+    from ..data import load_labelled
+    from ..engine.evaluate import evaluate
     from ..engine.train import train
     from ..methods import METHODS, check_method
     from ..model.detector import SynerDetect

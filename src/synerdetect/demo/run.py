@@ -57,9 +57,11 @@ def build_benchmark(out: Path, quick: bool = False) -> tuple[int, int]:
 
 
 def run_demo(out_dir: str | Path = "demo_out", *, quick: bool = False, progress: bool = True) -> int:
-    from ..engine.calibration import calibrate_checkpoint, describe_band, format_calibration
-    from ..engine.cascade import measure_cascade
-    from ..engine.evaluate import evaluate, load_labelled
+    from ..bench import measure_cascade
+    from ..data import load_labelled
+    from ..engine.calibrate import calibrate_checkpoint
+    from ..engine.calibration import describe_band, format_calibration
+    from ..engine.evaluate import evaluate
     from ..engine.train import train
     from ..model.detector import SynerDetect
     from .synthetic import FAMILY_KIND, build_demo_benchmark, describe

@@ -28,13 +28,14 @@ from typing import Any
 import numpy as np
 
 from ..utils import atomic_write_json
+from .metrics import ECE_BINS, probability_metrics, selective_metrics
 
 log = logging.getLogger(__name__)
 
 CALIBRATION_NAME = "calibration.json"
 CALIBRATION_FORMAT = "synerdetect-calibration/1"
 VERDICTS = ("real", "fake", "uncertain")
-METHODS = ("temperature", "platt")
+CALIBRATION_METHODS = ("temperature", "platt")
 DEFAULT_MIN_PER_CLASS = 20
 DEFAULT_TARGET_ACCURACY = 0.95
 DEFAULT_TAU = 0.07  # ModelConfig.tau: the training temperature of the raw probabilities
@@ -260,11 +261,13 @@ def search_band(logits: Any, labels: Any, target_accuracy: float) -> dict[str, A
     }
 
 
-def _check_fit_inputs(
+def check_fit_inputs(
     logits: Any, labels: Any, method: str, target_accuracy: float, min_per_class: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    if method not in METHODS:
-        raise CalibrationError(f"unknown calibration method {method!r}; expected one of {', '.join(METHODS)}")
+    if method not in CALIBRATION_METHODS:
+        raise CalibrationError(
+            f"unknown calibration method {method!r}; expected one of {', '.join(CALIBRATION_METHODS)}"
+        )
     if not (isinstance(target_accuracy, (int, float)) and 0.0 < float(target_accuracy) <= 1.0):
         raise CalibrationError(f"target accuracy must be in (0, 1], got {target_accuracy!r}")
     if int(min_per_class) != min_per_class or int(min_per_class) < 1:
@@ -317,9 +320,7 @@ def fit_calibration(
     Raises :class:`CalibrationError` for an unknown method, single-class data or fewer than ``min_per_class``
     images of a class.
     """
-    from .metrics import ECE_BINS, probability_metrics
-
-    x, y = _check_fit_inputs(logits, labels, method, target_accuracy, min_per_class)
+    x, y = check_fit_inputs(logits, labels, method, target_accuracy, min_per_class)
     if not tau > 0:
         raise CalibrationError(f"tau must be > 0, got {tau!r}")
     if method == "temperature":
@@ -374,8 +375,6 @@ def calibration_section(
     verdict (coverage and selective accuracy), pooled over every image and per generator (``generators``). With a
     calibration, ``raw`` (and ``raw_ece`` per generator) holds the same before calibration.
     """
-    from .metrics import ECE_BINS, probability_metrics, selective_metrics
-
     n_bins = n_bins or ECE_BINS
     recs = list(records)
     if not recs:
@@ -464,145 +463,3 @@ def format_calibration(cal: Calibration) -> str:
     for w in m.get("warnings") or []:
         lines.append(f"  warning: {w}")
     return "\n".join(lines)
-
-
-# ----------------------------------------------------------------------------- calibrate a checkpoint
-def _same_or_nested(a: Path, b: Path) -> bool:
-    return a == b or a in b.parents or b in a.parents
-
-
-def check_not_test_set(data: str | Path, split: str | None, protocol_config: Any) -> None:
-    """Refuse to calibrate on the test set of a protocol config (a path to the YAML or an ExperimentConfig).
-
-    Refused when ``data`` and the config's ``data.test`` resolve to the same folder/file, or one contains the
-    other, unless both name a split and the splits differ (one root holding ``val/`` and ``test/``).
-    """
-    if protocol_config is None:
-        return
-    if isinstance(protocol_config, (str, Path)):
-        from ..presets import load_experiment
-
-        where = str(protocol_config)
-        cfg = load_experiment(protocol_config)
-    else:
-        where, cfg = "the protocol config", protocol_config
-    test = getattr(cfg.data, "test", None)
-    if not test:
-        return
-    d, t = Path(data).resolve(), Path(test).resolve()
-    test_split = getattr(cfg.data, "test_split", None)
-    if _same_or_nested(d, t) and not (split and test_split and split != test_split):
-        same = "is" if d == t else ("contains" if d in t.parents else "is inside")
-        raise CalibrationError(
-            f"refusing to calibrate on the test set: {data} {same} data.test of {where} ({test}"
-            + (f", split {test_split}" if test_split else "")
-            + "); fit the calibration on a validation set "
-            "(e.g. data.val) so that the test numbers stay honest"
-        )
-
-
-def calibrate_checkpoint(
-    checkpoint_dir: str | Path,
-    data: str | Path,
-    *,
-    layout: str = "auto",
-    split: str | None = None,
-    target_accuracy: float = DEFAULT_TARGET_ACCURACY,
-    method: str = "temperature",
-    batch_size: int = 32,
-    progress: bool = True,
-    protocol_config: Any = None,
-    min_per_class: int = DEFAULT_MIN_PER_CLASS,
-    generators: list[str] | None = None,
-    num_workers: int = 0,
-    image_size: int | None = None,
-    device: str | None = None,
-    model: Any = None,
-    save: bool = True,
-    cascade_agreement: float | None = None,
-) -> Calibration:
-    """Score the labelled validation ``data`` with the checkpoint, fit a :class:`Calibration`, save it as
-    ``calibration.json`` in ``checkpoint_dir`` (keeping a fitted cascade already stored there) and return it.
-
-    ``model``: an already loaded detector of this checkpoint (skips loading it again); otherwise it is loaded
-    with ``SynerDetect.from_pretrained`` onto ``device`` (default: cuda when available). Refuses the test set of
-    ``protocol_config`` (:func:`check_not_test_set`) and too little data (:func:`fit_calibration`) before or
-    right after scoring, and checks that the checkpoint folder is writable before any work.
-
-    ``cascade_agreement`` (e.g. 0.99) also fits the cascade band on the same data (engine/cascade.py: the
-    narrowest band of perceptual margins for which the cascade agrees with full Eq. 10 on that share of images).
-    """
-    import torch
-
-    from ..utils import check_output_dir, rank_world
-    from .evaluate import load_labelled, score_samples
-    from .train import loader_image_size
-
-    if method not in METHODS:
-        raise CalibrationError(f"unknown calibration method {method!r}; expected one of {', '.join(METHODS)}")
-    check_not_test_set(data, split, protocol_config)
-    ckpt = Path(checkpoint_dir)
-    if not ckpt.is_dir():
-        raise CalibrationError(f"checkpoint {ckpt}: not a folder")
-    if save and rank_world()[0] == 0:
-        check_output_dir(ckpt, "--checkpoint")
-    previous = None
-    try:
-        previous = Calibration.load(ckpt)
-    except CalibrationError as e:
-        log.warning("replacing an unreadable calibration: %s", e)
-    samples = load_labelled(str(data), layout, split, generators)
-    n_real = sum(1 for s in samples if s.label == 0)
-    n_fake = len(samples) - n_real
-    if min(n_real, n_fake) < min_per_class:  # refuse before scoring; re-checked on what could be read
-        _check_fit_inputs(np.zeros(len(samples)), [s.label for s in samples], method, target_accuracy, min_per_class)
-    if model is None:
-        from ..model.detector import SynerDetect
-
-        dev = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        model = SynerDetect.from_pretrained(ckpt).to(dev).eval().enable_fast_path()
-    size = image_size or loader_image_size(model.cfg)
-    records, errors = score_samples(
-        model,
-        samples,
-        image_size=size,
-        batch_size=batch_size,
-        num_workers=num_workers,
-        progress=progress,
-        desc="calibrate",
-    )
-    if not records:
-        raise CalibrationError(f"no image of {data} could be scored ({len(errors)} unreadable)")
-    logits = np.array([r.logit for r in records], dtype=np.float64)
-    labels = np.array([r.label for r in records], dtype=int)
-    cal = fit_calibration(
-        logits,
-        labels,
-        method=method,
-        target_accuracy=target_accuracy,
-        min_per_class=min_per_class,
-        tau=float(model.mcfg.tau),
-    )
-    cal.fitted_on = {
-        "data": str(Path(data).resolve()),
-        "layout": layout,
-        "split": split,
-        "generators": sorted({r.generator for r in records}),
-        "n_real": int((labels == 0).sum()),
-        "n_fake": int((labels == 1).sum()),
-        "n_unreadable": len(errors),
-        "image_size": int(size) if size else None,
-        "protocol_config": str(protocol_config) if isinstance(protocol_config, (str, Path)) else None,
-    }
-    if cascade_agreement is not None:
-        from .cascade import both_branches, fit_cascade_band
-
-        # the full logits were just computed for the calibration: only the perceptual pass runs again
-        branches = both_branches(model, samples, image_size=size, batch_size=batch_size, full_records=records)
-        fitted = fit_cascade_band(branches["margin"], branches["full"], target_agreement=cascade_agreement)
-        cal.cascade = {**fitted, "fitted_on": cal.fitted_on["data"]}
-    elif previous is not None and previous.cascade is not None:
-        cal.cascade = previous.cascade
-    if save and rank_world()[0] == 0:
-        cal.save(ckpt)
-    return cal

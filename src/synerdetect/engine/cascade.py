@@ -14,6 +14,7 @@ on batches of one or two.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -21,6 +22,7 @@ import numpy as np
 import torch
 
 from ..data.transforms import stack_images
+from ..utils import atomic_write_bytes
 
 MODES = ("full", "perceptual", "cascade")
 
@@ -114,8 +116,6 @@ def plot_cascade_curve(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ..utils import atomic_write_bytes
-
     share = [c["share_inverted"] * 100 for c in curve]
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(share, [c["agreement"] * 100 for c in curve], "o-", label="agreement with full Eq. 10")
@@ -129,8 +129,6 @@ def plot_cascade_curve(
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
-    import io
-
     buf = io.BytesIO()
     fig.tight_layout()
     fig.savefig(buf, format="png", dpi=110)
@@ -184,114 +182,3 @@ def cascade_band_of(calibration: Any, mode: str) -> tuple[float, float] | None:
         )
     lo, hi = calibration.cascade["band"]
     return float(lo), float(hi)
-
-
-def _timed_scores(
-    model, samples, *, image_size: int | None, batch_size: int, mode: str, band=None
-) -> tuple[list, float]:
-    """The records of one pass of :func:`~synerdetect.engine.evaluate.score_samples` in ``mode`` and its wall time
-    (data loading included)."""
-    import time
-
-    from .evaluate import score_samples
-
-    device = next(model.parameters()).device
-    t0 = time.perf_counter()
-    records, _ = score_samples(
-        model, samples, image_size=image_size, batch_size=batch_size, progress=False, mode=mode, cascade_band=band
-    )
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    if not records:
-        raise CascadeError("no readable image to measure the cascade on")
-    return records, time.perf_counter() - t0
-
-
-def both_branches(
-    model, samples, *, image_size: int | None, batch_size: int, full_records: list | None = None
-) -> dict[str, np.ndarray]:
-    """Perceptual margin and full Eq. 10 logit of every readable sample, with its label (to fit or study a band).
-    ``full_records``: the full pass's records when the caller already has them (it is not run again)."""
-    if full_records is None:
-        full_records, _ = _timed_scores(model, samples, image_size=image_size, batch_size=batch_size, mode="full")
-    per, _ = _timed_scores(model, samples, image_size=image_size, batch_size=batch_size, mode="perceptual")
-    margin = {(r.path, r.generator): r.logit for r in per}
-    return {
-        "margin": np.array([margin[(r.path, r.generator)] for r in full_records], dtype=np.float64),
-        "full": np.array([r.logit for r in full_records], dtype=np.float64),
-        "label": np.array([r.label for r in full_records], dtype=int),
-    }
-
-
-def measure_cascade(
-    model,
-    val_samples,
-    test_samples,
-    *,
-    image_size: int | None,
-    batch_size: int = 16,
-    target_agreement: float = 0.99,
-    band: tuple[float, float] | None = None,
-    out_dir=None,
-) -> dict[str, Any]:
-    """Fit the band on ``val_samples`` (or use ``band``); on ``test_samples`` measure the curve (band vs share
-    inverted vs agreement vs accuracy) and, at the band, the wall time of a full pass and of a cascade pass (data
-    loading included in both, in one run), the agreement with full and the accuracy of both. Writes
-    ``cascade_curve.png`` / ``cascade.json`` / ``cascade.md`` (the curves on test and validation as tables) into
-    ``out_dir`` when given."""
-    from ..utils import atomic_write_json
-
-    fitted, val_curve = None, None
-    if band is None or len(val_samples):
-        val = both_branches(model, val_samples, image_size=image_size, batch_size=batch_size)
-        val_curve = cascade_curve(val["margin"], val["full"], val["label"])
-        if band is None:
-            fitted = fit_cascade_band(val["margin"], val["full"], target_agreement=target_agreement)
-            band = (fitted["band"][0], fitted["band"][1])
-    full_records, t_full = _timed_scores(model, test_samples, image_size=image_size, batch_size=batch_size, mode="full")
-    test = both_branches(model, test_samples, image_size=image_size, batch_size=batch_size, full_records=full_records)
-    curve = cascade_curve(test["margin"], test["full"], test["label"])
-    cascade_records, t_cascade = _timed_scores(
-        model, test_samples, image_size=image_size, batch_size=batch_size, mode="cascade", band=band
-    )
-    decided = {how: sum(r.decided_by == how for r in cascade_records) for how in ("perceptual", "full")}
-    at_band = cascade_stats(test["margin"], test["full"], band, test["label"])
-    result = {
-        "band": list(band),
-        "target_agreement": target_agreement,
-        "val": fitted,
-        "test": {
-            **at_band,
-            "decided": decided,
-            "seconds_full": t_full,
-            "seconds_cascade": t_cascade,
-            "speedup": t_full / t_cascade if t_cascade > 0 else None,
-        },
-        "inversion_steps": model.mcfg.inversion_steps,
-        "curve": curve,
-        "val_curve": val_curve,
-    }
-    if out_dir is not None:
-        from pathlib import Path
-
-        out = Path(out_dir)
-        plot_cascade_curve(curve, out / "cascade_curve.png", fitted=at_band)
-        atomic_write_json(out / "cascade.json", result)
-        from ..utils import atomic_write_text
-
-        steps = model.mcfg.inversion_steps
-        md = f"# Cascade over Eq. 10 ({steps} inversion steps)\n\n## Test\n\n{curve_markdown(curve)}\n"
-        if val_curve is not None:
-            md += f"\n## Validation\n\n{curve_markdown(val_curve)}\n"
-        atomic_write_text(out / "cascade.md", md)
-    return result
-
-
-def curve_markdown(curve: list[dict[str, Any]]) -> str:
-    rows = ["| band ±w | inverted | agreement with full | cascade acc | full acc |", "|---:|---:|---:|---:|---:|"]
-    for c in curve:
-        rows.append(
-            f"| {c['half_width']:.4f} | {c['share_inverted'] * 100:.1f}% | {c['agreement'] * 100:.1f}% | "
-            f"{c.get('acc_cascade', float('nan')) * 100:.1f}% | {c.get('acc_full', float('nan')) * 100:.1f}% |"
-        )
-    return "\n".join(rows)

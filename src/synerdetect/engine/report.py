@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..utils import atomic_write_bytes, atomic_write_text
+from .calibration import describe_band
 from .metrics import DECISION_RULE, ScoreRecord, _as_records, generator_metrics
 
 __all__ = [
@@ -356,8 +357,6 @@ def robustness_markdown(table: Mapping[str, Any]) -> str:
 
 
 def _band_text(band: Any) -> str:
-    from .calibration import describe_band
-
     return describe_band(band)
 
 

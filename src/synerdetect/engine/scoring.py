@@ -1,6 +1,6 @@
 """One scoring call: image files, bytes or PIL images in, one record per image out.
 
-Every user-facing scoring path (``synerdetect predict``, :func:`synerdetect.engine.evaluate.predict_paths`, the HTTP
+Every user-facing scoring path (``synerdetect predict``, :func:`predict_paths`, the HTTP
 service in :mod:`synerdetect.serve`) goes through :class:`Scorer`, so an image gets the same record wherever it is
 scored::
 
@@ -41,6 +41,7 @@ never changes anything; it is only reported under ``provenance``.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import io
 import os
@@ -53,12 +54,19 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
 
-from ..data import imageio
+from ..data import LayoutError, ShardedEvalSampler, discover, imageio
 from ..data.imageio import DEFAULT_MAX_PIXELS, UnreadableImage, open_regular_file
 from ..data.transforms import stack_images
+from ..model.detector import view_transform
+from ..provenance import load_trust_anchors
+from ..utils import rank_world
+from ..version import __version__
 from .calibration import Calibration, apply_calibration
 from .cascade import cascade_band_of, cascade_predict
+from .inference import gather
 
 __all__ = [
     "ERROR_KINDS",
@@ -67,6 +75,8 @@ __all__ = [
     "Prepared",
     "Scorer",
     "decode_image_bytes",
+    "expand_inputs",
+    "predict_paths",
     "error_kind",
     "provenance_summary",
 ]
@@ -348,16 +358,12 @@ class Scorer:
         max_bytes: int | None = None,
         mode: str = "full",
     ):
-        from ..engine.train import loader_image_size
-        from ..model.detector import view_transform
-        from ..provenance import load_trust_anchors
-
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.cascade_band = cascade_band_of(calibration, mode)
         self.mode = mode
         self.model = model
-        self.image_size = image_size or loader_image_size(model.cfg)
+        self.image_size = image_size or model.cfg.data.image_size
         self.batch_size = int(batch_size)
         self.calibration = calibration
         self.trust_metadata = bool(trust_metadata)
@@ -526,12 +532,6 @@ class Scorer:
     ) -> list[dict[str, Any]]:
         """Records for image files, decoded by a DataLoader (``num_workers`` processes) and scored by
         :meth:`forward`. ``shard``: only this rank's contiguous slice under torch.distributed / torchrun."""
-        from torch.utils.data import DataLoader
-        from tqdm.auto import tqdm
-
-        from ..data import ShardedEvalSampler
-        from ..utils import rank_world
-
         rank, world = rank_world() if shard else (0, 1)
         ds = _PathDataset(paths, self.decoder)
         sampler = ShardedEvalSampler(len(ds), num_replicas=world, rank=rank)
@@ -572,8 +572,6 @@ class Scorer:
 
     def info(self) -> dict[str, Any]:
         """What is loaded: preset, base models, loader size, tau, calibration, package version, device."""
-        from .. import __version__
-
         cfg = self.model.cfg
         m = self.model.mcfg
         return {
@@ -597,3 +595,69 @@ class Scorer:
             "max_pixels": self.decoder.max_pixels,
             "max_bytes": self.decoder.max_bytes,
         }
+
+
+def expand_inputs(inputs: Sequence[str]) -> tuple[list[str], list[tuple[str, str]]]:
+    """Files, folders (recursive) and globs -> sorted unique image paths, plus inputs that matched nothing."""
+    paths: list[str] = []
+    missing: list[tuple[str, str]] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            # the data layer's folder scan: iterative (a 1200-level tree is fine), reports FIFOs and sockets
+            try:
+                found = sorted(s.path for s in discover(p, layout="folder"))
+            except LayoutError:
+                found = []
+            if not found:
+                missing.append((item, "folder holds no image files"))
+            paths += found
+        elif p.is_file():
+            paths.append(str(p))  # an explicit file is tried even with an odd extension
+        else:
+            hits = sorted(h for h in glob.glob(item, recursive=True) if Path(h).is_file())
+            if hits:
+                paths += hits
+            else:
+                missing.append((item, "no such file, folder or glob match"))
+    return list(dict.fromkeys(paths)), missing
+
+
+def predict_paths(
+    model,
+    paths: Sequence[str],
+    *,
+    image_size: int | None,
+    batch_size: int = 16,
+    num_workers: int = 0,
+    progress: bool = True,
+    calibration=None,
+    provenance: bool = False,
+    trust_anchors=None,
+    trust_metadata: bool = False,
+    mode: str = "full",
+) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
+    """Score unlabelled files through :class:`~synerdetect.engine.scoring.Scorer`: one dict per scored image (its
+    record with ``path`` for ``name``: label, verdict, prob_fake, calibrated, logit, s_real, s_fake, the branch
+    similarities, sha256, provenance, timings) and ``(path, reason)`` per file that could not be scored. Under
+    torch.distributed each rank scores its own slice and the results are gathered."""
+    scorer = Scorer(
+        model,
+        image_size=image_size,
+        batch_size=batch_size,
+        calibration=calibration,
+        provenance=provenance,
+        trust_anchors=trust_anchors,
+        trust_metadata=trust_metadata,
+        mode=mode,
+    )
+    rows: list[dict[str, Any]] = []
+    errors: list[tuple[str, str]] = []
+    for rec in scorer.score_paths(paths, num_workers=num_workers, progress=progress, shard=True, desc="predict"):
+        if rec["error"] is not None:
+            errors.append((rec["name"], rec["error"]))
+            continue
+        row = {"path": rec["name"]}
+        row.update((k, v) for k, v in rec.items() if k not in ("name", "error", "error_kind"))
+        rows.append(row)
+    return gather(rows), gather(errors)

@@ -24,11 +24,13 @@ import yaml
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from ..cache import CacheSchedule
 from ..config import ConfigError, ExperimentConfig, OptimConfig, to_dict
-from ..data import BalancedBatchSampler, ImageDataset, collate
-from ..utils import atomic_write_json, atomic_write_text, check_output_dir
+from ..data import BalancedBatchSampler, ImageDataset, collate, load_labelled
+from ..model.detector import SynerDetect, view_transform
+from ..utils import atomic_write_json, atomic_write_text, check_output_dir, is_main_process
 from .checkpoint import FINAL_STATE, find_resumable, load_optimizer, read_state, save_checkpoint, save_final
-from .evaluate import evaluate, load_labelled
+from .evaluate import evaluate
 
 log = logging.getLogger("synerdetect.train")
 
@@ -49,12 +51,6 @@ _EXTENDABLE = {
     "data.test_layout",
     "data.test_split",
 }
-
-
-def loader_image_size(cfg: ExperimentConfig) -> int | None:
-    """``data.image_size``: None (the default) reads two views of each file at the model's own sizes
-    (:func:`~synerdetect.model.detector.view_transform`); an int, the older single view at that size."""
-    return cfg.data.image_size
 
 
 def build_optimizer(params: Iterable[torch.nn.Parameter], o: OptimConfig) -> torch.optim.Optimizer:
@@ -136,8 +132,6 @@ def train(
     """Train a detector as configured. ``resume``: "auto" (latest good checkpoint in the run folder, if any; a
     finished run is extended when more steps are asked for), "never", or a checkpoint folder.
     ``on_step(global_step, losses)`` is called after each optimiser step."""
-    from ..cache import CacheSchedule
-    from ..model.detector import SynerDetect, view_transform
 
     # 1. Check the request before any work: data, output folder, config of an existing run.
     if not cfg.data.train:
@@ -155,7 +149,7 @@ def train(
     # 2. Data: class-balanced, resumable batches of augmented views.
     per_rank = t.batch_size // world
     samples = load_labelled(cfg.data.train, cfg.data.train_layout, cfg.data.train_split, cfg.data.train_generators)
-    size = loader_image_size(cfg)
+    size = cfg.data.image_size  # None: two views of each file (view_transform)
     ds = ImageDataset(samples, view_transform(cfg, train=True), seed=t.seed)
     sampler = BalancedBatchSampler(ds.labels, per_rank, seed=t.seed, num_replicas=world, rank=rank)
     loader = DataLoader(ds, batch_sampler=sampler, collate_fn=collate, num_workers=t.num_workers)
@@ -501,13 +495,11 @@ def _checkpoint(acc, model, optimizer, state: RunState, root: Path, keep: int) -
 
 
 def _validate(cfg: ExperimentConfig, model, samples, out: Path, step: int, progress: bool) -> dict[str, Any]:
-    from ..utils import is_main_process
-
     res = evaluate(
         model,
         samples,
         None,
-        image_size=loader_image_size(cfg),
+        image_size=cfg.data.image_size,
         batch_size=max(2, cfg.train.batch_size),
         progress=progress,
     )

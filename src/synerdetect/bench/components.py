@@ -34,7 +34,6 @@ Measurements (``s/img`` = seconds per image at the bench batch size):
 
 from __future__ import annotations
 
-import argparse
 import datetime as _dt
 import json
 import os
@@ -96,7 +95,7 @@ def _write_images(folder: Path, n: int, size: int, seed: int) -> list[str]:
 
 
 def _optimizer(model):
-    from .engine.train import build_optimizer
+    from ..engine.train import build_optimizer
 
     return build_optimizer(model.trainable_parameters(), model.cfg.optim)
 
@@ -106,12 +105,12 @@ def _balanced_labels(n: int, device) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------- sharded build (subprocesses)
-def _shard_worker(argv: list[str]) -> int:
-    """``python -m synerdetect.bench --shard-worker SPEC_JSON``: one rank of the sharded-build measurement."""
+def shard_worker(argv: list[str]) -> int:
+    """``python -m synerdetect.bench.shard_worker SPEC_JSON``: one rank of the sharded-build measurement."""
     spec = json.loads(argv[0])
     torch.set_num_threads(1)
-    from .cache import build_cache
-    from .model.detector import SynerDetect
+    from ..cache import build_cache
+    from ..model.detector import SynerDetect
 
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     model = SynerDetect.from_preset(spec["preset"], **spec["overrides"]).eval()
@@ -175,7 +174,7 @@ def _sharded_build_seconds(
         )
         procs.append(
             subprocess.Popen(
-                [sys.executable, "-m", "synerdetect.bench", "--shard-worker", json.dumps(spec)],
+                [sys.executable, "-m", "synerdetect.bench.shard_worker", json.dumps(spec)],
                 env=env,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
@@ -204,9 +203,9 @@ def _sharded_build_seconds(
 def _epoch_loader(model, paths: list[str], batch_size: int):
     from torch.utils.data import DataLoader
 
-    from .data.datasets import ImageDataset, collate
-    from .data.layouts import Sample
-    from .model.detector import view_transform
+    from ..data.datasets import ImageDataset, collate
+    from ..data.layouts import Sample
+    from ..model.detector import view_transform
 
     samples = [Sample(p, i % 2, "bench", None) for i, p in enumerate(paths)]
     ds = ImageDataset(samples, view_transform(model.cfg, train=False))
@@ -216,7 +215,7 @@ def _epoch_loader(model, paths: list[str], batch_size: int):
 def _copy_without_noise_pixels(model, src, root: Path, image_size: int | None, batch_size: int) -> None:
     """The same latents / inverted latents under the ``store_noise_pixels=False`` key (what ``build_cache(...,
     store_noise_pixels=False)`` computes), copied instead of recomputed to keep the bench short."""
-    from .cache import FeatureCache, feature_key
+    from ..cache import FeatureCache, feature_key
 
     key, info = feature_key(model, image_size=image_size, store_noise_pixels=False)
     dst = FeatureCache(root, key, info=info)
@@ -248,7 +247,7 @@ def _epoch_times(
     and from the cache; with ``latents_only`` also the cached epochs that read only latents + inverted latents
     and decode the E_d input every step (the previous cache), from a second cache built without noise pixels.
     The files are read as training and prediction read them (``data.image_size``: None, two views)."""
-    from .cache import CachedFeatures, build_cache
+    from ..cache import CachedFeatures, build_cache
 
     image_size = model.cfg.data.image_size
 
@@ -338,7 +337,7 @@ class BenchConfig:
     threads: int | None = None
 
     def __post_init__(self) -> None:
-        from .config import ConfigError
+        from ..config import ConfigError
 
         if self.preset not in DEFAULTS:
             raise ConfigError(f"bench preset must be one of {sorted(DEFAULTS)}, got {self.preset!r}")
@@ -367,7 +366,7 @@ class BenchConfig:
         return ov
 
 
-class _Recorder:
+class Recorder:
     """Collects, prints and writes the JSON lines; every line carries the run's common fields."""
 
     def __init__(self, bc: BenchConfig, model):
@@ -416,13 +415,13 @@ def run_bench(preset: str = "tiny", device: str = "cpu", **options: Any) -> list
     """Run every measurement once (see the module docstring); print and return the JSON lines. ``options`` are
     the fields of :class:`BenchConfig`. ``preset="paper"`` uses random weights of the real architectures; on CUDA
     the frozen models run in bf16 and ``compile=True`` wraps the UNet in ``torch.compile``."""
-    from .model.detector import SynerDetect
+    from ..model.detector import SynerDetect
 
     bc = BenchConfig(preset=preset, device=device, **options)
     dev = torch.device(device)
     # 1. The model, eager first (compilation, if asked, is applied after the eager numbers: one run gives both).
     model = SynerDetect.from_preset(preset, **bc.model_overrides()).to(dev).eval().enable_fast_path()
-    emit = _Recorder(bc, model)
+    emit = Recorder(bc, model)
     old_threads = torch.get_num_threads()
     if bc.threads:
         torch.set_num_threads(int(bc.threads))
@@ -447,71 +446,7 @@ def run_bench(preset: str = "tiny", device: str = "cpu", **options: Any) -> list
     return emit.lines
 
 
-def run_cascade_bench(
-    checkpoint: str | os.PathLike,
-    val: str,
-    test: str,
-    *,
-    steps: int | None = 100,
-    device: str = "cpu",
-    batch_size: int = 32,
-    target_agreement: float = 0.99,
-    layout: str = "auto",
-    out: str | os.PathLike | None = None,
-    print_lines: bool = True,
-) -> list[dict]:
-    """The cascade of Eq. 10 (engine/cascade.py) on a trained checkpoint, in one run: fit the band on the labelled
-    ``val`` set, then on ``test`` the share of images inverted, the agreement with full Eq. 10, the accuracy of
-    both and the wall time of a full pass vs a cascade pass. ``steps`` overrides the inversion steps (100: the
-    paper's). JSON lines like :func:`run_bench`; the curve goes to ``cascade_curve.png`` beside ``out``."""
-    from .engine.cascade import measure_cascade
-    from .engine.evaluate import load_labelled
-    from .engine.train import loader_image_size
-    from .model.detector import SynerDetect
-
-    over = {"model.inversion_steps": int(steps)} if steps else {}
-    model = SynerDetect.from_pretrained(Path(checkpoint), **over).to(torch.device(device)).eval().enable_fast_path()
-    bc = BenchConfig(
-        preset="tiny" if model.cfg.preset == "tiny" else "paper",
-        device=device,
-        batch_size=batch_size,
-        out=out,
-        print_lines=print_lines,
-        sharded=False,
-    )
-    emit = _Recorder(bc, model)
-    try:
-        size = loader_image_size(model.cfg)
-        res = measure_cascade(
-            model,
-            load_labelled(val, layout),
-            load_labelled(test, layout),
-            image_size=size,
-            batch_size=batch_size,
-            target_agreement=target_agreement,
-            out_dir=Path(out).parent if out else None,
-        )
-        t = res["test"]
-        kw = {"band": res["band"], "images": t["n"], "preset": model.cfg.preset}
-        emit("cascade_inverted_share", t["share_inverted"], "share", **kw)
-        emit(
-            "cascade_agreement",
-            t["agreement"],
-            "share",
-            note=f"share of test decisions equal to full; target {target_agreement}",
-            **kw,
-        )
-        emit("cascade_accuracy", t["acc_cascade"], "share", **kw)
-        emit("full_accuracy", t["acc_full"], "share", **kw)
-        emit("full_pass_seconds", t["seconds_full"], "s", **kw)
-        emit("cascade_pass_seconds", t["seconds_cascade"], "s", **kw)
-        emit("cascade_speedup", t["speedup"], "x", note="target >= 3 on tiny at 100 steps", **kw)
-    finally:
-        emit.close()
-    return emit.lines
-
-
-def _measure_components(model, x: torch.Tensor, bc: BenchConfig, emit: _Recorder) -> float:
+def _measure_components(model, x: torch.Tensor, bc: BenchConfig, emit: Recorder) -> float:
     """Each component on the bench batch; returns the roofline of one prediction (s/img)."""
     dev, bs, mc = x.device, bc.batch_size_, model.mcfg
     inv_size = mc.inversion_size or mc.sd_size
@@ -556,7 +491,7 @@ def _measure_components(model, x: torch.Tensor, bc: BenchConfig, emit: _Recorder
     return roof
 
 
-def _measure_predict(model, x: torch.Tensor, roof: float, bc: BenchConfig, emit: _Recorder) -> None:
+def _measure_predict(model, x: torch.Tensor, roof: float, bc: BenchConfig, emit: Recorder) -> None:
     dev, bs, mc = x.device, bc.batch_size_, model.mcfg
     T = lambda fn: _timeit(fn, dev, bc.repeats_, bc.warmup)  # noqa: E731
     t_pred = T(lambda: model.predict(x)) / bs
@@ -577,7 +512,7 @@ def _measure_predict(model, x: torch.Tensor, roof: float, bc: BenchConfig, emit:
     emit("inversion_throughput", 1.0 / t_inv, "img/s", note=f"{mc.inversion_steps}-step DDIM inversion")
 
 
-def _measure_train_step(model, image_size: int, bc: BenchConfig, emit: _Recorder) -> None:
+def _measure_train_step(model, image_size: int, bc: BenchConfig, emit: Recorder) -> None:
     dev, tbs = next(model.parameters()).device, bc.train_batch_size_
     g = torch.Generator().manual_seed(1)
     xt = torch.rand(tbs, 3, image_size, image_size, generator=g).to(dev)
@@ -612,8 +547,8 @@ def _measure_train_step(model, image_size: int, bc: BenchConfig, emit: _Recorder
     model.eval()
 
 
-def _measure_cached_epochs(model, image_size: int, tmp: Path, bc: BenchConfig, emit: _Recorder) -> None:
-    from .model.detector import SynerDetect
+def _measure_cached_epochs(model, image_size: int, tmp: Path, bc: BenchConfig, emit: Recorder) -> None:
+    from ..model.detector import SynerDetect
 
     dev, bs, n_epoch, n_steps = (
         next(model.parameters()).device,
@@ -670,8 +605,8 @@ def _measure_cached_epochs(model, image_size: int, tmp: Path, bc: BenchConfig, e
         )
 
 
-def _measure_sharded_build(tmp: Path, bc: BenchConfig, emit: _Recorder) -> None:
-    from .presets import get_preset
+def _measure_sharded_build(tmp: Path, bc: BenchConfig, emit: Recorder) -> None:
+    from ..presets import get_preset
 
     tiny_ov = {"model.inversion_steps": int(bc.steps)} if (bc.steps is not None and bc.preset == "tiny") else {}
     tcfg = get_preset("tiny").model
@@ -695,23 +630,3 @@ def _measure_sharded_build(tmp: Path, bc: BenchConfig, emit: _Recorder) -> None:
     emit("sharded_build_seconds_1proc", t1, "s", **kw, note="1 process x 1 thread")
     emit("sharded_build_seconds_2proc", t2, "s", **kw, note="2 processes x 1 thread")
     emit("sharded_build_speedup", t1 / t2, "x", **kw, note="target >= 1.7")
-
-
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "--shard-worker":
-        return _shard_worker(argv[1:])
-    p = argparse.ArgumentParser(prog="python -m synerdetect.bench")
-    p.add_argument("--preset", default="tiny", choices=sorted(DEFAULTS))
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--steps", type=int)
-    p.add_argument("--compile", action="store_true")
-    p.add_argument("--out")
-    a = p.parse_args(argv)
-    run_bench(a.preset, a.device, batch_size=a.batch_size, steps=a.steps, compile=a.compile, out=a.out)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
