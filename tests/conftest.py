@@ -10,6 +10,17 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+@pytest.fixture(autouse=True)
+def _fresh_accelerate_state():
+    """Forget accelerate's per-process state after each test, as accelerate's own ``AccelerateTestCase.tearDown``
+    does, so that a test training with one mixed precision does not fix it for the next."""
+    yield
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+
+
 @pytest.fixture(scope="session")
 def tiny_model():
     """A shared tiny detector for read-only tests (do not train it in place)."""

@@ -21,13 +21,16 @@ from typing import Any
 
 import torch
 import yaml
+from accelerate import Accelerator
+from accelerate.utils import DistributedDataParallelKwargs
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from ..cache import CacheSchedule
 from ..config import ConfigError, ExperimentConfig, OptimConfig, to_dict
 from ..data import BalancedBatchSampler, ImageDataset, collate, load_labelled
-from ..model.detector import SynerDetect, view_transform
+from ..methods import build_detector
+from ..model.detector import view_transform
 from ..utils import atomic_write_json, atomic_write_text, check_output_dir, is_main_process
 from .checkpoint import FINAL_STATE, find_resumable, load_optimizer, read_state, save_checkpoint, save_final
 from .evaluate import evaluate
@@ -128,17 +131,19 @@ def train(
     progress: bool = True,
     on_step: Callable[[int, dict], None] | None = None,
     model=None,
+    accelerator: Accelerator | None = None,
 ) -> dict[str, Any]:
     """Train a detector as configured. ``resume``: "auto" (latest good checkpoint in the run folder, if any; a
     finished run is extended when more steps are asked for), "never", or a checkpoint folder.
-    ``on_step(global_step, losses)`` is called after each optimiser step."""
+    ``on_step(global_step, losses)`` is called after each optimiser step. ``accelerator``: an
+    ``accelerate.Accelerator`` to train with (one is built from ``train.mixed_precision`` otherwise)."""
 
     # 1. Check the request before any work: data, output folder, config of an existing run.
     if not cfg.data.train:
         raise ValueError("data.train is not set: point it at a training set (folder or manifest)")
     out = Path(cfg.train.output_dir)
     check_output_dir(out, "train.output_dir")
-    acc = _accelerator(cfg)
+    acc = accelerator if accelerator is not None else _accelerator(cfg)
     rank, world = acc.process_index, acc.num_processes
     t = cfg.train
     if t.batch_size % (2 * world):
@@ -159,9 +164,11 @@ def train(
 
     # 3. Model and optimiser; where to start (fresh, a checkpoint, or a finished run to extend or leave alone).
     if model is None:
-        model = SynerDetect.from_config(cfg)
+        model = build_detector(cfg)
     optimizer = build_optimizer(model.trainable_parameters(), cfg.optim)
     start, note = _starting_point(out, resume, total_steps)
+    if start is not None:
+        _check_resume_method(start, cfg.method)
     if note and acc.is_main_process:
         print(note, flush=True)
     if note:
@@ -310,21 +317,19 @@ def train(
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-def _accelerator(cfg: ExperimentConfig):
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState
-    from accelerate.utils import DistributedDataParallelKwargs
-
-    # accelerate keeps one AcceleratorState per process and refuses a second Accelerator with another
-    # mixed_precision. It has no public reset; forget that state (not the distributed PartialState) so that
-    # train() can be called again in one process (tests, notebooks).
-    AcceleratorState._reset_state(reset_partial_state=False)
+def _accelerator(cfg: ExperimentConfig) -> Accelerator:
     # cpu=True when there is no GPU: accelerate only sets up gloo DDP for torchrun's processes when told so.
-    return Accelerator(
-        mixed_precision=cfg.train.mixed_precision,
-        cpu=not torch.cuda.is_available(),
-        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
-    )
+    try:
+        return Accelerator(
+            mixed_precision=cfg.train.mixed_precision,
+            cpu=not torch.cuda.is_available(),
+            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+        )
+    except ValueError as e:  # accelerate keeps one state per process: a second precision is refused
+        raise ConfigError(
+            f"train.mixed_precision={cfg.train.mixed_precision!r}: {e} (accelerate allows one mixed precision per "
+            "process; pass train(..., accelerator=...) built once, or train in a new process)"
+        ) from e
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -367,7 +372,14 @@ def _starting_point(out: Path, resume: str, total_steps: int) -> tuple[Path | No
         p = Path(resume)
         if not (p / "trainer_state.json").is_file() and not (p / FINAL_STATE).is_file():
             raise FileNotFoundError(f"--resume {p}: not a training checkpoint (no trainer_state.json)")
-        return p, f"resuming from {p} (step {read_state(p)['global_step']})"
+        step = read_state(p)["global_step"]
+        if step >= total_steps and p.resolve() != (out / "final").resolve():
+            # nothing would be trained, so no out/final would be written: refuse rather than report one
+            raise ValueError(
+                f"--resume {p}: the checkpoint is at step {step}, not before the {total_steps} steps asked for; "
+                "nothing to train (raise train.max_steps / train.epochs to continue it)"
+            )
+        return p, f"resuming from {p} (step {step})"
     start, skipped = find_resumable(out)
     notes = [f"checkpoint {p} is unreadable ({why}); falling back to the previous one" for p, why in skipped]
     if start is None:
@@ -386,6 +398,18 @@ def _starting_point(out: Path, resume: str, total_steps: int) -> tuple[Path | No
     else:
         notes.append(f"resuming from {start} (step {step})")
     return start, "\n".join(notes)
+
+
+def _check_resume_method(start: Path, method: str) -> None:
+    """A checkpoint of another method is refused by name (before, a finished one was returned unchecked)."""
+    from ..model.detector import CONFIG_NAME
+
+    try:
+        saved = json.loads((start / CONFIG_NAME).read_text())["config"].get("method", "synerdetect")
+    except (OSError, ValueError, KeyError, AttributeError):
+        return  # no readable config: load_trainable reports the checkpoint's problem
+    if saved != method:
+        raise ConfigError(f"--resume {start}: a {saved!r} checkpoint; this run trains method {method!r}")
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
