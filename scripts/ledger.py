@@ -22,12 +22,12 @@ import time
 from pathlib import Path
 
 from synerdetect.config import merge
+from synerdetect.data import load_labelled
 from synerdetect.demo import build_demo_benchmark
 from synerdetect.demo.run import SEEN, demo_config
-from synerdetect.data import load_labelled
 from synerdetect.engine.evaluate import evaluate
 from synerdetect.engine.train import train
-from synerdetect.model import SynerDetect
+from synerdetect.methods import load_detector
 
 _PAPER_OPTIM = {
     "name": "sgd",
@@ -100,7 +100,7 @@ def demo_cfg(data: Path, run: Path, seed: int, patch: dict):
 def one_run(data: Path, run: Path, seed: int, patch: dict) -> dict:
     cfg = demo_cfg(data, run, seed, patch)
     summary = train(cfg, resume="auto", progress=False)  # a killed measurement reuses its finished runs
-    model = SynerDetect.from_pretrained(summary["final"]).eval()
+    model = load_detector(summary["final"]).eval()
     samples = load_labelled(str(data / "test"), "cnndetection", "test")
     res = evaluate(model, samples, None, image_size=None, batch_size=32, progress=False)
     gens = res["summary"]["generators"]

@@ -1,4 +1,4 @@
-"""Tests for synerdetect.ot against independent references (numpy/scipy/POT/sklearn)."""
+"""Tests for synerdetect.losses.ot against independent references (numpy/scipy/POT/sklearn)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from sklearn.mixture import GaussianMixture
 
-from synerdetect import ot as sot
+from synerdetect.losses import ot as sot
 
 # ----------------------------------------------------------------------------
 # helpers (numpy float64 references, written independently of the module)
