@@ -13,8 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
+from ..data.imageio import UnreadableImage, load_image
 from ..data.transforms import stack_images
+from ..model.detector import view_transform
 from ..utils import atomic_write_json, rank_world
 from .store import NOISE_PIXELS_DTYPE, CacheError, FeatureCache, content_hash, feature_key
 
@@ -107,9 +110,7 @@ def build_cache(
     Returns stats of this rank: n_total, n_computed, n_skipped_cached, n_unreadable, unreadable [(path, reason)],
     n_duplicates, seconds, per_image_seconds, key, dir, rank, world_size; rank 0 adds n_indexed and ``all_ranks``.
     """
-    from ..data.imageio import UnreadableImage, load_image
-    from ..model.detector import view_transform
-
+    # 1. Where this rank stands: its slice of the sorted paths, the cache folder, no stale done-marker.
     t_start, t0, cpu0 = time.time(), time.perf_counter(), time.process_time()
     rank, world = rank_world(rank, world_size)
     device = _model_device(model)
@@ -119,15 +120,10 @@ def build_cache(
     cache = FeatureCache(cache_root, key, rank=rank, info=info)
     cache.dir.mkdir(parents=True, exist_ok=True)
     marker = cache.dir / f"done-rank{rank}"
-    try:
-        marker.unlink()
-    except FileNotFoundError:
-        pass
-
+    marker.unlink(missing_ok=True)
     paths = sorted({os.fspath(getattr(s, "path", s)) for s in samples})
     job = hashlib.sha256(json.dumps([key, world, paths]).encode()).hexdigest()[:24]
     mine = paths[rank::world]
-    transform = view_transform(model.cfg, train=False, image_size=image_size)  # the evaluation view(s)
     stats: dict[str, Any] = {
         "key": key,
         "dir": str(cache.dir),
@@ -143,96 +139,26 @@ def build_cache(
         "unreadable": [],
         "n_dropped_corrupt": 0,
     }
+    bar = tqdm(
+        total=len(mine),
+        desc=f"feature cache (rank {rank}/{world})",
+        unit="img",
+        dynamic_ncols=True,
+        disable=not progress,
+    )
 
-    def unreadable(path: str, reason: str) -> None:
-        log.warning("cache build: skipping unreadable image %s: %s", path, reason)
-        stats["unreadable"].append((path, reason))
-
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(mine), desc=f"feature cache (rank {rank}/{world})", unit="img", dynamic_ncols=True)
-
+    # 2. Skip what is cached already (verified), then compute the rest batch by batch.
     was_training = model.training
     model.eval()
     try:
-        # 1) content hashes; what is cached already (verified) is skipped.
-        todo: list[tuple[str, str]] = []
-        seen: set[str] = set()
-        present: list[str] = []
-        for p in mine:
-            try:
-                h = content_hash(p)
-            except OSError as e:
-                unreadable(p, f"cannot read file: {type(e).__name__}: {e}")
-                if bar is not None:
-                    bar.update(1)
-                continue
-            if h in seen:
-                stats["n_duplicates"] += 1
-                if bar is not None:
-                    bar.update(1)
-                continue
-            seen.add(h)
-            entry = cache.entries.get(h)
-            if entry is not None and (entry.noise_pixels is not None) == with_npx:  # else (written by hand): recompute
-                present.append(h)
-            todo.append((p, h))
-        bad: set[str] = set()
-        if verify and present:
-            before = len(cache.problems)
-            bad = set(cache.verify(present))
-            stats["n_dropped_corrupt"] = len(cache.problems) - before
-        cached = {h for h in present if h not in bad}
-        stats["n_skipped_cached"] = len(cached)
-        todo = [(p, h) for p, h in todo if h not in cached]
-        if bar is not None:
-            bar.update(len(cached))
-
-        # 2) compute the rest, one shard per batch.
-        t_compute = time.perf_counter()
-        batch: list[tuple[str, str, Any]] = []  # (path, hash, tensor or Views)
-
-        def flush() -> None:
-            if not batch:
-                return
-            x = stack_images([b[2] for b in batch]).to(device)  # tensors or the two views of each image
-            latents, inverted, _ = model.cache_features(x)
-            npx = compute_noise_pixels(model, inverted) if with_npx else None
-            cache.put_many([b[1] for b in batch], latents, inverted, paths=[b[0] for b in batch], noise_pixels=npx)
-            del x, latents, inverted, npx
-            stats["n_computed"] += len(batch)
-            if bar is not None:
-                bar.update(len(batch))
-            batch.clear()
-
-        for p, h in todo:
-            try:
-                img = load_image(p)
-                x = transform(img)
-            except UnreadableImage as e:
-                unreadable(p, e.reason)
-                if bar is not None:
-                    bar.update(1)
-                continue
-            except Exception as e:  # noqa: BLE001 - a transform failure is reported, not fatal
-                unreadable(p, f"transform failed: {type(e).__name__}: {e}")
-                if bar is not None:
-                    bar.update(1)
-                continue
-            batch.append((p, h, x))
-            if len(batch) >= batch_size:
-                flush()
-        flush()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        compute_s = time.perf_counter() - t_compute
+        todo = _still_to_compute(cache, mine, stats, bar, verify=verify, with_npx=with_npx)
+        transform = view_transform(model.cfg, train=False, image_size=image_size)  # the evaluation view(s)
+        compute_s = _compute(model, cache, todo, transform, stats, bar, batch_size=batch_size, with_npx=with_npx)
     finally:
         model.train(was_training)
-        if bar is not None:
-            bar.close()
+        bar.close()
 
+    # 3. This rank's stats and done-marker; rank 0 waits for every rank and merges the index.
     stats["n_unreadable"] = len(stats["unreadable"])
     stats["seconds"] = time.perf_counter() - t0
     stats["compute_seconds"] = compute_s
@@ -240,23 +166,112 @@ def build_cache(
     stats["per_image_seconds"] = compute_s / stats["n_computed"] if stats["n_computed"] else 0.0
     stats["t_start"], stats["t_end"] = t_start, time.time()
     atomic_write_json(marker, {"job": job, "rank": rank, "stats": stats}, indent=1, sort_keys=True)
-
     if rank == 0:
         docs = _wait_for_ranks(cache.dir, world, job, wait_timeout, poll_interval) if world > 1 else [{"stats": stats}]
-        cache.info = info
-        stats["n_indexed"] = cache.merge()
-        for r in range(world):
-            try:
-                (cache.dir / f"done-rank{r}").unlink()
-            except FileNotFoundError:
-                pass
-        all_stats = [d["stats"] for d in docs]
-        stats["all_ranks"] = {
-            k: sum(s[k] for s in all_stats)
-            for k in ("n_total", "n_computed", "n_skipped_cached", "n_unreadable", "n_duplicates")
-        }
-        stats["all_ranks"]["unreadable"] = [u for s in all_stats for u in s["unreadable"]]
-        stats["all_ranks"]["t_start"] = min(s["t_start"] for s in all_stats)
-        stats["all_ranks"]["t_end"] = max(s["t_end"] for s in all_stats)
+        _merge_ranks(cache, info, world, [d["stats"] for d in docs], stats)
         stats["wall_seconds"] = time.perf_counter() - t0
     return stats
+
+
+def _unreadable(stats: dict[str, Any], path: str, reason: str) -> None:
+    log.warning("cache build: skipping unreadable image %s: %s", path, reason)
+    stats["unreadable"].append((path, reason))
+
+
+def _still_to_compute(
+    cache: FeatureCache, mine: list[str], stats: dict[str, Any], bar: tqdm, *, verify: bool, with_npx: bool
+) -> list[tuple[str, str]]:
+    """``(path, content hash)`` of the files of ``mine`` that are neither duplicates nor cached (verified)."""
+    todo: list[tuple[str, str]] = []
+    seen: set[str] = set()
+    present: list[str] = []
+    for p in mine:
+        try:
+            h = content_hash(p)
+        except OSError as e:
+            _unreadable(stats, p, f"cannot read file: {type(e).__name__}: {e}")
+            bar.update(1)
+            continue
+        if h in seen:
+            stats["n_duplicates"] += 1
+            bar.update(1)
+            continue
+        seen.add(h)
+        entry = cache.entries.get(h)
+        if entry is not None and (entry.noise_pixels is not None) == with_npx:  # else (written by hand): recompute
+            present.append(h)
+        todo.append((p, h))
+    bad: set[str] = set()
+    if verify and present:
+        before = len(cache.problems)
+        bad = set(cache.verify(present))
+        stats["n_dropped_corrupt"] = len(cache.problems) - before
+    cached = {h for h in present if h not in bad}
+    stats["n_skipped_cached"] = len(cached)
+    bar.update(len(cached))
+    return [(p, h) for p, h in todo if h not in cached]
+
+
+def _compute(
+    model,
+    cache: FeatureCache,
+    todo: list[tuple[str, str]],
+    transform,
+    stats: dict[str, Any],
+    bar: tqdm,
+    *,
+    batch_size: int,
+    with_npx: bool,
+) -> float:
+    """Compute and store the features of ``todo``, one shard per batch; returns the seconds it took."""
+    device = _model_device(model)
+    t_compute = time.perf_counter()
+    batch: list[tuple[str, str, Any]] = []  # (path, hash, tensor or Views)
+
+    def flush() -> None:
+        if not batch:
+            return
+        x = stack_images([b[2] for b in batch]).to(device)  # tensors or the two views of each image
+        latents, inverted, _ = model.cache_features(x)
+        npx = compute_noise_pixels(model, inverted) if with_npx else None
+        cache.put_many([b[1] for b in batch], latents, inverted, paths=[b[0] for b in batch], noise_pixels=npx)
+        del x, latents, inverted, npx
+        stats["n_computed"] += len(batch)
+        bar.update(len(batch))
+        batch.clear()
+
+    for p, h in todo:
+        try:
+            x = transform(load_image(p))
+        except UnreadableImage as e:
+            _unreadable(stats, p, e.reason)
+            bar.update(1)
+            continue
+        except Exception as e:  # noqa: BLE001 - a transform failure is reported, not fatal
+            _unreadable(stats, p, f"transform failed: {type(e).__name__}: {e}")
+            bar.update(1)
+            continue
+        batch.append((p, h, x))
+        if len(batch) >= batch_size:
+            flush()
+    flush()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - t_compute
+
+
+def _merge_ranks(
+    cache: FeatureCache, info: dict[str, Any], world: int, all_stats: list[dict[str, Any]], stats: dict[str, Any]
+) -> None:
+    """Rank 0: merge every rank's shards into the index, remove the done-markers, add the totals to ``stats``."""
+    cache.info = info
+    stats["n_indexed"] = cache.merge()
+    for r in range(world):
+        (cache.dir / f"done-rank{r}").unlink(missing_ok=True)
+    stats["all_ranks"] = {
+        k: sum(s[k] for s in all_stats)
+        for k in ("n_total", "n_computed", "n_skipped_cached", "n_unreadable", "n_duplicates")
+    }
+    stats["all_ranks"]["unreadable"] = [u for s in all_stats for u in s["unreadable"]]
+    stats["all_ranks"]["t_start"] = min(s["t_start"] for s in all_stats)
+    stats["all_ranks"]["t_end"] = max(s["t_end"] for s in all_stats)
