@@ -1,6 +1,7 @@
 """The method registry and the paper's reference methods (Table 5a, Figure 3) on the tiny preset.
 
-Each reference trains (its loss falls on a fixed batch), keeps CLIP and SD frozen, reloads from a checkpoint with
+Each reference is a :class:`Detector` beside SynerDetect (not a subclass of it) that builds only the modules it
+reads, trains (its loss falls on a fixed batch), keeps CLIP and SD frozen, reloads through ``load_detector`` with
 identical logits, reads the feature cache, follows SynerDetect's predict contract, and trains through train().
 """
 
@@ -18,9 +19,18 @@ import torch
 
 from synerdetect import SynerDetect
 from synerdetect.config import ConfigError, ExperimentConfig
-from synerdetect.methods import METHODS, check_method, get_method, list_methods, parse_methods
+from synerdetect.methods import (
+    METHODS,
+    build_detector,
+    check_method,
+    get_method,
+    list_methods,
+    load_detector,
+    parse_methods,
+)
 from synerdetect.methods.references import DIRE, ReferenceMethod, UniFD
-from synerdetect.model.detector import InputError
+from synerdetect.model import Detector
+from synerdetect.model.detector import CheckpointError, InputError
 
 REFERENCES = [m for m in list_methods() if m != "synerdetect"]
 STEPS = {"model.inversion_steps": 2}
@@ -31,12 +41,15 @@ def batch(b: int = 8, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.rand(b, 3, 64, 64, generator=g), torch.tensor([0, 1] * (b // 2))
 
 
-def build(method: str, **over) -> SynerDetect:
-    return SynerDetect.from_preset("tiny", method=method, **{**STEPS, **over})
+def build(method: str, **over) -> Detector:
+    from synerdetect.presets import load_experiment
+
+    cfg = load_experiment(None, [f"method={method}", *(f"{k}={v}" for k, v in {**STEPS, **over}.items())], "tiny")
+    return build_detector(cfg)
 
 
 @pytest.fixture(scope="module")
-def models() -> dict[str, SynerDetect]:
+def models() -> dict[str, Detector]:
     """One untrained model per reference, shared by the read-only tests below."""
     return {m: build(m) for m in REFERENCES}
 
@@ -79,10 +92,99 @@ def test_method_is_part_of_the_config():
         parse_methods("unifd,nope")
 
 
-def test_from_config_builds_the_configured_method(models):
+def test_build_detector_builds_the_configured_method(models):
     assert type(build("synerdetect")) is SynerDetect
     for name, model in models.items():
         assert type(model) is get_method(name) and model.cfg.method == name
+
+
+# ---------------------------------------------------------------- class hierarchy: siblings under Detector
+def test_references_are_detectors_beside_synerdetect(models):
+    assert issubclass(SynerDetect, Detector)
+    for name, model in models.items():
+        assert isinstance(model, Detector) and not isinstance(model, SynerDetect), name
+        assert not issubclass(get_method(name), SynerDetect), name
+
+
+def _module_types(model: torch.nn.Module) -> set[str]:
+    return {type(m).__name__ for m in model.modules()}
+
+
+def test_references_build_only_the_modules_they_read(models):
+    syn_types = _module_types(build("synerdetect"))
+    # what only SynerDetect builds: the prompt tuner, the text tower, the LoRA layers (peft's lora.Linear)
+    only_synerdetect = {"VisualAwareTuner", "PromptTextEncoder", "Linear"} & syn_types
+    assert {"VisualAwareTuner", "PromptTextEncoder"} <= only_synerdetect
+    for name, model in models.items():
+        names = [n for n, _ in model.named_parameters()]
+        assert not any("lora_" in n for n in names), name
+        assert not any(n.startswith(("tuner.", "text.", "cond_proj.", "adapter.")) for n in names), name
+        assert not {"VisualAwareTuner", "PromptTextEncoder"} & _module_types(model), name
+        assert not any(type(m).__module__.startswith("peft") for m in model.modules()), name
+    unifd = models["unifd"]
+    assert not hasattr(unifd, "unet") and not hasattr(unifd, "vae") and not hasattr(unifd, "E_d")
+    assert {n.split(".")[0] for n, _ in unifd.named_parameters()} == {"E_v", "head"}
+    dire = models["dire"]
+    assert not hasattr(dire, "E_v") and not hasattr(dire, "E_d")
+    assert {n.split(".")[0] for n, _ in dire.named_parameters()} == {"unet", "vae", "head"}
+    # the fusions read vanilla CLIP twice: one tower serves as E_v and E_d
+    fusion = models["fusion_c"]
+    assert fusion.E_v is fusion.E_d
+    clip_params = sum(p.numel() for n, p in fusion.named_parameters() if n.startswith(("E_v.", "E_d.")))
+    assert clip_params == sum(p.numel() for p in fusion.E_v.parameters())
+
+
+def test_from_pretrained_builds_its_own_class_only(tmp_path):
+    folder = build("unifd").save_pretrained(tmp_path / "u")
+    with pytest.raises(CheckpointError, match="'unifd'.*synerdetect.methods.*load_detector") as e:
+        SynerDetect.from_pretrained(folder)
+    assert "\n" not in str(e.value)
+    with pytest.raises(CheckpointError, match="'unifd'"):
+        get_method("dire").from_pretrained(folder)
+    assert type(UniFD.from_pretrained(folder)) is UniFD
+    with pytest.raises(ConfigError, match="'fusion_c'.*build_detector"):
+        SynerDetect.from_preset("tiny", method="fusion_c")
+    assert type(UniFD.from_preset("tiny")) is UniFD  # a class's own preset build sets its method
+
+
+def test_load_detector_round_trips_every_method(models, tmp_path):
+    for name in list_methods():
+        model = build(name) if name == "synerdetect" else models[name]
+        state = model.trainable_state_dict()
+        assert state, name
+        reloaded = load_detector(model.save_pretrained(tmp_path / name))
+        assert type(reloaded) is get_method(name) and reloaded.cfg.method == name
+        got = reloaded.trainable_state_dict()
+        assert got.keys() == state.keys(), name
+        for k, v in state.items():
+            assert torch.equal(got[k], v), (name, k)
+
+
+def test_model_package_never_imports_the_registry():
+    """The layering: model is below methods, so no module of synerdetect.model imports synerdetect.methods (nor
+    cache / engine), at the top or inside a function."""
+    import ast
+
+    root = Path(__file__).resolve().parents[1] / "src" / "synerdetect"
+    above = ("methods", "cache", "engine", "serve", "cli", "demo", "bench")
+    offenders = []
+    for path in sorted((root / "model").rglob("*.py")):
+        pkg = path.relative_to(root.parent).with_suffix("").parts[:-1]  # e.g. ("synerdetect", "model")
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                base = list(pkg[: len(pkg) - node.level + 1]) if node.level else []
+                names = [".".join([*base, *(node.module or "").split(".")]).strip(".")]
+                if not node.module:
+                    names = [".".join([*base, a.name]) for a in node.names]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            for full in names:
+                parts = full.split(".")
+                if parts[0] == "synerdetect" and len(parts) > 1 and parts[1] in above:
+                    offenders.append(f"{path.relative_to(root)}:{node.lineno} imports {full}")
+    assert not offenders, offenders
 
 
 # ---------------------------------------------------------------- training
@@ -93,7 +195,8 @@ def test_reference_trains_its_head_only_and_its_loss_falls(models, method):
     assert trainable and all(n.startswith("head.") for n in trainable)  # CLIP, LoRA, SD, tuner: frozen
     frozen_before = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
     x, y = batch(4)
-    cached = model.cache_features(x)  # the fixed batch's inversion, computed once (the feature cache's path)
+    # the fixed batch's inversion, computed once (the feature cache's path); UniFD has none
+    cached = model.cache_features(x) if model.uses_sd else None
     opt = torch.optim.AdamW(model.trainable_parameters(), lr=3e-4)
     model.train()
     losses = []
@@ -120,7 +223,7 @@ def test_fusion_b_has_the_uni_code_terms(models):
 
 
 # ---------------------------------------------------------------- predict contract, cache, checkpoints
-def _perturb_head(model: SynerDetect, seed: int = 1) -> None:
+def _perturb_head(model: Detector, seed: int = 1) -> None:
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in model.trainable_parameters():
@@ -139,8 +242,12 @@ def test_predict_contract_and_cached_features(models, method):
     for k in ("sim_v_real", "sim_v_fake", "sim_n_real", "sim_n_fake"):
         assert torch.isnan(out[k]).all()
     # The inversion the feature cache stores gives the same decision as the online one.
-    hit = model.predict(x, cached=model.cache_features(x))
-    torch.testing.assert_close(hit["logit"], out["logit"], rtol=0, atol=1e-5)
+    if model.uses_sd:
+        hit = model.predict(x, cached=model.cache_features(x))
+        torch.testing.assert_close(hit["logit"], out["logit"], rtol=0, atol=1e-5)
+    else:  # no inversion, no cache: said in one line
+        with pytest.raises(ConfigError, match="no feature cache"):
+            model.cache_features(x)
     # the views of preprocess() work like plain tensors
     from PIL import Image
 
@@ -176,8 +283,11 @@ def test_checkpoint_reloads_with_identical_logits(models, method, tmp_path):
     folder = model.save_pretrained(tmp_path / "ckpt")
     doc = json.loads((folder / "synerdetect_config.json").read_text())
     assert doc["config"]["method"] == method
-    reloaded = SynerDetect.from_pretrained(folder)
+    reloaded = load_detector(folder)
     assert type(reloaded) is type(model)
+    assert reloaded.trainable_state_dict().keys() == model.trainable_state_dict().keys()
+    for k, v in model.trainable_state_dict().items():
+        assert torch.equal(reloaded.trainable_state_dict()[k], v), k
     after = reloaded.predict(x)
     for k in ("s_real", "s_fake", "logit", "prob_fake"):
         torch.testing.assert_close(before[k], after[k], rtol=0, atol=1e-6)
@@ -185,8 +295,6 @@ def test_checkpoint_reloads_with_identical_logits(models, method, tmp_path):
 
 
 def test_checkpoint_of_another_method_does_not_load_into_a_reference(tmp_path):
-    from synerdetect.model.detector import CheckpointError
-
     build("unifd").save_pretrained(tmp_path / "u")
     model = build("fusion_c")
     with pytest.raises(CheckpointError, match="shape"):  # same parameter names, another head
@@ -214,7 +322,7 @@ def test_train_with_a_reference_method(bench, tmp_path):
     seen: list[dict] = []
     summary = train(cfg, resume="never", progress=False, on_step=lambda s, losses: seen.append(losses))
     assert summary["global_step"] == 3 and len(seen) == 3 and all("ce" in v for v in seen)
-    model = SynerDetect.from_pretrained(summary["final"])
+    model = load_detector(summary["final"])
     assert model.cfg.method == "fusion_c" and type(model).__name__ == "FusionC"
     fresh = build("fusion_c")
     assert model.trainable_fingerprint() != fresh.trainable_fingerprint()  # the head was trained and saved
@@ -260,7 +368,7 @@ def test_demo_methods_writes_the_comparison(tmp_path):
     md = (out / "comparison.md").read_text()
     assert md.count("| unifd |") == 1 and md.count("| fusion_c |") == 1
     assert (out / "comparison_logits.png").stat().st_size > 5000
-    assert type(SynerDetect.from_pretrained(out / "checkpoints" / "fusion_c")).__name__ == "FusionC"
+    assert type(load_detector(out / "checkpoints" / "fusion_c")).__name__ == "FusionC"
 
 
 def test_ablation_fusion_config_documents_every_reference():

@@ -351,7 +351,7 @@ def test_bf16_frozen_models_train_with_fp32_trainables():
 
 
 def test_dimension_mismatch_is_found_before_weights_load(monkeypatch):
-    import synerdetect.model.detector as mod
+    import synerdetect.model.base as mod
 
     def boom(*a, **k):
         raise AssertionError("weights were loaded before the dimension check")
@@ -431,3 +431,27 @@ def test_tuner_parts_get_a_gradient_at_step_0_unless_the_output_starts_at_zero(o
         assert float(term) == 0.0 and all(v == 0.0 for v in norms.values()), norms
     else:
         assert 0.01 < float(term) < 0.2 and all(v > 0 for v in norms.values()), (float(term), norms)
+
+
+def _lora_dropouts(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The dropout module of every LoRA layer peft injected (its ``lora_dropout`` ModuleDict, adapter "default")."""
+    return [
+        m.lora_dropout["default"]
+        for m in model.modules()
+        if isinstance(getattr(m, "lora_dropout", None), torch.nn.ModuleDict)
+    ]
+
+
+def test_lora_dropout_reaches_peft(tiny_model):
+    model = SynerDetect.from_preset("tiny", **{"model.lora_dropout": 0.5, "model.inversion_steps": 1})
+    drops = _lora_dropouts(model)
+    targets = sum(
+        1
+        for enc in (model.E_v, model.E_d)
+        for n, _ in enc.named_modules()
+        if n.split(".")[-1] in model.mcfg.lora_targets
+    )
+    assert targets > 0 and len(drops) == targets  # every LoRA layer of E_v and E_d
+    assert all(type(d) is torch.nn.Dropout and d.p == 0.5 for d in drops)
+    # the default (0.0) is no dropout at all
+    assert all(not isinstance(d, torch.nn.Dropout) for d in _lora_dropouts(tiny_model))

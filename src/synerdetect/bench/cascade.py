@@ -16,7 +16,7 @@ import torch
 from ..data import load_labelled
 from ..engine.cascade import cascade_curve, cascade_stats, fit_cascade_band, plot_cascade_curve
 from ..engine.inference import both_branches, timed_scores
-from ..model.detector import SynerDetect
+from ..methods import load_detector
 from ..utils import atomic_write_json, atomic_write_text
 from .components import BenchConfig, Recorder
 
@@ -107,7 +107,7 @@ def run_cascade_bench(
     both and the wall time of a full pass vs a cascade pass. ``steps`` overrides the inversion steps (100: the
     paper's). JSON lines like :func:`run_bench`; the curve goes to ``cascade_curve.png`` beside ``out``."""
     over = {"model.inversion_steps": int(steps)} if steps else {}
-    model = SynerDetect.from_pretrained(Path(checkpoint), **over).to(torch.device(device)).eval().enable_fast_path()
+    model = load_detector(Path(checkpoint), **over).to(torch.device(device)).eval().enable_fast_path()
     bc = BenchConfig(
         preset="tiny" if model.cfg.preset == "tiny" else "paper",
         device=device,

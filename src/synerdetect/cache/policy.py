@@ -167,6 +167,8 @@ class CacheSchedule:
         self.reader: CachedFeatures | None = None
 
     def before_epoch(self, epoch: int, first_batch: int = 0) -> None:
+        if not getattr(self.model, "uses_sd", True):
+            return  # a method without the inversion (UniFD) has nothing to cache: it trains online
         read, build = policy_wants_cache(self.policy, epoch, self.refresh_every)
         resuming_inside_epoch = first_batch > 0 and self.key is not None
         rank, world = rank_world()

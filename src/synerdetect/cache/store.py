@@ -56,6 +56,7 @@ from typing import Any, NamedTuple
 
 import torch
 
+from ..config import ConfigError
 from ..model.detector import CachedBatch  # noqa: F401  (re-exported: the type lookups return)
 from ..utils import atomic_write_bytes as _atomic_write
 from ..utils import atomic_write_json
@@ -162,8 +163,9 @@ def feature_key(model, *, image_size: int | None, store_noise_pixels: bool = Tru
     from ..model.detector import view_transform
 
     m = model.mcfg
-    frozen_clip = [(n, p) for n, p in model.E_v.named_parameters() if not p.requires_grad]
-    frozen_clip += list(model.text.named_parameters()) + list(model.text.named_buffers())
+    if not getattr(model, "uses_sd", True):
+        raise ConfigError(f"method {model.method_name!r} runs no DDIM inversion: it has no feature cache")
+    frozen_clip = model.frozen_clip_tensors()
     info: dict[str, Any] = {
         "format": CACHE_FORMAT,
         "algorithm_version": ALGORITHM_VERSION,

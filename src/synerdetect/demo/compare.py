@@ -102,8 +102,7 @@ def run_comparison(
     from ..data import load_labelled
     from ..engine.evaluate import evaluate
     from ..engine.train import train
-    from ..methods import METHODS, check_method
-    from ..model.detector import SynerDetect
+    from ..methods import METHODS, check_method, load_detector
     from ..utils import atomic_write_json, atomic_write_text
     from .synthetic import describe
 
@@ -131,7 +130,7 @@ def run_comparison(
         if ckpt.exists():
             shutil.rmtree(ckpt)
         shutil.copytree(summary["final"], ckpt)
-        model = SynerDetect.from_pretrained(ckpt).eval()  # through the checkpoint, as evaluate / predict load it
+        model = load_detector(ckpt).eval()  # through the checkpoint, as evaluate / predict load it
         res = evaluate(
             model,
             samples,

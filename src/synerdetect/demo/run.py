@@ -63,7 +63,7 @@ def run_demo(out_dir: str | Path = "demo_out", *, quick: bool = False, progress:
     from ..engine.calibration import describe_band, format_calibration
     from ..engine.evaluate import evaluate
     from ..engine.train import train
-    from ..model.detector import SynerDetect
+    from ..methods import load_detector
     from .synthetic import FAMILY_KIND, build_demo_benchmark, describe
 
     t0 = time.time()
@@ -92,7 +92,7 @@ def run_demo(out_dir: str | Path = "demo_out", *, quick: bool = False, progress:
         shutil.rmtree(ckpt)
     shutil.copytree(summary["final"], ckpt)
 
-    model = SynerDetect.from_pretrained(ckpt).eval()
+    model = load_detector(ckpt).eval()
 
     # Validation split of the seen family: the same builder with another seed, so every image differs from the
     # training and test ones (reals are crops of the held-out photo rows, like the test reals; fakes get fresh

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ..data import load_labelled
-from ..model.detector import SynerDetect
+from ..methods import load_detector
 from ..presets import load_experiment
 from ..utils import check_output_dir, rank_world
 from .calibration import (
@@ -89,7 +89,7 @@ def calibrate_checkpoint(
     ``calibration.json`` in ``checkpoint_dir`` (keeping a fitted cascade already stored there) and return it.
 
     ``model``: an already loaded detector of this checkpoint (skips loading it again); otherwise it is loaded
-    with ``SynerDetect.from_pretrained`` onto ``device`` (default: cuda when available). Refuses the test set of
+    with ``load_detector`` onto ``device`` (default: cuda when available). Refuses the test set of
     ``protocol_config`` (:func:`check_not_test_set`) and too little data (:func:`fit_calibration`) before or
     right after scoring, and checks that the checkpoint folder is writable before any work.
 
@@ -118,7 +118,7 @@ def calibrate_checkpoint(
         check_fit_inputs(np.zeros(len(samples)), [s.label for s in samples], method, target_accuracy, min_per_class)
     if model is None:
         dev = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        model = SynerDetect.from_pretrained(ckpt).to(dev).eval().enable_fast_path()
+        model = load_detector(ckpt).to(dev).eval().enable_fast_path()
     size = image_size or model.cfg.data.image_size
     records, errors = score_samples(
         model,

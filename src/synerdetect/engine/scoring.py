@@ -332,7 +332,7 @@ class Scorer:
     """Decode, transform, batch, ``model.predict``, calibrate and report: see the module docstring.
 
     Args:
-        model: a :class:`~synerdetect.model.SynerDetect` in eval mode, on its device.
+        model: a :class:`~synerdetect.model.Detector` in eval mode, on its device.
         image_size: the older single-view loader at this size (default: the checkpoint's ``data.image_size``; None
             reads two views of one decode at the model's own sizes, :func:`~synerdetect.model.detector.view_transform`).
         batch_size: images per forward pass in :meth:`score` / :meth:`score_paths`.
@@ -384,13 +384,13 @@ class Scorer:
     ) -> Scorer:
         """Load a ``save_pretrained`` folder (and its ``calibration.json`` when present) onto ``device``
         (default: cuda when available, else cpu)."""
-        from ..model.detector import SynerDetect
+        from ..methods import load_detector
 
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         if "calibration" not in kwargs:
             kwargs["calibration"] = Calibration.load(Path(checkpoint))
-        model = SynerDetect.from_pretrained(Path(checkpoint)).to(torch.device(device)).eval().enable_fast_path()
+        model = load_detector(Path(checkpoint)).to(torch.device(device)).eval().enable_fast_path()
         scorer = cls(model, **kwargs)
         scorer.checkpoint = str(checkpoint)
         return scorer

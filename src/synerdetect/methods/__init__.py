@@ -1,19 +1,24 @@
 """The one registry of detection methods: SynerDetect and the paper's reference methods (Table 5a, Figure 3).
 
 A method is selected by the experiment config's top-level ``method`` field (``synerdetect train --method NAME`` or
-``method=NAME``); ``SynerDetect.from_config`` / ``from_pretrained`` build the registry's class, so training,
-evaluation, prediction, the scorer and the service work for every method. The reference methods live in
-:mod:`synerdetect.methods.references` (imported lazily: the registry itself is cheap to import).
+``method=NAME``). :func:`build_detector` and :func:`load_detector` build the registry's class for a config or a
+saved folder, so training, evaluation, prediction, the scorer and the service work for every method; every class
+is a :class:`~synerdetect.model.base.Detector`, and its own ``from_config`` / ``from_pretrained`` build only that
+class. The reference methods live in :mod:`synerdetect.methods.references` (imported lazily: the registry itself
+is cheap to import).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..config import ConfigError
 
 if TYPE_CHECKING:
-    from ..model.detector import SynerDetect
+    from pathlib import Path
+
+    from ..config import ExperimentConfig
+    from ..model.base import Detector
 
 #: name -> (class name, one line saying what it is). The order is the order of Table 5a (and of ``--methods all``).
 METHODS: dict[str, tuple[str, str]] = {
@@ -39,8 +44,8 @@ def check_method(name: str) -> str:
     return name
 
 
-def get_method(name: str) -> type[SynerDetect]:
-    """The model class of method ``name`` (a subclass of :class:`SynerDetect`, or SynerDetect itself)."""
+def get_method(name: str) -> type[Detector]:
+    """The model class of method ``name`` (:class:`~synerdetect.model.detector.SynerDetect` or a reference)."""
     check_method(name)
     if name == "synerdetect":
         from ..model.detector import SynerDetect
@@ -53,6 +58,20 @@ def get_method(name: str) -> type[SynerDetect]:
     return cls
 
 
+def build_detector(cfg: ExperimentConfig) -> Detector:
+    """A fresh detector of ``cfg.method`` (a :class:`ConfigError` listing the known methods for an unknown name)."""
+    return get_method(cfg.method).from_config(cfg)
+
+
+def load_detector(folder: str | Path, **overrides: Any) -> Detector:
+    """The detector saved in ``folder`` (``save_pretrained`` / a training checkpoint), of whichever method its
+    config names; ``overrides`` (dotted keys) as for ``from_pretrained``."""
+    from ..model.base import read_checkpoint_config
+
+    cfg = read_checkpoint_config(folder, **overrides)
+    return get_method(cfg.method).from_pretrained(folder, **overrides)
+
+
 def parse_methods(spec: str) -> list[str]:
     """``"synerdetect,unifd,dire"`` or ``"all"`` -> the list of method names (each checked, duplicates dropped)."""
     if spec.strip() == "all":
@@ -63,4 +82,12 @@ def parse_methods(spec: str) -> list[str]:
     return list(dict.fromkeys(check_method(n) for n in names))
 
 
-__all__ = ["METHODS", "check_method", "get_method", "list_methods", "parse_methods"]
+__all__ = [
+    "METHODS",
+    "build_detector",
+    "check_method",
+    "get_method",
+    "list_methods",
+    "load_detector",
+    "parse_methods",
+]

@@ -1,18 +1,19 @@
 """The paper's reference methods (Table 5a, Figure 3), trained and evaluated exactly like SynerDetect.
 
-Each reference subclasses :class:`~synerdetect.model.detector.SynerDetect`: it loads the same base models (CLIP,
-frozen SD), reuses the VAE / DDIM inversion and E_d machinery, the input checks, the feature cache hooks and the
-safetensors save / load, and overrides what differs: its features, its trainable head (everything it trains lives
-under ``head.``; CLIP and SD stay frozen, the LoRA weights are never trained, so E_v and E_d are vanilla CLIP),
-its loss (binary cross-entropy on the head's logit) and :meth:`predict`.
+Each reference is a sibling of :class:`~synerdetect.model.detector.SynerDetect`: both subclass
+:class:`~synerdetect.model.base.Detector`, which holds the base models, the VAE / DDIM inversion and E_d machinery,
+the input checks and the safetensors save / load. A reference builds only what it reads - no prompt tuner, no
+text tower, no LoRA; vanilla CLIP (one frozen vision tower, serving as E_v and / or E_d) only when it reads a CLIP
+embedding, SD only when it inverts - plus its trainable head (everything it trains lives under ``head.``). It
+overrides its features, its loss (binary cross-entropy on the head's logit) and :meth:`predict`.
 
 Conventions shared with SynerDetect, so that calibration, the cascade, the scorer and the reports work unchanged:
 ``logit = tau * classifier_logit`` (hence ``prob_fake = sigmoid(logit / tau) = sigmoid(classifier_logit)``),
 ``s_fake - s_real = logit`` and the Eq. 10 branch similarities ``sim_*`` are NaN (they have no meaning here).
 
-The generative features come from an *unconditional* DDIM inversion (SD's empty-prompt context): the references
-have no prompt tuner, and DIRE / inversion-feature detectors invert without a learnt prompt. The inversion takes
-no trainable weight, so the feature cache (``cached=``) stores exactly what a reference reads.
+The generative features come from an *unconditional* DDIM inversion (SD's empty-prompt context): DIRE /
+inversion-feature detectors invert without a learnt prompt. The inversion takes no trainable weight, so the
+feature cache (``cached=``) stores exactly what a reference reads.
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ from torch import nn
 from ..config import ConfigError, ExperimentConfig
 from ..data.transforms import Views
 from ..model.backbones import BaseModels
-from ..model.detector import CachedBatch, InputError, SynerDetect, _resize
-from ..model.inversion import ddim_invert, ddim_sample
+from ..model.base import CachedBatch, Detector, InputError, VisionEncoder, _resize
+from ..model.inversion import ddim_sample
 
 
 def _scaled(z: torch.Tensor) -> torch.Tensor:
@@ -37,15 +38,14 @@ def _scaled(z: torch.Tensor) -> torch.Tensor:
     return z.float() * math.sqrt(z.shape[-1])
 
 
-class ReferenceMethod(SynerDetect):
+class ReferenceMethod(Detector):
     """What every reference shares: frozen feature extractors, a trainable ``head``, BCE training, the contract."""
 
-    method_name: ClassVar[str] = ""
     #: The method's decision needs no inversion, so ``predict(mode="perceptual")`` is the full method (UniFD only).
     perceptual_only: ClassVar[bool] = False
-    #: The inversion uses SD's empty prompt: cached features depend on no trained weight, so training the head
-    #: never invalidates the feature cache.
-    conditioned_inversion: ClassVar[bool] = False
+    #: The CLIP towers the method reads: "E_v" (vanilla CLIP on the image), "E_d" (vanilla CLIP on the decoded
+    #: inverted latent). Both are the same frozen function, so one tower serves both names.
+    clip_towers: ClassVar[tuple[str, ...]] = ()
     head: nn.Module
 
     def __init__(self, cfg: ExperimentConfig, base: BaseModels):
@@ -53,11 +53,15 @@ class ReferenceMethod(SynerDetect):
         if cfg.model.noise_encoder_input != "vae_decode":
             # A noise adapter is trained by SynerDetect's losses; a reference would read a random one.
             raise ConfigError(f"method {self.method_name!r} needs model.noise_encoder_input=vae_decode")
+        if self.clip_towers:
+            tower = VisionEncoder(base.clip)
+            for name in self.clip_towers:
+                setattr(self, name, tower)
+        if self.uses_sd:
+            self._attach_sd(base)
+        self._attach_clip_normalisation()
         self.head = self.build_head()
-        for p in self.parameters():
-            p.requires_grad_(False)
-        for p in self.head.parameters():
-            p.requires_grad_(True)
+        self._freeze(self.head.parameters())
 
     def build_head(self) -> nn.Module:
         raise NotImplementedError
@@ -71,12 +75,12 @@ class ReferenceMethod(SynerDetect):
     # ------------------------------------------------------------ frozen features
     def _proj_dim(self) -> int:
         """D, the joint embedding width of z_v and z_n."""
-        proj: Any = self.E_v.visual_projection
+        proj: Any = getattr(self, self.clip_towers[0]).visual_projection
         return int(proj.out_features)
 
     @torch.no_grad()
     def clip_embedding(self, images: torch.Tensor) -> torch.Tensor:
-        """Vanilla CLIP's image embedding (frozen E_v: its LoRA is never trained, B = 0), normalised, B x D."""
+        """Vanilla CLIP's image embedding (frozen E_v, no LoRA), normalised, B x D."""
         return self.encode_visual(self.clip_pixels(images))
 
     def unconditional_context(self, batch: int) -> torch.Tensor:
@@ -89,25 +93,15 @@ class ReferenceMethod(SynerDetect):
     ) -> CachedBatch:
         """SynerDetect's generative branch up to E_d, with SD's empty prompt instead of the tuner's (``z_t`` is
         ignored): the VAE latent at ``sd_size`` and its DDIM inversion at ``inversion_size``."""
-        m = self.mcfg
-        inv_size = m.inversion_size or m.sd_size
-        if inv_size == m.sd_size:
-            latents = inv_latents = latents if latents is not None else self.encode_latents(images)
-        else:
-            inv_latents = self.encode_latents(images, inv_size)
-        inverted = ddim_invert(
-            self.unet,
-            self.scheduler_config,
-            inv_latents.float(),
-            self.unconditional_context(inv_latents.shape[0]),
-            m.inversion_steps,
-            unet_fn=self._unet,
-        )
+        latents, inv_latents = self.inversion_latents(images, latents)
+        inverted = self.ddim_inversion(inv_latents, self.unconditional_context(inv_latents.shape[0]))
         return CachedBatch(latents, inverted)
 
     @torch.no_grad()
     def cache_features(self, images: torch.Tensor) -> CachedBatch:
         """What the feature cache stores for a batch: the unconditional inversion (no prompt tuner to run)."""
+        if not self.uses_sd:
+            return super().cache_features(images)  # the base's one-line error: nothing to cache
         return self.inversion_inputs(images, None, latents=self.encode_latents(images))
 
     def generative_inputs(self, images: torch.Tensor, cached: CachedBatch | None) -> CachedBatch:
@@ -199,6 +193,8 @@ class UniFD(ReferenceMethod):
 
     method_name = "unifd"
     perceptual_only = True
+    clip_towers = ("E_v",)
+    uses_sd = False  # no inversion: no VAE, no UNet
 
     def build_head(self) -> nn.Module:
         return nn.Linear(self._proj_dim(), 1)
@@ -213,6 +209,7 @@ class InversionProbe(ReferenceMethod):
     a linear classifier on that embedding (unit-norm, scaled to unit RMS)."""
 
     method_name = "inversion_probe"
+    clip_towers = ("E_d",)
 
     def build_head(self) -> nn.Module:
         return nn.Linear(self._proj_dim(), 1)
@@ -266,6 +263,7 @@ class DIRE(ReferenceMethod):
     at ``model.inversion_size``) and a small CNN. A cache hit supplies the inversion; the regeneration runs here."""
 
     method_name = "dire"
+    uses_clip = False  # the error map is read by its own CNN
 
     def build_head(self) -> nn.Module:
         return DireCNN()
@@ -344,6 +342,7 @@ class FusionA(ReferenceMethod):
     sinusoidal positions to its (position-free) inputs; ViT tokens carry CLIP's position embeddings already."""
 
     method_name = "fusion_a"
+    clip_towers = ("E_v", "E_d")
 
     def build_head(self) -> nn.Module:
         vm: Any = self.E_v.vision_model
@@ -407,6 +406,7 @@ class FusionB(ReferenceMethod):
     CLIP's z_v and the inversion embedding z_n (unit-norm, scaled to unit RMS). Loss: BCE + VQ + 0.1 x InfoNCE."""
 
     method_name = "fusion_b"
+    clip_towers = ("E_v", "E_d")
 
     def build_head(self) -> nn.Module:
         return UniCodeHead(self._proj_dim())
@@ -422,6 +422,7 @@ class FusionC(ReferenceMethod):
     embedding (each unit-norm, scaled to unit RMS) and a linear classifier."""
 
     method_name = "fusion_c"
+    clip_towers = ("E_v", "E_d")
 
     def build_head(self) -> nn.Module:
         return nn.Linear(2 * self._proj_dim(), 1)

@@ -42,12 +42,15 @@ class BaseModelError(RuntimeError):
 
 @dataclass
 class BaseModels:
+    """The loaded base models; the CLIP fields (``clip``, ``tokenizer``) or the SD fields (``unet``, ``vae``,
+    ``empty_context``; ``scheduler_config`` empty) are ``None`` when the method does not use that model."""
+
     clip: Any  # transformers CLIPModel
     tokenizer: Any  # CLIPTokenizer of the CLIP model
     unet: Any  # diffusers UNet2DConditionModel
     vae: Any  # diffusers AutoencoderKL
     scheduler_config: dict  # DDIM-compatible scheduler config from the SD folder
-    empty_context: torch.Tensor  # 1 x L x D_sd: SD's own text encoder on the empty prompt
+    empty_context: torch.Tensor | None  # 1 x L x D_sd: SD's own text encoder on the empty prompt
     clip_source: str = ""
     sd_source: str = ""
 
@@ -426,12 +429,15 @@ def read_base_configs(clip_spec: str, sd_spec: str, *, tiny_seed: int = 0):
     return clip_cfg, unet_cfg, vae_cfg, width
 
 
-def load_base_models(clip_spec: str, sd_spec: str, *, tiny_seed: int = 0) -> BaseModels:
+def load_base_models(
+    clip_spec: str, sd_spec: str, *, tiny_seed: int = 0, clip: bool = True, sd: bool = True
+) -> BaseModels:
+    """CLIP and / or Stable Diffusion (``clip`` / ``sd`` False: that model is not loaded, its fields are None)."""
     quiet_libraries()
-    clip, tok = load_clip(clip_spec, tiny_seed=tiny_seed)
-    unet, vae, sched_cfg, empty = load_sd(sd_spec, tiny_seed=tiny_seed)
+    clip_model, tok = load_clip(clip_spec, tiny_seed=tiny_seed) if clip else (None, None)
+    unet, vae, sched_cfg, empty = load_sd(sd_spec, tiny_seed=tiny_seed) if sd else (None, None, {}, None)
     return BaseModels(
-        clip=clip,
+        clip=clip_model,
         tokenizer=tok,
         unet=unet,
         vae=vae,
