@@ -21,30 +21,26 @@ the warm-up.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, MutableMapping
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncIterator, MutableMapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from importlib import resources
-from tempfile import SpooledTemporaryFile
 from typing import Any
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi_offline import FastAPIOffline
-from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.middleware.trustedhost import TrustedHostMiddleware
+from starlette.requests import ClientDisconnect
 
+from ..engine.scoring import Scorer
 from ..version import __version__
-from ..engine.scoring import Prepared, Scorer
-from .batcher import MicroBatcher, QueueFull, ShuttingDown
-from .limits import ERROR_NAMES, STATUS_BY_KIND, ApiError, ServeSettings, api_key_ok
+from .limits import ApiError, ServeSettings
 from .metrics import CONTENT_TYPE_LATEST, Metrics
+from .service import DetectService
 
 __all__ = ["create_app"]
 
@@ -55,6 +51,7 @@ KNOWN_PATHS = frozenset(
     {"/", "/healthz", "/readyz", "/metrics", "/v1/detect", "/v1/model", "/docs", "/redoc", "/openapi.json"}
 )
 HEALTH_PATHS = frozenset({"/healthz", "/readyz"})
+CLIENT_CLOSED = 499  # the requests_total status of a request whose client disconnected (nginx's "client closed")
 
 PAGE_CSP = (
     "default-src 'self'; img-src 'self' blob: data:; style-src 'self' 'unsafe-inline'; "
@@ -122,6 +119,10 @@ class _Guard:
 
         try:
             await self.app(scope, receive, send_wrapper)
+        except ClientDisconnect:  # the client went away mid-body: nobody to answer, nothing broken on this side
+            log.info("client disconnected during %s %s", scope.get("method"), path)
+            self.metrics.errors.labels("client_disconnect").inc()
+            state["status"] = CLIENT_CLOSED
         except Exception:  # noqa: BLE001 - logged here, never shown to the client
             log.exception("unhandled error on %s %s", scope.get("method"), path)
             self.metrics.errors.labels("internal").inc()
@@ -133,3 +134,100 @@ class _Guard:
             self.metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
 
 
+class _HostCheck:
+    """Starlette's :class:`TrustedHostMiddleware` (400 for any other ``Host``, against DNS rebinding) on every path
+    but the health probes: they reveal nothing, and an orchestrator's probe names the server by a pod address."""
+
+    def __init__(self, app: Any, allowed_hosts: tuple[str, ...]):
+        self.app = app
+        self.checked = TrustedHostMiddleware(app, allowed_hosts=list(allowed_hosts), www_redirect=False)
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        route = self.app if scope.get("path") in HEALTH_PATHS else self.checked
+        await route(scope, receive, send)
+
+
+def create_app(scorer: Scorer, settings: ServeSettings | None = None) -> FastAPI:
+    """The FastAPI app serving ``scorer`` under ``settings`` (see :class:`~synerdetect.serve.limits.ServeSettings`):
+    routes wired to a :class:`~synerdetect.serve.service.DetectService`.
+
+    ``app.state`` holds ``service``, and its ``scorer``, ``settings``, ``batcher``
+    (:class:`~synerdetect.serve.batcher.MicroBatcher`) and ``metrics`` (:class:`~synerdetect.serve.metrics.Metrics`).
+
+    On CPU, build ``scorer`` off the main thread (as ``synerdetect serve`` does): a model loaded on the main thread
+    ran its forward passes on the batcher's worker thread about twice as slowly (OpenMP thread teams)."""
+    service = DetectService(scorer, settings)
+    settings = service.settings
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        service.start()
+        try:
+            yield
+        finally:
+            service.stop()
+
+    # FastAPIOffline: FastAPI whose /docs and /redoc serve Swagger UI and ReDoc from the installed package (FastAPI's
+    # own pages load them from a CDN, blank on an offline machine)
+    app = FastAPIOffline(
+        title="SynerDetect",
+        version=__version__,
+        lifespan=lifespan,
+        static_url=DOCS_ASSETS,
+        description="Detect AI-generated images (SynerDetect: CLIP + Stable Diffusion, Eq. 10 scores, "
+        "calibrated probability and provenance evidence).",
+    )
+    app.state.service = service
+    app.state.scorer, app.state.settings = scorer, settings
+    app.state.batcher, app.state.metrics = service.batcher, service.metrics
+    _add_middleware(app, service)
+    app.exception_handler(ApiError)(service.on_api_error)
+    app.exception_handler(StarletteHTTPException)(service.on_http_error)
+    app.exception_handler(RequestValidationError)(service.on_validation_error)
+
+    page = _page()
+    page_headers = {"Content-Security-Policy": PAGE_CSP, "X-Content-Type-Options": "nosniff"}
+    page_headers["Cache-Control"] = "no-cache"
+    keyed = [Depends(service.require_key)]
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> HTMLResponse:
+        return HTMLResponse(page, headers=page_headers)
+
+    @app.get("/favicon.ico", include_in_schema=False)
+    async def favicon() -> Response:
+        return Response(status_code=204)
+
+    @app.get("/healthz", summary="the process is alive")
+    async def healthz() -> dict:
+        return {"status": "ok"}
+
+    @app.get("/metrics", dependencies=keyed, summary="Prometheus metrics")
+    async def prometheus() -> Response:
+        return Response(service.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    app.get("/readyz", summary="the model is loaded and warmed up (503 until then)")(service.readyz)
+    app.get("/v1/model", dependencies=keyed, summary="what is loaded, and the limits")(service.model_info)
+    app.post(
+        "/v1/detect",
+        dependencies=keyed,
+        openapi_extra=DETECT_OPENAPI,
+        responses=ERROR_RESPONSES,
+        summary="score one or more images",
+    )(service.detect)
+    return app
+
+
+def _add_middleware(app: FastAPI, service: DetectService) -> None:
+    settings = service.settings
+    if settings.cors_origins:  # off unless asked for: then only the named origins, only GET/POST
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.cors_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "X-API-Key", "Content-Type", "X-Filename"],
+        )
+    app.add_middleware(_HostCheck, allowed_hosts=settings.host_names())
+    app.add_middleware(_Guard, metrics=service.metrics)  # added last: the outermost, it sees every answer

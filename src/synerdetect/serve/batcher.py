@@ -8,22 +8,27 @@ waited longer (the worker was busy) closes its batch at once with whatever else 
 
 A future's result is ``(result, queue_wait_s, batch_size)``. A cancelled future (its request timed out or went
 away) is dropped before its batch runs. When ``fn`` raises, every item of that batch gets the exception.
+
+:class:`DaemonPool` runs the service's image decoding on a few daemon threads.
 """
 
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
-__all__ = ["MicroBatcher", "QueueFull", "ShuttingDown"]
+__all__ = ["DaemonPool", "MicroBatcher", "QueueFull", "ShuttingDown"]
 
 log = logging.getLogger(__name__)
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
 
 
 class QueueFull(Exception):
@@ -184,3 +189,51 @@ class MicroBatcher:
                 self.on_batch(len(jobs), seconds, waits)
             except Exception:  # noqa: BLE001
                 log.exception("on_batch callback failed")
+
+
+class DaemonPool(Executor):
+    """A fixed pool of daemon threads. Written by hand because :class:`~concurrent.futures.ThreadPoolExecutor` joins
+    its threads at interpreter exit even after ``shutdown(wait=False)``: an image still decoding kept the process
+    alive after SIGTERM. Daemon threads end with the process; queued work is cancelled at shutdown."""
+
+    def __init__(self, workers: int, name: str):
+        self._jobs: queue.SimpleQueue[tuple[Future, Callable[[], Any]] | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._closed = False
+        self._threads = [threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True) for i in range(workers)]
+        for t in self._threads:
+            t.start()
+
+    def submit(self, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> Future[_T]:
+        f: Future[_T] = Future()
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the decode pool is shut down")
+            self._jobs.put((f, lambda: fn(*args, **kwargs)))
+        return f
+
+    def _work(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            f, call = job
+            if not f.set_running_or_notify_cancel():
+                continue
+            try:
+                f.set_result(call())
+            except BaseException as e:  # noqa: BLE001 - handed to the waiting request
+                f.set_exception(e)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        with self._lock:
+            self._closed = True
+            while cancel_futures:
+                try:
+                    job = self._jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if job is not None:
+                    job[0].cancel()
+            for _ in self._threads:
+                self._jobs.put(None)
+        if wait:
+            for t in self._threads:
+                t.join()

@@ -12,16 +12,21 @@ from ..data.imageio import DEFAULT_MAX_PIXELS
 
 __all__ = [
     "ERROR_NAMES",
+    "LOOPBACK_HOSTS",
     "STATUS_BY_KIND",
     "ApiError",
     "ServeSettings",
     "api_key_ok",
+    "bound_host_names",
     "check_bind",
     "is_loopback",
     "read_api_keys",
 ]
 
 MB = 1_000_000
+
+#: ``Host`` header values a loopback-bound service answers to (Starlette keeps the brackets of an IPv6 literal).
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
 
 
 @dataclass
@@ -34,9 +39,15 @@ class ServeSettings:
     Inputs: ``max_files`` per request, ``max_file_bytes`` per file (413), ``max_request_bytes`` per request body
     (413), ``max_pixels`` per image (decompression bombs, checked from the header before decoding; 422).
     ``request_timeout_s`` bounds a whole detect request (408 while the body is still arriving, 503 after).
+    HTTP layer (uvicorn, see :mod:`synerdetect.serve.server`): a request's head (request line and headers) is at
+    most ``max_header_bytes`` (400 beyond) and must arrive within ``header_timeout_s`` of the connection opening or
+    of the previous response (408, or a silent close when nothing was sent); at most ``max_connections`` open
+    connections and requests (503 beyond).
     ``decode_workers`` threads decode images (so at most that many are held decoded at once).
     ``api_keys``: when not empty, ``/v1/*`` and ``/metrics`` need ``Authorization: Bearer KEY`` or ``X-API-Key``.
     ``cors_origins``: browser origins allowed to call the API (default none: no CORS headers at all).
+    ``allowed_hosts``: ``Host`` header names accepted besides :data:`LOOPBACK_HOSTS` (``*.example.org`` patterns
+    allowed, ``*`` turns the check off); any other name gets 400, so a DNS-rebinding page cannot reach the API.
     """
 
     max_batch: int = 16
@@ -52,6 +63,10 @@ class ServeSettings:
     decode_workers: int = field(default_factory=lambda: max(1, min(4, os.cpu_count() or 1)))
     api_keys: tuple[str, ...] = ()
     cors_origins: tuple[str, ...] = ()
+    allowed_hosts: tuple[str, ...] = ()
+    header_timeout_s: float = 10.0
+    max_header_bytes: int = 32 * 1024
+    max_connections: int = 256
 
     def __post_init__(self) -> None:
         for name in (
@@ -62,19 +77,30 @@ class ServeSettings:
             "max_file_bytes",
             "max_request_bytes",
             "decode_workers",
+            "max_header_bytes",
+            "max_connections",
         ):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.max_wait_ms < 0:
             raise ValueError(f"max_wait_ms must be >= 0, got {self.max_wait_ms}")
-        if self.request_timeout_s <= 0:
-            raise ValueError(f"request_timeout_s must be > 0, got {self.request_timeout_s}")
+        for name in ("request_timeout_s", "header_timeout_s"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if self.max_pixels is not None and self.max_pixels < 1:
             raise ValueError(f"max_pixels must be >= 1, got {self.max_pixels}")
         self.api_keys = tuple(self.api_keys)
         self.cors_origins = tuple(self.cors_origins)
         if "*" in self.cors_origins:
             raise ValueError("cors_origins: name the origins (https://host), not '*'")
+        self.allowed_hosts = tuple(h.strip().lower() for h in self.allowed_hosts if h.strip())
+        for h in self.allowed_hosts:  # the patterns TrustedHostMiddleware takes (it asserts, so check here)
+            if "*" in h[1:] or (h.startswith("*") and h != "*" and not h.startswith("*.")):
+                raise ValueError(f"allowed host {h!r}: a name, '*.example.org', or '*'")
+
+    def host_names(self) -> tuple[str, ...]:
+        """Every ``Host`` name the service answers to: the loopback names and :attr:`allowed_hosts`."""
+        return tuple(dict.fromkeys((*LOOPBACK_HOSTS, *self.allowed_hosts)))
 
     def public(self) -> dict:
         """The limits a client may need (no keys)."""
@@ -88,6 +114,9 @@ class ServeSettings:
             "max_request_bytes": self.max_request_bytes,
             "max_pixels": self.max_pixels,
             "request_timeout_s": self.request_timeout_s,
+            "header_timeout_s": self.header_timeout_s,
+            "max_header_bytes": self.max_header_bytes,
+            "max_connections": self.max_connections,
             "api_key_required": bool(self.api_keys),
         }
 
@@ -176,6 +205,21 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(h).is_loopback
     except ValueError:
         return False  # a name that resolves elsewhere, or "" (all interfaces): not loopback
+
+
+def bound_host_names(host: str, allowed: tuple[str, ...] | list[str] | None = None) -> tuple[str, ...]:
+    """The ``Host`` names to accept besides loopback for a server bound to ``host``: the bind address itself when it
+    is one address or name (not ``0.0.0.0`` / ``::`` / empty: every interface has no single name), then ``allowed``
+    (``--allowed-host``)."""
+    names = list(allowed or ())
+    h = host.strip().lower()
+    if h and h not in ("0.0.0.0", "::", "[::]"):
+        try:
+            literal = ipaddress.ip_address(h.strip("[]"))
+            names.insert(0, f"[{literal}]" if literal.version == 6 else str(literal))
+        except ValueError:
+            names.insert(0, h)  # a host name
+    return tuple(dict.fromkeys(names))
 
 
 def check_bind(host: str, *, api_key_file: str | None, insecure_no_auth: bool) -> None:
