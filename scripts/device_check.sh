@@ -12,4 +12,4 @@ export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 out="${OUT:-/tmp/out}"; mkdir -p "$out"
 nvidia-smi --query-gpu=name,memory.total --format=csv | tee "$out/gpu.txt"
 # Eager, then compiled in the same run (ratio compiled / eager roofline), paper architecture, random weights, bf16.
-python3 -m synerdetect.cli bench --preset paper --device cuda --compile --out "$out/bench_paper.jsonl" 2>&1 | tail -40
+python3 -m synerdetect.cli bench components --preset paper --device cuda --compile --out "$out/bench_paper.jsonl" 2>&1 | tail -40

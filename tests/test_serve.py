@@ -913,8 +913,8 @@ def test_bench_serve_load_test_reports_every_field(tiny_model, tmp_path, capsys)
 
     ckpt = tiny_model.save_pretrained(tmp_path / "ckpt")
     out = tmp_path / "serve.jsonl"
-    argv = ["bench", "--serve", "--checkpoint", str(ckpt), "--clients", "4", "--requests", "12", "--bad-share", "0.34"]
-    assert main([*argv, "--batch-size", "4", "--serve-timeout", "300", "--out", str(out)]) == 0
+    argv = ["bench", "serve", "--checkpoint", str(ckpt), "--clients", "4", "--requests", "12", "--bad-share", "0.34"]
+    assert main([*argv, "--batch-size", "4", "--timeout", "300", "--out", str(out)]) == 0
     lines = [json.loads(x) for x in out.read_text().splitlines()]
     assert capsys.readouterr().out.splitlines() == out.read_text().splitlines()
     by = {x["bench"]: x for x in lines}

@@ -4,8 +4,12 @@ checking that an output location is writable before any work starts."""
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
+import sys
 import uuid
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -61,13 +65,59 @@ def _umask() -> int:
     return mask
 
 
+#: The hidden temporary file of :func:`atomic_write_bytes`: ``.NAME.PID.8HEX.tmp`` beside ``NAME``.
+_TMP_SUFFIX = r"\.(?P<pid>[0-9]+)\.[0-9a-f]{8}\.tmp"
+
+
+def _tmp_name(path: Path) -> Path:
+    return path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return True  # not a PID we wrote: never treat as stale
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, OSError):
+        return True  # exists but is not ours, or cannot tell: keep the file
+    return True
+
+
+def remove_stale_temp_files(path: str | os.PathLike) -> list[Path]:
+    """Remove the temporary files a killed :func:`atomic_write_bytes` left beside ``path`` (kill -9 skips its
+    cleanup). Only files named exactly as this module names them for ``path`` and whose writer PID is no live
+    process are removed; a write in flight in another process keeps its file. Returns the removed paths."""
+    path = Path(path)
+    pattern = re.compile(r"\." + re.escape(path.name) + _TMP_SUFFIX)
+    removed: list[Path] = []
+    try:
+        entries = list(os.scandir(path.parent))
+    except OSError:
+        return removed
+    for e in entries:
+        m = pattern.fullmatch(e.name)
+        if m is None or _pid_alive(int(m["pid"])):
+            continue
+        try:
+            if e.is_file(follow_symlinks=False):
+                os.unlink(e.path)
+                removed.append(Path(e.path))
+        except OSError:
+            pass  # another writer removed it first, or the folder is read-only: not this write's problem
+    return removed
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, fsync: bool = True) -> Path:
     """Write ``path`` atomically: a hidden temporary file in the same folder, fsync, ``os.replace``, fsync the
     folder. A full disk or a crash leaves the previous file intact, never a truncated one. The file gets the
-    usual permissions (0666 minus the umask, i.e. 0644 by default), not the 0600 of a temporary file."""
+    usual permissions (0666 minus the umask, i.e. 0644 by default), not the 0600 of a temporary file.
+    Temporary files a killed earlier write to the same path left behind are removed first."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+    remove_stale_temp_files(path)
+    tmp = _tmp_name(path)
     try:
         with open(tmp, "wb") as f:
             _write_bytes(f, data)
@@ -91,10 +141,48 @@ def atomic_write_text(path: str | os.PathLike, text: str, **kw: Any) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"), **kw)
 
 
+def jsonable(x: Any) -> Any:
+    """A plain-JSON copy of ``x``: numpy scalars and arrays -> Python, paths -> str, objects with ``to_dict()``
+    -> their dict, sets -> lists, and non-finite floats -> None (strict JSON has no NaN; readers such as
+    ``jq`` and browsers reject it). Anything else is left for ``json.dumps(default=str)``."""
+    if isinstance(x, Mapping):
+        return {str(k): jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple, set, frozenset)):
+        return [jsonable(v) for v in x]
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if x is None or isinstance(x, (str, int)):
+        return x
+    if isinstance(x, os.PathLike):
+        return os.fspath(x)
+    np = sys.modules.get("numpy")  # no numpy object can exist unless numpy is imported: do not import it here
+    if np is not None and isinstance(x, (np.ndarray, np.generic)):
+        return jsonable(x.tolist())
+    to_dict = getattr(x, "to_dict", None)
+    if callable(to_dict):
+        return jsonable(to_dict())
+    return x
+
+
 def atomic_write_json(
     path: str | os.PathLike, doc: Any, *, indent: int | None = 2, sort_keys: bool = False, **kw: Any
 ) -> Path:
-    return atomic_write_text(path, json.dumps(doc, indent=indent, sort_keys=sort_keys, default=str) + "\n", **kw)
+    """``doc`` as strict JSON (see :func:`jsonable`: NaN and infinities are written as null), atomically."""
+    text = json.dumps(jsonable(doc), indent=indent, sort_keys=sort_keys, default=str, allow_nan=False)
+    return atomic_write_text(path, text + "\n", **kw)
+
+
+# ---------------------------------------------------------------------------- CSV
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value: Any) -> Any:
+    """A CSV cell a spreadsheet will not run: a text starting with ``= + - @``, a tab or a carriage return gets a
+    leading ``'`` (the rule of the web page's CSV, serve/static). Numbers, booleans and None are unchanged, so a
+    negative logit stays a number."""
+    if isinstance(value, str) and value.startswith(_FORMULA_START):
+        return "'" + value
+    return value
 
 
 # ---------------------------------------------------------------------------- output checks
@@ -131,6 +219,28 @@ def check_output_file(path: str | os.PathLike | None, what: str = "output file")
     if p.exists() and not os.access(p, os.W_OK):
         raise OutputError(f"{what} {p}: not writable (permission denied)")
     _probe_dir(p.parent if str(p.parent) else Path("."), what)
+
+
+def _is_within(child: Path, parent: Path) -> bool:
+    return child == parent or parent in child.parents
+
+
+def check_not_an_input(
+    path: str | os.PathLike | None, inputs: Iterable[str | os.PathLike], what: str = "output"
+) -> None:
+    """Before any work: the output ``path`` (a file or a folder) is none of ``inputs`` and lies in none of the
+    input folders, so a run neither replaces what it reads nor writes where its next run would read (symlinks
+    resolved). ``inputs`` may name files, folders, or anything else (globs, missing paths: ignored)."""
+    if path is None or str(path) == "-":
+        return
+    out = Path(path).resolve()
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            if _is_within(out, p.resolve()):
+                raise OutputError(f"{what} {path}: inside the input folder {item}; write it somewhere else")
+        elif p.exists() and (out == p.resolve() or (out.exists() and os.path.samefile(out, p))):
+            raise OutputError(f"{what} {path}: is the input file {item}; write it somewhere else")
 
 
 def check_output_dir(path: str | os.PathLike | None, what: str = "output folder") -> None:

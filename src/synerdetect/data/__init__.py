@@ -14,8 +14,9 @@ Typical use::
         for batch in loader: ...
 """
 
+from typing import TYPE_CHECKING, Any
+
 from .check import check_dataset, format_check_report
-from .datasets import ImageDataset, collate
 from .imageio import (
     DEFAULT_MAX_PIXELS,
     IMAGE_EXTENSIONS,
@@ -39,16 +40,43 @@ from .layouts import (
     load_labelled,
     parse_label,
 )
-from .sampling import BalancedBatchSampler, ShardedEvalSampler
-from .transforms import (
-    MAX_RESIZE_ASPECT,
-    EvalTransform,
-    TrainTransform,
-    Views,
-    ViewTransform,
-    pil_to_tensor,
-    stack_images,
-)
+
+if TYPE_CHECKING:
+    from .datasets import ImageDataset, collate
+    from .sampling import BalancedBatchSampler, ShardedEvalSampler
+    from .transforms import (
+        MAX_RESIZE_ASPECT,
+        EvalTransform,
+        TrainTransform,
+        Views,
+        ViewTransform,
+        pil_to_tensor,
+        stack_images,
+    )
+
+#: The torch-based parts, imported on first use so that `synerdetect data check` and `inspect` never load torch.
+_LAZY = {
+    "ImageDataset": "datasets",
+    "collate": "datasets",
+    "BalancedBatchSampler": "sampling",
+    "ShardedEvalSampler": "sampling",
+    "MAX_RESIZE_ASPECT": "transforms",
+    "EvalTransform": "transforms",
+    "TrainTransform": "transforms",
+    "Views": "transforms",
+    "ViewTransform": "transforms",
+    "pil_to_tensor": "transforms",
+    "stack_images": "transforms",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "Views",

@@ -17,12 +17,19 @@ the cascade needs a perceptual-only path that most references do not have.
 from __future__ import annotations
 
 import math
-import shutil
 import time
 from pathlib import Path
 from typing import Any
 
-from .run import SEEN, build_benchmark, demo_config
+from .run import (
+    SEEN,
+    build_benchmark,
+    check_demo_folder,
+    clear_demo_folder,
+    copy_demo_checkpoint,
+    demo_config,
+    stamp_demo_folder,
+)
 
 
 def method_config(out: Path, method: str, quick: bool = False):
@@ -106,10 +113,12 @@ def run_comparison(
     from ..utils import atomic_write_json, atomic_write_text
     from .synthetic import describe
 
+    out = Path(out_dir)
     for name in methods:
         check_method(name)  # every name is checked before the first minute of training
+        for folder in (out / "runs" / name, out / "checkpoints" / name):
+            check_demo_folder(folder)  # and every folder the comparison would replace
     t0 = time.time()
-    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     print("SynerDetect demo, method comparison (Table 5a / Figure 3): no weights or data are downloaded.\n")
     print(describe())
@@ -122,14 +131,11 @@ def run_comparison(
         t_m = time.time()
         cfg = method_config(out, name, quick)
         run = Path(cfg.train.output_dir)
-        if run.exists():
-            shutil.rmtree(run)  # a fresh run each time, like the single-method demo
+        clear_demo_folder(run)  # a fresh run each time, like the single-method demo
+        stamp_demo_folder(run)
         print(f"\n[{name}] {METHODS[name][1]}\ntraining for {cfg.train.epochs} epoch(s) ...", flush=True)
         summary = train(cfg, resume="never", progress=progress)
-        ckpt = out / "checkpoints" / name
-        if ckpt.exists():
-            shutil.rmtree(ckpt)
-        shutil.copytree(summary["final"], ckpt)
+        ckpt = copy_demo_checkpoint(summary["final"], out / "checkpoints" / name)
         model = load_detector(ckpt).eval()  # through the checkpoint, as evaluate / predict load it
         res = evaluate(
             model,

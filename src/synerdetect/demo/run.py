@@ -9,7 +9,6 @@ output folder.
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from pathlib import Path
@@ -42,6 +41,47 @@ def demo_config(out: Path, quick: bool = False):
     )
 
 
+#: The file that marks a folder the demo created (its run and checkpoint folders): only such folders are ever
+#: removed, so a user's own ``run/`` or ``checkpoint/`` under ``--out`` is refused, never deleted.
+DEMO_STAMP = ".synerdetect-demo"
+
+
+def check_demo_folder(folder: Path) -> None:
+    """Refuse (``FileExistsError``, one line) a ``folder`` the demo would replace but did not create: it exists,
+    is not empty and holds no :data:`DEMO_STAMP`. Called for every such folder before any work starts."""
+    if not folder.exists():
+        return
+    if not folder.is_dir():
+        raise FileExistsError(f"{folder} exists and is not a folder; move it or choose another --out")
+    if (folder / DEMO_STAMP).is_file() or not any(folder.iterdir()):
+        return
+    raise FileExistsError(
+        f"{folder} exists and was not created by the demo (no {DEMO_STAMP}); move it or choose another --out"
+    )
+
+
+def clear_demo_folder(folder: Path) -> None:
+    """Remove ``folder`` when the demo created it (stamped) or it is empty; refuse any other (see
+    :func:`check_demo_folder`)."""
+    check_demo_folder(folder)
+    if folder.exists():
+        shutil.rmtree(folder)
+
+
+def stamp_demo_folder(folder: Path) -> Path:
+    """Create ``folder`` if needed and mark it as the demo's."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / DEMO_STAMP).write_text("created by `synerdetect demo`; the demo may replace this folder\n")
+    return folder
+
+
+def copy_demo_checkpoint(src: str | Path, dst: Path) -> Path:
+    """Copy the trained ``final/`` to ``dst`` (replacing only an earlier demo's copy) and stamp it."""
+    clear_demo_folder(dst)
+    shutil.copytree(src, dst)
+    return stamp_demo_folder(dst)
+
+
 #: The family the demo trains on; the other three are the unseen ones.
 SEEN = ("gan_upsample",)
 
@@ -64,10 +104,14 @@ def run_demo(out_dir: str | Path = "demo_out", *, quick: bool = False, progress:
     from ..engine.evaluate import evaluate
     from ..engine.train import train
     from ..methods import load_detector
+    from ..utils import atomic_write_json
     from .synthetic import FAMILY_KIND, build_demo_benchmark, describe
 
     t0 = time.time()
     out = Path(out_dir)
+    run, ckpt = out / "run", out / "checkpoint"
+    for folder in (run, ckpt):
+        check_demo_folder(folder)  # before minutes of work: never replace a folder the demo did not make
     out.mkdir(parents=True, exist_ok=True)
     seen = SEEN
     print("SynerDetect demo: no weights or data are downloaded.\n")
@@ -79,18 +123,15 @@ def run_demo(out_dir: str | Path = "demo_out", *, quick: bool = False, progress:
     )
 
     cfg = demo_config(out, quick)
-    run = Path(cfg.train.output_dir)
-    if (run / "final").exists():
-        shutil.rmtree(run)  # a fresh run each time: the demo shows training, not resuming
+    assert Path(cfg.train.output_dir) == run
+    clear_demo_folder(run)  # a fresh run each time: the demo shows training, not resuming
+    stamp_demo_folder(run)
     print(
         f"\ntraining the tiny preset (random-weight CLIP + SD built from config, "
         f"{cfg.model.inversion_steps} inversion steps) for {cfg.train.epochs} epoch(s) ..."
     )
     summary = train(cfg, resume="never", progress=progress)
-    ckpt = out / "checkpoint"
-    if ckpt.exists():
-        shutil.rmtree(ckpt)
-    shutil.copytree(summary["final"], ckpt)
+    copy_demo_checkpoint(summary["final"], ckpt)
 
     model = load_detector(ckpt).eval()
 
@@ -185,28 +226,25 @@ def run_demo(out_dir: str | Path = "demo_out", *, quick: bool = False, progress:
         f"{ct['seconds_full']:.1f} s -> {ct['seconds_cascade']:.1f} s ({ct['speedup']:.1f}x) at "
         f"{model.mcfg.inversion_steps} inversion steps (curve: cascade_curve.png)"
     )
-    (out / "demo_summary.json").write_text(
-        json.dumps(
-            {
-                "seconds": round(time.time() - t0, 1),
-                "train": summary,
-                "seen": list(seen),
-                "acc": {g: gens[g]["acc"] for g in gens},
-                "ap": {g: gens[g]["ap"] for g in gens},
-                "calibration": {
-                    "validation": cal.metrics,
-                    "band": cal.band,
-                    "method": cal.method,
-                    "a": cal.a,
-                    "b": cal.b,
-                    "test": {k: cs[k] for k in ("ece", "brier", "nll", "coverage", "selective_accuracy", "accuracy")},
-                    "test_uncalibrated": {k: cs["raw"][k] for k in ("ece", "brier", "nll")},
-                },
-                "cascade": {"band": list(band), "validation": cal.cascade, "test": ct},
+    atomic_write_json(
+        out / "demo_summary.json",
+        {
+            "seconds": round(time.time() - t0, 1),
+            "train": summary,
+            "seen": list(seen),
+            "acc": {g: gens[g]["acc"] for g in gens},
+            "ap": {g: gens[g]["ap"] for g in gens},
+            "calibration": {
+                "validation": cal.metrics,
+                "band": cal.band,
+                "method": cal.method,
+                "a": cal.a,
+                "b": cal.b,
+                "test": {k: cs[k] for k in ("ece", "brier", "nll", "coverage", "selective_accuracy", "accuracy")},
+                "test_uncalibrated": {k: cs["raw"][k] for k in ("ece", "brier", "nll")},
             },
-            indent=2,
-            default=str,
-        )
+            "cascade": {"band": list(band), "validation": cal.cascade, "test": ct},
+        },
     )
     print(
         f"\nwrote {out}/results.json, results.csv, scores.jsonl, logit_distributions.png, reliability.png, "

@@ -270,3 +270,113 @@ def evaluate(
         atomic_write_text(out / "results.md", md + "\n")
         result["markdown"] = md
     return result
+
+
+def test_set_from_config(
+    data: str | None, layout: str, split: str | None, config: str | None
+) -> tuple[str, str, str | None]:
+    """``(data, layout, split)``: the given ``data``, else the test set the experiment YAML ``config`` names
+    (``data.test`` with its layout and split). One-line ``ValueError`` when neither names a test set."""
+    if data is not None:
+        return data, layout, split
+    if not config:
+        raise ValueError("give --data PATH, or --config CONFIG.yaml whose data.test names the test set")
+    from ..presets import load_experiment
+
+    d = load_experiment(config).data
+    if not d.test:
+        raise ValueError(f"{config}: data.test is not set; pass --data PATH")
+    return d.test, d.test_layout, d.test_split
+
+
+def evaluate_from_config(
+    checkpoint: str | Path,
+    out: str | Path,
+    *,
+    data: str | None = None,
+    config: str | None = None,
+    layout: str = "auto",
+    split: str | None = None,
+    generators: Sequence[str] | None = None,
+    device: Any = None,
+    mode: str = "full",
+    image_size: int | None = None,
+    batch_size: int = 32,
+    num_workers: int = 2,
+    perturb: Sequence[str] = (),
+    harmonize: str | None = None,
+    cache_dir: str | Path | None = None,
+    progress: bool = True,
+    model: Any = None,
+) -> dict[str, Any]:
+    """``synerdetect evaluate`` as a function: the checkpoint (with its ``calibration.json``) on ``data``, or on
+    the ``data.test`` of the experiment YAML ``config``, results written into ``out``.
+
+    Everything that can be refused is checked before the model loads: the test set, an ``out`` folder that lies
+    inside ``data`` (the figures would land in a class folder and be read as images next time), an unwritable
+    ``out``, the ``harmonize`` spec and a ``mode`` the calibration cannot serve. ``device``: a torch device or
+    its name (default cuda when available); ``model``: an already loaded detector (then ``checkpoint`` supplies
+    only the calibration and the record). Returns :func:`evaluate`'s result plus ``"data"`` and
+    ``"feature_cache"`` (``{"dir", "key", "hits", "misses"}`` or None)."""
+    import torch
+
+    from ..data import load_labelled
+    from ..utils import check_not_an_input
+
+    data, layout, split = test_set_from_config(data, layout, split, config)
+    check_not_an_input(out, [data], "--out")
+    if rank_world()[0] == 0:
+        check_output_dir(out, "--out")
+    if harmonize:
+        parse_harmonize_spec(harmonize)
+    calibration = Calibration.load(checkpoint)  # None when the checkpoint has no calibration.json
+    cascade_band_of(calibration, mode)
+    if model is None:
+        from ..methods import load_detector
+
+        dev = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        model = load_detector(checkpoint).to(dev).eval().enable_fast_path()
+    size = image_size or model.cfg.data.image_size
+    samples = load_labelled(data, layout, split, None if generators is None else list(generators))
+    cf = None
+    if cache_dir:
+        from ..cache import CachedFeatures
+
+        # The cache holds the same deterministic eval view, stored in float16 (logits within ~2e-5 of online).
+        cf = CachedFeatures(cache_dir, model, size)
+    mcfg = model.mcfg
+    res = evaluate(
+        model,
+        samples,
+        out,
+        image_size=size,
+        feature_lookup=cf.lookup if cf is not None else None,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        perturb=perturb or (),
+        progress=progress,
+        title=Path(data).name,
+        calibration=calibration,
+        harmonize=harmonize,
+        mode=mode,
+        extra={
+            "checkpoint": str(checkpoint),
+            "data": str(data),
+            "layout": layout,
+            "split": split,
+            "inversion_steps": mcfg.inversion_steps,
+            "sd_size": mcfg.sd_size,
+            "clip_size": mcfg.clip_size,
+            "inversion_size": mcfg.inversion_size or mcfg.sd_size,
+            "image_size": size,
+            "dtype": mcfg.dtype,
+            "compile_unet": mcfg.compile_unet,
+            "mode": mode,
+            "feature_cache": None if cf is None else {"dir": str(cache_dir), "key": cf.key},
+        },
+    )
+    res["data"] = str(data)
+    res["feature_cache"] = (
+        None if cf is None else {"dir": str(cache_dir), "key": cf.key, "hits": cf.hits, "misses": cf.misses}
+    )
+    return res

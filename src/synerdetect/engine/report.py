@@ -19,7 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from ..utils import atomic_write_bytes, atomic_write_text
+from ..utils import atomic_write_bytes, atomic_write_json, atomic_write_text, csv_cell
+from ..utils import jsonable as _jsonable  # the one JSON conversion: NaN -> null, numpy -> Python
 from .calibration import describe_band
 from .metrics import DECISION_RULE, ScoreRecord, _as_records, generator_metrics
 
@@ -64,29 +65,6 @@ CSV_COLUMNS = (
 # --------------------------------------------------------------------------- io helpers
 
 
-def _jsonable(x: Any) -> Any:
-    """Plain-JSON copy: numpy scalars/arrays -> python, Path -> str, non-finite floats -> None."""
-    if isinstance(x, Mapping):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple, set, frozenset)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, np.ndarray):
-        return _jsonable(x.tolist())
-    if isinstance(x, np.generic):
-        return _jsonable(x.item())
-    if isinstance(x, float):
-        return x if math.isfinite(x) else None
-    if isinstance(x, Path):
-        return str(x)
-    if isinstance(x, ScoreRecord):
-        return _jsonable(x.to_dict())
-    return x
-
-
-def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
-    return atomic_write_text(path, json.dumps(_jsonable(obj), indent=2, allow_nan=False) + "\n")
-
-
 def _csv_num(v: Any) -> str:
     return "" if v is None else repr(float(v)) if isinstance(v, float) else str(v)
 
@@ -115,9 +93,24 @@ def _mean_ap_note(summary: Mapping[str, Any]) -> str:
     return f"mean over {mean.get('ap_n_generators')}/{len(gens)} generators with defined AP; excluded: {why}"
 
 
+class _SafeWriter(csv.DictWriter):
+    """A DictWriter whose text cells cannot run as spreadsheet formulas (generator names come from folder names)."""
+
+    def writerow(self, rowdict: Mapping[str, Any]) -> Any:
+        return super().writerow({k: _safe_csv(k, v) for k, v in rowdict.items()})
+
+
+#: Columns written as numbers by :func:`_csv_num`: a negative value stays a number.
+_NUMERIC_COLUMNS = frozenset({"acc", "real_acc", "fake_acc", "ap", "n_real", "n_fake", "n_images"})
+
+
+def _safe_csv(column: str, value: Any) -> Any:
+    return value if column in _NUMERIC_COLUMNS else csv_cell(value)
+
+
 def _csv_text(summary: Mapping[str, Any]) -> str:
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(CSV_COLUMNS), lineterminator="\n")
+    w = _SafeWriter(buf, fieldnames=list(CSV_COLUMNS), lineterminator="\n")
     w.writeheader()
     gens = summary["generators"]
     for g, m in gens.items():

@@ -41,7 +41,6 @@ never changes anything; it is only reported under ``provenance``.
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import io
 import os
@@ -57,7 +56,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from ..data import LayoutError, ShardedEvalSampler, discover, imageio
+from ..data import ShardedEvalSampler, imageio
 from ..data.imageio import DEFAULT_MAX_PIXELS, UnreadableImage, open_regular_file
 from ..data.transforms import stack_images
 from ..model.detector import view_transform
@@ -67,6 +66,7 @@ from ..version import __version__
 from .calibration import Calibration, apply_calibration
 from .cascade import cascade_band_of, cascade_predict
 from .inference import gather
+from .inputs import expand_inputs  # re-exported: predict's input expansion lives in a torch-free module
 
 __all__ = [
     "ERROR_KINDS",
@@ -595,32 +595,6 @@ class Scorer:
             "max_pixels": self.decoder.max_pixels,
             "max_bytes": self.decoder.max_bytes,
         }
-
-
-def expand_inputs(inputs: Sequence[str]) -> tuple[list[str], list[tuple[str, str]]]:
-    """Files, folders (recursive) and globs -> sorted unique image paths, plus inputs that matched nothing."""
-    paths: list[str] = []
-    missing: list[tuple[str, str]] = []
-    for item in inputs:
-        p = Path(item)
-        if p.is_dir():
-            # the data layer's folder scan: iterative (a 1200-level tree is fine), reports FIFOs and sockets
-            try:
-                found = sorted(s.path for s in discover(p, layout="folder"))
-            except LayoutError:
-                found = []
-            if not found:
-                missing.append((item, "folder holds no image files"))
-            paths += found
-        elif p.is_file():
-            paths.append(str(p))  # an explicit file is tried even with an odd extension
-        else:
-            hits = sorted(h for h in glob.glob(item, recursive=True) if Path(h).is_file())
-            if hits:
-                paths += hits
-            else:
-                missing.append((item, "no such file, folder or glob match"))
-    return list(dict.fromkeys(paths)), missing
 
 
 def predict_paths(
