@@ -340,3 +340,153 @@ def test_image_format_content_and_fallback(tmp_path):
     assert image_format(write_garbage(tmp_path / "bad.tif")) == "TIFF"
     assert image_format(write_garbage(tmp_path / "bad.xyz")) == "XYZ"
     assert image_format(tmp_path / "missing.webp") == "WEBP"
+
+
+# ----------------------------------------------------------------------------- decode memory (issue 18 §3)
+
+# Bytes per pixel a decode adds: Pillow's storage of the file's mode (1 for L/P, 2 for I;16, 4 otherwise,
+# RGB included) plus the 4-byte RGB result; an EXIF rotation adds one more copy of the decoded image.
+_BYTES_PER_PIXEL = {"RGBA": 8, "RGB": 8, "P": 5, "L": 5, "I;16": 6}
+
+
+def _mode_image(mode: str, size=(30, 20)) -> Image.Image:
+    rng = np.random.default_rng(0)
+    w, h = size
+    if mode == "I;16":
+        return Image.fromarray(rng.integers(0, 65536, (h, w), dtype=np.uint16))
+    if mode in ("P", "L"):
+        return Image.fromarray(rng.integers(0, 256, (h, w), dtype=np.uint8), "L").convert(mode)
+    return Image.fromarray(rng.integers(0, 256, (h, w, len(mode)), dtype=np.uint8), mode)
+
+
+@pytest.mark.parametrize("mode", sorted(_BYTES_PER_PIXEL))
+def test_decoded_bytes_cap_names_the_limit(tmp_path, mode):
+    from synerdetect.data.imageio import decode_cost
+    from synerdetect.engine.scoring import decode_image_bytes, error_kind
+
+    p = tmp_path / "x.png"
+    _mode_image(mode).save(p)
+    with Image.open(p) as im:
+        assert im.mode == mode
+    need = 30 * 20 * _BYTES_PER_PIXEL[mode]
+    assert decode_cost(mode, 30, 20) == need
+    err = _assert_unreadable(p, match="decompression bomb", max_decode_bytes=need - 1)
+    assert f"max_decode_bytes={need - 1}" in err.reason and f"30x20 {mode}" in err.reason
+    assert error_kind(err.reason) == "too_many_pixels"
+    with pytest.raises(UnreadableImage, match=f"max_decode_bytes={need - 1}"):
+        decode_image_bytes(p.read_bytes(), "x.png", max_decode_bytes=need - 1)
+    assert load_image(p, max_decode_bytes=need).size == (30, 20)
+
+
+def test_decoded_bytes_cap_counts_the_exif_rotation(tmp_path):
+    p = tmp_path / "r.png"
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    _mode_image("RGB").save(p, exif=exif)
+    need = 30 * 20 * (4 + 4 + 4)
+    _assert_unreadable(p, match=f"max_decode_bytes={need - 1}", max_decode_bytes=need - 1)
+    assert load_image(p, max_decode_bytes=need).size == (20, 30)
+
+
+def _alpha_png_modes() -> list[Image.Image]:
+    rng = np.random.default_rng(1)
+    h, w = 41, 53
+    rgba = _mode_image("RGBA", (w, h))
+    la = Image.fromarray(rng.integers(0, 256, (h, w, 2), dtype=np.uint8), "LA")
+    pal = _mode_image("P", (w, h))
+    pal.info["transparency"] = 7
+    grey_t = _mode_image("L", (w, h))
+    grey_t.info["transparency"] = 9
+    rgb_t = _mode_image("RGB", (w, h))
+    rgb_t.info["transparency"] = tuple(int(v) for v in np.asarray(rgb_t)[3, 4])
+    i32 = Image.fromarray(rng.integers(-70_000, 200_000, (h, w), dtype=np.int32), "I")
+    f = rng.normal(0, 3, (h, w)).astype(np.float32)
+    f[0, 0], f[1, 1], f[2, 2] = np.nan, np.inf, -np.inf
+    return [rgba, la, pal, grey_t, rgb_t, _mode_image("I;16", (w, h)), i32, Image.fromarray(f, "F")]
+
+
+@pytest.mark.parametrize(
+    "img", _alpha_png_modes(), ids=lambda im: im.mode + ("+trns" if "transparency" in im.info else "")
+)
+def test_strip_conversion_gives_the_whole_image_conversion(img, monkeypatch):
+    """The RGB result is converted strip by strip (bounded temporaries): exactly the pixels of one whole-image
+    conversion, for strips that do not divide the height."""
+    from synerdetect.data import imageio
+
+    whole = imageio.to_rgb8(img, "x")
+    monkeypatch.setattr(imageio, "_STRIP_PIXELS", 97)  # 1 row of 53 px per strip
+    strips = imageio.to_rgb8(img, "x")
+    monkeypatch.setattr(imageio, "_STRIP_PIXELS", 53 * 5)  # 5 rows per strip, 41 rows
+    strips5 = imageio.to_rgb8(img, "x")
+    assert whole.mode == strips.mode == "RGB"
+    np.testing.assert_array_equal(np.asarray(strips), np.asarray(whole))
+    np.testing.assert_array_equal(np.asarray(strips5), np.asarray(whole))
+
+
+def test_jpeg_over_the_byte_cap_is_decoded_at_reduced_scale(tmp_path):
+    p = tmp_path / "big.jpg"
+    noise_image(800, 600).save(p, quality=95)
+    full = 800 * 600 * 8
+    assert load_image(p).size == (800, 600)  # under the default cap: native pixels, as before
+    img = load_image(p, max_decode_bytes=full // 3)  # 1/2 scale fits (a quarter of the bytes)
+    with Image.open(p) as ref:  # independent: libjpeg's own DCT scaling
+        ref.draft("RGB", (400, 300))
+        expected = np.asarray(ref.convert("RGB"))
+    assert img.size == (400, 300)
+    np.testing.assert_array_equal(np.asarray(img), expected)
+    assert load_image(p, max_decode_bytes=full // 40).size == (100, 75)  # 1/8
+    _assert_unreadable(p, match="max_decode_bytes=100", max_decode_bytes=100)  # even 1/8 is too big
+    png = tmp_path / "big.png"  # no reduced decode for PNG: refused
+    noise_image(800, 600).save(png)
+    _assert_unreadable(png, match="decompression bomb", max_decode_bytes=full // 3)
+
+
+# ----------------------------------------------------------------------------- formats opened (issue 18 §10)
+
+EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 16 16\n%%EndComments\nnewpath 0 0 moveto 16 16 lineto stroke\n"
+
+
+def test_postscript_named_png_is_refused_and_never_reaches_ghostscript(tmp_path, monkeypatch):
+    from PIL import EpsImagePlugin
+
+    from synerdetect.data.imageio import IMAGE_FORMATS
+    from synerdetect.engine.evaluate import header_size
+    from synerdetect.engine.scoring import decode_image_bytes
+    from synerdetect.provenance import read_provenance
+
+    reached = []
+
+    def eps_open(self):
+        reached.append("EpsImageFile._open")
+        raise SyntaxError("stop")
+
+    monkeypatch.setattr(EpsImagePlugin.EpsImageFile, "_open", eps_open)
+    monkeypatch.setattr(EpsImagePlugin, "Ghostscript", lambda *a, **k: reached.append("gs"))
+    p = tmp_path / "x.png"
+    p.write_bytes(EPS)
+    expected = f"unsupported format EPS (supported: {', '.join(IMAGE_FORMATS).replace('WEBP', 'WebP')})"
+    err = _assert_unreadable(p, match="unsupported format eps")
+    assert err.reason == expected
+    with pytest.raises(UnreadableImage, match="unsupported format EPS"):
+        decode_image_bytes(EPS, "x.png")
+    assert image_format(p) == "PNG"  # from the extension: the content is no supported format
+    assert header_size(str(p)) is None
+    assert read_provenance(p)["error"] == "not a recognised image"
+    assert reached == []
+    with pytest.raises(Exception):  # noqa: B017 - only whether Pillow's unrestricted open reaches the plugin
+        Image.open(p)
+    assert reached == ["EpsImageFile._open"]  # the bytes are what Pillow's EPS plugin takes
+
+
+def test_public_loader_helpers_are_what_scoring_uses(tmp_path):
+    from synerdetect.data import imageio
+    from synerdetect.engine.scoring import decode_image_bytes
+
+    p = tmp_path / "a.png"
+    _mode_image("RGBA").save(p)
+    img, fmt = decode_image_bytes(p.read_bytes(), "a.png")
+    ref, ref_fmt = imageio.load_image_with_format(p)
+    assert fmt == ref_fmt == "PNG"
+    np.testing.assert_array_equal(np.asarray(img), np.asarray(ref))
+    for name in ("decode_open_file", "pil_to_rgb8", "to_rgb8", "exif_transpose", "open_image", "IMAGE_FORMATS"):
+        assert name in imageio.__all__ and hasattr(imageio, name)

@@ -249,6 +249,187 @@ def test_xmp_with_entities_is_refused():
     assert prov == {"declared_ai": None, "evidence": [], "c2pa": None}
 
 
+def _reference_xmp_pairs(packet: str) -> list[tuple[str, str]]:
+    """The properties of interest as the earlier tree-walking parser found them (stdlib ElementTree, one
+    subtree walk per property): the streaming parser must give the same pairs on ordinary packets."""
+    import xml.etree.ElementTree as ET
+
+    rdf = "{http://www.w3.org/1999/02/22-rdf-syntax-ns#}"
+    wanted = {"DigitalSourceType", "CreatorTool", "AISystemUsed", "AISystemVersionUsed", "AIPromptInformation"}
+    wanted.add("AIPromptWriterName")
+
+    def local(name):
+        return name.rsplit("}", 1)[-1].rsplit(":", 1)[-1]
+
+    out = []
+    root = ET.fromstring(packet[packet.find("<") : packet.rfind(">") + 1])
+    for el in root.iter():
+        for attr, value in el.attrib.items():
+            if local(attr) in wanted and value.strip():
+                out.append((local(attr), value.strip()))
+        if local(el.tag) in wanted:
+            value = (el.get(rdf + "resource") or "").strip()
+            items = [li.text.strip() for li in el.iter(rdf + "li") if li.text and li.text.strip()]
+            value = value or "; ".join(items) or (el.text or "").strip()
+            if value:
+                out.append((local(el.tag), value))
+    return out
+
+
+ORDINARY_XMP = [
+    xmp_packet(TRAINED),
+    xmp_packet(CAPTURE, as_attribute=True),
+    xmp_packet(
+        DST + "digitalCreation",
+        extra=(
+            "<xmp:CreatorTool>Adobe Firefly</xmp:CreatorTool>"
+            "<Iptc4xmpExt:AISystemUsed><rdf:Alt><rdf:li xml:lang='x-default'> ImageGen 3 </rdf:li>"
+            "<rdf:li xml:lang='de'>ImageGen</rdf:li></rdf:Alt></Iptc4xmpExt:AISystemUsed>"
+            "<Iptc4xmpExt:AIPromptInformation rdf:resource=' https://example.org/p '/>"
+            "<Iptc4xmpExt:AISystemVersionUsed>  </Iptc4xmpExt:AISystemVersionUsed>"
+            "<dc:title xmlns:dc='http://purl.org/dc/elements/1.1/'><rdf:Alt><rdf:li>t</rdf:li></rdf:Alt></dc:title>"
+            "<Iptc4xmpExt:AIPromptWriterName>me<b>x</b>tail</Iptc4xmpExt:AIPromptWriterName>"
+        ),
+    ),
+]
+
+
+@pytest.mark.parametrize("packet", ORDINARY_XMP)
+def test_streaming_xmp_parser_matches_the_tree_walk_on_ordinary_packets(packet):
+    from synerdetect.provenance.metadata import Budget, parse_xmp
+
+    work = Budget()
+    assert parse_xmp(packet, work) == _reference_xmp_pairs(packet) != []
+    assert work.reasons == []
+
+
+@pytest.mark.parametrize("encoding", ["utf-8-sig", "utf-16", "utf-16-le", "utf-16-be", "utf-32"])
+def test_xmp_packets_in_utf16_and_utf32_are_read(encoding):
+    from synerdetect.provenance.metadata import parse_xmp
+
+    packet = xmp_packet(TRAINED)
+    declared = '<?xml version="1.0" encoding="{}"?>'.format(encoding.split("-sig")[0].upper()) + packet
+    for text in (packet, declared):
+        assert parse_xmp(text.encode(encoding)) == [("DigitalSourceType", TRAINED)], (encoding, text[:40])
+    prov = read_provenance(jpeg_bytes(xmp=declared.encode(encoding)))
+    assert prov["declared_ai"] is True and "truncated" not in prov
+
+
+@pytest.mark.parametrize(
+    "prolog",
+    [
+        '<!DOCTYPE x [<!ENTITY a "aaaa">]>',
+        '<!DOCTYPE x SYSTEM "file:///etc/passwd">',
+        '<!DOCTYPE x [<!ENTITY e SYSTEM "file:///etc/passwd">]>',
+    ],
+)
+def test_xmp_dtd_entities_and_external_references_are_refused(prolog):
+    from synerdetect.provenance.metadata import parse_xmp
+
+    packet = xmp_packet(TRAINED)
+    assert parse_xmp(packet) != []
+    assert parse_xmp('<?xml version="1.0"?>' + prolog + packet) == []
+
+
+def _nested_creator_tool(depth: int) -> str:
+    return (
+        '<x:xmpmeta xmlns:x="adobe:ns:meta/" xmlns:xmp="http://ns.adobe.com/xap/1.0/">'
+        + "<xmp:CreatorTool>a" * depth
+        + "</xmp:CreatorTool>" * depth
+        + "</x:xmpmeta>"
+    )
+
+
+def _png_with_xmp_packets(packets: list[str]) -> bytes:
+    """A small PNG with each packet in its own compressed iTXt chunk (as a hostile file would carry them)."""
+    import zlib
+
+    data = png_bytes(size=(8, 8))
+    chunks = b""
+    for packet in packets:
+        body = b"XML:com.adobe.xmp\0\x01\x00\0\0" + zlib.compress(packet.encode(), 9)
+        chunks += len(body).to_bytes(4, "big") + b"iTXt" + body + zlib.crc32(b"iTXt" + body).to_bytes(4, "big")
+    return data[:-12] + chunks + data[-12:]
+
+
+def test_deeply_nested_xmp_is_cut_at_the_depth_cap_in_linear_work(monkeypatch):
+    import time
+
+    from synerdetect.provenance import metadata
+
+    packet = _nested_creator_tool(50_000)
+    assert len(packet) > 1_000_000
+    data = _png_with_xmp_packets([packet])
+    assert len(data) < 10_000  # a few KB of file: the work must not grow with the nesting
+    starts = []
+    real_start = metadata._XmpCollector.start
+    monkeypatch.setattr(metadata._XmpCollector, "start", lambda self, *a: (starts.append(1), real_start(self, *a)))
+    t0 = time.perf_counter()
+    prov = read_provenance(data)
+    elapsed = time.perf_counter() - t0
+    assert elapsed < 2.0, elapsed  # about 20 s per 20k levels before (quadratic); milliseconds now
+    assert len(starts) == metadata.MAX_XMP_DEPTH + 1  # parsing stopped at the first element over the cap
+    # x:xmpmeta holds the CreatorTool elements at depths 2..64: each one's leading text "a" is kept
+    depth_kept = metadata.MAX_XMP_DEPTH - 1
+    found = [(e["field"], e["value"], e["kind"]) for e in prov["evidence"]]
+    assert found == [("xmp:CreatorTool", "a", "info")] * depth_kept
+    assert prov["truncated"] is True
+    assert f"nested deeper than {metadata.MAX_XMP_DEPTH}" in prov["truncated_reason"]
+
+
+def test_many_xmp_packets_and_items_are_capped_and_said():
+    from synerdetect.provenance import core, metadata
+
+    wide = (
+        '<x:xmpmeta xmlns:x="adobe:ns:meta/" xmlns:xmp="http://ns.adobe.com/xap/1.0/">'
+        + "<xmp:CreatorTool>GIMP 2.10</xmp:CreatorTool>" * 8000
+        + "</x:xmpmeta>"
+    )
+    data = _png_with_xmp_packets([wide] * 16)
+    assert len(data) < 100_000
+    prov = read_provenance(data)
+    assert len(prov["evidence"]) == core.MAX_EVIDENCE_ITEMS  # 128,000 items (15.7 MB of JSON) before
+    assert len(json.dumps(prov)) < 50_000
+    assert prov["truncated"] is True
+    reason = prov["truncated_reason"]
+    assert f"16 XMP packets: only the first {metadata.MAX_XMP_PACKETS} read" in reason
+    assert f"more than {metadata.MAX_XMP_PROPERTIES} properties of interest" in reason
+    read = metadata.MAX_XMP_PACKETS * metadata.MAX_XMP_PROPERTIES
+    assert f"{read} evidence items: {core.MAX_EVIDENCE_ITEMS} kept" in reason
+
+
+def test_capped_evidence_keeps_the_items_that_decide():
+    from PIL.PngImagePlugin import PngInfo
+
+    from synerdetect.provenance import core
+
+    # 150 "info" items (a PNG "Software" chunk each), then one A1111 block: the block decides and is kept.
+    info = PngInfo()
+    for i in range(150):
+        info.add_text("Software", f"GIMP {i}")
+    info.add_text("parameters", A1111)
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buf, "PNG", pnginfo=info)
+    prov = read_provenance(buf.getvalue())
+    items = prov["evidence"]
+    assert len(items) == core.MAX_EVIDENCE_ITEMS and prov["truncated"] is True
+    assert prov["declared_ai"] is True
+    assert items[-1]["field"] == "parameters" and items[-1]["kind"] == "ai"
+    # the info items kept are the first ones, in order
+    assert [e["value"] for e in items[:-1]] == [f"GIMP {i}" for i in range(core.MAX_EVIDENCE_ITEMS - 1)]
+
+
+def test_work_budget_stops_parsing_with_a_reason(monkeypatch):
+    from synerdetect.provenance import metadata
+
+    monkeypatch.setattr(metadata, "MAX_WORK_BYTES", 5_000)
+    big = "x" * 4_000
+    prov = read_provenance(png_bytes({"Software": "GIMP", "Comment": big, "parameters": A1111}))
+    assert prov["truncated"] is True
+    assert "work budget of 5000 bytes per file used up" in prov["truncated_reason"]
+    assert [e["field"] for e in prov["evidence"]] == ["Software"]  # the A1111 block came after the budget
+
+
 # --------------------------------------------------------------------------------------------- PNG text
 
 
@@ -469,3 +650,22 @@ def test_inspect_paths_and_table(tmp_path, ai_jpeg, anchors):
     assert lines[5].split()[1:] == ["null", "-", "-"]
     assert lines[6].split()[1:4] == ["error", "-", "error:"]
     assert format_inspect_table([]).splitlines()[0].split() == ["path", "declared_ai", "sources", "c2pa"]
+
+
+def test_truncation_reaches_the_scoring_record():
+    """The provenance record that predict --json and the service return carries the truncation note."""
+    from synerdetect.engine.scoring import Decoder
+
+    wide = (
+        '<x:xmpmeta xmlns:x="adobe:ns:meta/" xmlns:xmp="http://ns.adobe.com/xap/1.0/">'
+        + "<xmp:CreatorTool>GIMP</xmp:CreatorTool>" * 500
+        + "</x:xmpmeta>"
+    )
+    decoder = Decoder(transform=lambda img: img, provenance=True)
+    prepared = decoder(("wide.png", _png_with_xmp_packets([wide])))
+    assert prepared.ok and prepared.provenance is not None
+    assert prepared.provenance["truncated"] is True
+    assert "more than 64 properties" in prepared.provenance["truncated_reason"]
+    json.dumps(prepared.provenance)
+    plain = decoder(("plain.png", png_bytes()))
+    assert plain.provenance == {"declared_ai": None, "evidence": [], "c2pa": None}

@@ -18,9 +18,19 @@ What is handled:
   the high byte of every sample (``v >> 8``), which is a proper scaling too;
 * EXIF orientation (``ImageOps.exif_transpose``; a broken EXIF block is ignored
   rather than failing the image);
-* decompression bombs: an explicit pixel cap (``max_pixels``) checked from the
-  header *before* decoding; Pillow's own ``DecompressionBombWarning`` is turned
-  into an error and ``DecompressionBombError`` is reported as unreadable.
+* decompression bombs: an explicit pixel cap (``max_pixels``) and a decoded-bytes
+  cap (``max_decode_bytes``: bytes per pixel of the file's mode plus the RGB
+  output, see :func:`decode_cost`) checked from the header *before* decoding;
+  Pillow's own ``DecompressionBombWarning`` is turned into an error and
+  ``DecompressionBombError`` is reported as unreadable.  Mode conversions run in
+  strips of rows, so the peak is the decoded image plus the RGB result.  A JPEG
+  over the byte cap is decoded at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling,
+  :meth:`PIL.Image.Image.draft`) rather than refused: that changes the pixels the
+  model's centre crop sees, so it happens only for an image that would otherwise
+  be refused (never, with the default caps, for an image under the pixel cap);
+* only the formats above are opened (:data:`IMAGE_FORMATS`, given to
+  ``Image.open(..., formats=...)`` by :func:`open_image`): PostScript, PDF and
+  Pillow's other plugins are never reached, whatever the file is named.
 
 Failures (missing file, broken symbolic link, directory, empty file, non-image,
 truncated/corrupt data, bomb, unsupported mode) raise :class:`UnreadableImage`
@@ -45,21 +55,32 @@ import os
 import stat
 import threading
 import warnings
+from collections.abc import Callable
 from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
+from ..imageformats import IMAGE_FORMATS, open_image
+
 __all__ = [
+    "DEFAULT_MAX_DECODE_BYTES",
     "DEFAULT_MAX_PIXELS",
     "IMAGE_EXTENSIONS",
+    "IMAGE_FORMATS",
     "UnreadableImage",
+    "decode_cost",
+    "decode_open_file",
+    "exif_transpose",
     "image_format",
     "file_kind",
     "is_image_file",
     "load_image",
     "load_image_with_format",
+    "open_image",
     "open_regular_file",
+    "pil_to_rgb8",
+    "to_rgb8",
 ]
 
 logger = logging.getLogger(__name__)
@@ -69,6 +90,10 @@ PathLike = str | os.PathLike
 #: Default pixel cap (width * height), Pillow's own default warning threshold
 #: (~89.5 MPix, e.g. 9459 x 9459).  4K/8K photographs are far below it.
 DEFAULT_MAX_PIXELS: int = 89_478_485
+
+#: Peak bytes a decode may add (:func:`decode_cost`): 1 GiB.  An 8-bit RGB or RGBA
+#: image at the pixel cap needs about 0.72 GB (8 bytes per pixel).
+DEFAULT_MAX_DECODE_BYTES: int = 1 << 30
 
 #: File extensions treated as images (lower case, with dot).
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
@@ -96,6 +121,27 @@ _EXT_TO_FORMAT = {
 # Only the cheap header parse runs under the lock; decoding runs outside it.
 _OPEN_LOCK = threading.Lock()
 _truncated_flag_warned = False
+_SUPPORTED = ", ".join(f.replace("WEBP", "WebP") for f in IMAGE_FORMATS)
+_STRIP_PIXELS = 1 << 20  # pixels per strip in the mode conversions (a few MB of temporaries)
+
+
+def _accepts(accept: Callable[[bytes], object], prefix: bytes) -> bool:
+    result = accept(prefix)
+    return bool(result) and not isinstance(result, str)  # a str is Pillow's "maybe, with a warning"
+
+
+def _refused_format(f: BinaryIO) -> str | None:
+    """The Pillow format whose signature the file has, when it is not one of :data:`IMAGE_FORMATS` (only the
+    plugins' cheap 16-byte signature checks run, never their parsers), for a clearer error."""
+    try:
+        f.seek(0)
+        prefix = f.read(16)
+        for fmt, (_factory, accept) in Image.OPEN.items():
+            if fmt not in IMAGE_FORMATS and accept is not None and _accepts(accept, prefix):
+                return fmt
+    except Exception:  # noqa: BLE001 - only a nicer message is at stake
+        pass
+    return None
 
 
 class UnreadableImage(Exception):
@@ -134,7 +180,7 @@ def image_format(path: PathLike) -> str:
         with open_regular_file(path) as f:  # a FIFO would block Image.open(path) forever
             with _OPEN_LOCK, warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                im = Image.open(f)
+                im = open_image(f)
             with im:
                 if im.format:
                     return str(im.format)
@@ -150,7 +196,12 @@ def _format_from_extension(path: PathLike) -> str:
     return ext[1:].upper() if ext else "UNKNOWN"
 
 
-def load_image(path: PathLike, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
+def load_image(
+    path: PathLike,
+    *,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    max_decode_bytes: int | None = DEFAULT_MAX_DECODE_BYTES,
+) -> Image.Image:
     """Load ``path`` as an 8-bit RGB image (fully decoded, file closed).
 
     Args:
@@ -159,30 +210,50 @@ def load_image(path: PathLike, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -
             (width * height, read from the header before decoding).  ``None``
             disables this cap (Pillow's global ``Image.MAX_IMAGE_PIXELS`` still
             applies and is escalated to an error).
+        max_decode_bytes: refuse images whose decode would add more than this
+            many bytes (:func:`decode_cost`, from the header); a JPEG is decoded
+            at a reduced scale instead where that fits.  ``None`` disables it.
 
     Raises:
         UnreadableImage: for anything that is not a fully decodable image.
     """
-    img, _fmt = load_image_with_format(path, max_pixels=max_pixels)
+    img, _fmt = load_image_with_format(path, max_pixels=max_pixels, max_decode_bytes=max_decode_bytes)
     return img
 
 
-def load_image_with_format(path: PathLike, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> tuple[Image.Image, str]:
+def load_image_with_format(
+    path: PathLike,
+    *,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    max_decode_bytes: int | None = DEFAULT_MAX_DECODE_BYTES,
+) -> tuple[Image.Image, str]:
     """Like :func:`load_image` but also returns the detected container format."""
     path_s = os.fspath(path)
     with open_regular_file(path_s) as f:
         if os.fstat(f.fileno()).st_size == 0:
             raise UnreadableImage(path_s, "empty file (0 bytes)")
-        return _load_open_file(f, path_s, max_pixels)
+        return decode_open_file(f, path_s, max_pixels=max_pixels, max_decode_bytes=max_decode_bytes)
 
 
-def _load_open_file(f: BinaryIO, path_s: str, max_pixels: int | None) -> tuple[Image.Image, str]:
+def decode_open_file(
+    f: BinaryIO,
+    name: str,
+    *,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    max_decode_bytes: int | None = DEFAULT_MAX_DECODE_BYTES,
+) -> tuple[Image.Image, str]:
+    """An open binary file (or ``BytesIO``) -> (8-bit RGB image, container format), with :func:`load_image`'s
+    rules; ``name`` is used in errors only."""
+    path_s = name
     _warn_if_truncated_flag()
     try:
         with _OPEN_LOCK, warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            im = Image.open(f)
+            im = open_image(f)
     except UnidentifiedImageError:
+        other = _refused_format(f)
+        if other is not None:
+            raise UnreadableImage(path_s, f"unsupported format {other} (supported: {_SUPPORTED})") from None
         raise UnreadableImage(path_s, "not an image or unsupported format (cannot identify image file)") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise UnreadableImage(path_s, f"decompression bomb: {e}") from None
@@ -191,30 +262,91 @@ def _load_open_file(f: BinaryIO, path_s: str, max_pixels: int | None) -> tuple[I
 
     with im:
         fmt = str(im.format or _format_from_extension(path_s))
-        try:
-            w, h = im.size
-            if w <= 0 or h <= 0:
-                raise UnreadableImage(path_s, f"invalid image size {w}x{h}")
-            if max_pixels is not None and w * h > max_pixels:
-                raise UnreadableImage(
-                    path_s,
-                    f"decompression bomb: {w}x{h} = {w * h} pixels exceeds max_pixels={max_pixels}",
-                )
-            # Image.open leaves multi-frame files (GIF, APNG, TIFF, WebP) on frame 0
-            im.load()
-            out = _to_rgb8(_exif_transpose(im, path_s), path_s)
-            out.load()
-        except UnreadableImage:
-            raise
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-            raise UnreadableImage(path_s, f"decompression bomb: {e}") from None
-        except MemoryError:
-            raise UnreadableImage(path_s, "out of memory while decoding") from None
-        except Exception as e:  # noqa: BLE001 - OSError, SyntaxError, ValueError, struct.error...
-            raise UnreadableImage(path_s, f"truncated or corrupt image data: {_describe(e)}") from None
-    if out.mode != "RGB" or out.size[0] <= 0 or out.size[1] <= 0:  # pragma: no cover - defensive
-        raise UnreadableImage(path_s, f"internal conversion error (mode {out.mode}, size {out.size})")
+        out = pil_to_rgb8(im, path_s, max_pixels=max_pixels, max_decode_bytes=max_decode_bytes)
     return out, fmt
+
+
+def decode_cost(mode: str, width: int, height: int, *, rotated: bool = False) -> int:
+    """Peak bytes that decoding a ``mode`` image of ``width`` x ``height`` adds, counting the conversion to RGB.
+
+    Pillow holds the decoded image (1 byte per pixel for ``1``/``L``/``P``, 2 for ``I;16*``, 4 for every other
+    mode, RGB included) and :func:`to_rgb8` writes a 4-byte RGB result, converting in strips of rows so that
+    its temporaries stay a few MB; an EXIF rotation adds one transposed copy of the decoded image.
+    """
+    stored = 1 if mode in ("1", "L", "P") else 2 if mode.startswith("I;16") else 4
+    return width * height * (stored * (2 if rotated else 1) + 4)
+
+
+def _orientation(im: Image.Image) -> int:
+    try:
+        return int(im.getexif().get(0x0112, 1) or 1)
+    except Exception:  # noqa: BLE001 - broken EXIF: no rotation (exif_transpose ignores it too)
+        return 1
+
+
+def _check_decode_cost(im: Image.Image, name: str, max_decode_bytes: int | None, rotated: bool) -> None:
+    if max_decode_bytes is None:
+        return
+    w, h = im.size
+    cost = decode_cost(im.mode, w, h, rotated=rotated)
+    if cost <= max_decode_bytes:
+        return
+    if im.format == "JPEG" and im.mode in ("RGB", "L", "CMYK"):
+        # libjpeg decodes at 1/2, 1/4 or 1/8 scale directly: only for a file the cap would refuse, since it
+        # changes the pixels the model's centre crop of the native image sees.
+        for scale in (2, 4, 8):  # libjpeg gives ceil(w / scale) x ceil(h / scale)
+            if decode_cost(im.mode, -(-w // scale), -(-h // scale), rotated=rotated) <= max_decode_bytes:
+                im.draft(im.mode, (max(1, w // scale), max(1, h // scale)))
+                if decode_cost(im.mode, *im.size, rotated=rotated) > max_decode_bytes:  # an already loaded image
+                    break
+                logger.info(
+                    "%s: %dx%d JPEG decoded at %dx%d (max_decode_bytes=%d)", name, w, h, *im.size, max_decode_bytes
+                )
+                return
+    raise UnreadableImage(
+        name,
+        f"decompression bomb: {w}x{h} {im.mode} needs about {cost / 1e6:.0f} MB to decode and convert to RGB, "
+        f"over max_decode_bytes={max_decode_bytes}",
+    )
+
+
+def pil_to_rgb8(
+    im: Image.Image,
+    name: str,
+    *,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    max_decode_bytes: int | None = DEFAULT_MAX_DECODE_BYTES,
+) -> Image.Image:
+    """A PIL image (opened, perhaps not decoded yet) -> 8-bit RGB: size, pixel and decode-bytes caps, load, EXIF
+    orientation, mode conversion.  Raises :class:`UnreadableImage` naming ``name`` and the reason."""
+    try:
+        w, h = im.size
+        if w <= 0 or h <= 0:
+            raise UnreadableImage(name, f"invalid image size {w}x{h}")
+        if max_pixels is not None and w * h > max_pixels:
+            raise UnreadableImage(
+                name,
+                f"decompression bomb: {w}x{h} = {w * h} pixels exceeds max_pixels={max_pixels}",
+            )
+        rotated = _orientation(im) not in (0, 1)
+        _check_decode_cost(im, name, max_decode_bytes, rotated)
+        # Image.open leaves multi-frame files (GIF, APNG, TIFF, WebP) on frame 0
+        im.load()
+        oriented = exif_transpose(im, name)
+        # A transposed image is already a fresh copy: no second copy of it for RGB.
+        out = _to_rgb8(oriented, name, copy=oriented is im)
+        out.load()
+    except UnreadableImage:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise UnreadableImage(name, f"decompression bomb: {e}") from None
+    except MemoryError:
+        raise UnreadableImage(name, "out of memory while decoding") from None
+    except Exception as e:  # noqa: BLE001 - OSError, SyntaxError, ValueError, struct.error...
+        raise UnreadableImage(name, f"truncated or corrupt image data: {_describe(e)}") from None
+    if out.mode != "RGB" or out.size[0] <= 0 or out.size[1] <= 0:  # pragma: no cover - defensive
+        raise UnreadableImage(name, f"internal conversion error (mode {out.mode}, size {out.size})")
+    return out
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -295,14 +427,15 @@ def _warn_if_truncated_flag() -> None:
         )
 
 
-def _exif_transpose(im: Image.Image, path: str) -> Image.Image:
+def exif_transpose(im: Image.Image, name: str) -> Image.Image:
+    """``im`` turned upright by its EXIF orientation (``im`` itself when upright; broken EXIF is ignored)."""
     try:
         if im.getexif().get(0x0112, 1) in (None, 1):  # no rotation: avoid a full copy
             return im
         out = ImageOps.exif_transpose(im)
         return im if out is None else out
     except Exception as e:  # noqa: BLE001 - broken EXIF must not kill a decodable image
-        logger.debug("ignoring unreadable EXIF orientation of %s: %s", path, e)
+        logger.debug("ignoring unreadable EXIF orientation of %s: %s", name, e)
         return im
 
 
@@ -312,36 +445,76 @@ def _composite_on_white(rgba: Image.Image) -> Image.Image:
     return Image.alpha_composite(bg, rgba).convert("RGB")
 
 
-def _to_rgb8(im: Image.Image, path: str) -> Image.Image:
+def _by_strips(im: Image.Image, convert: Callable[[Image.Image], Image.Image]) -> Image.Image:
+    """``convert`` (a per-pixel conversion to RGB) applied to strips of rows, pasted into one RGB image: the same
+    pixels as ``convert(im)``, with temporaries the size of a strip instead of several full-size images."""
+    w, h = im.size
+    rows = max(1, _STRIP_PIXELS // max(w, 1))
+    if rows >= h:
+        return convert(im)
+    out = Image.new("RGB", im.size)
+    for top in range(0, h, rows):
+        out.paste(convert(im.crop((0, top, w, min(h, top + rows)))), (0, top))
+    return out
+
+
+def to_rgb8(im: Image.Image, name: str) -> Image.Image:
+    """A decoded image of any mode -> a new 8-bit RGB image (alpha on white, 16-bit / int / float grey scaled);
+    :class:`UnreadableImage` for a mode that cannot be converted."""
+    return _to_rgb8(im, name, copy=True)
+
+
+def _to_rgb8(im: Image.Image, path: str, *, copy: bool) -> Image.Image:
     mode = im.mode
     has_trns = "transparency" in im.info
     if mode == "RGB" and not has_trns:
-        return im.copy()
+        return im.copy() if copy else im
     if mode in ("RGBA", "LA", "PA", "La", "RGBa"):
-        return _composite_on_white(im)
+        return _by_strips(im, _composite_on_white)
     if mode in ("P", "L", "1", "RGB") and has_trns:
         try:
-            return _composite_on_white(im.convert("RGBA"))
+            return _by_strips(im, lambda strip: _composite_on_white(strip.convert("RGBA")))
         except Exception:  # noqa: BLE001 - bad tRNS -> ignore transparency
-            return im.convert("RGB")
+            return _by_strips(im, lambda strip: strip.convert("RGB"))
     if mode in ("P", "L", "1", "CMYK", "YCbCr"):
         return im.convert("RGB")
     if mode.startswith("I;16"):
-        arr = np.asarray(im).astype(np.uint32)
-        return _gray_to_rgb(((arr * 255 + 32767) // 65535).astype(np.uint8))
+
+        def scale16(strip: Image.Image) -> Image.Image:
+            arr = np.asarray(strip).astype(np.uint32)
+            return _gray_to_rgb(((arr * 255 + 32767) // 65535).astype(np.uint8))
+
+        return _by_strips(im, scale16)
     if mode == "I":
-        return _gray_to_rgb(_int_to_uint8(np.asarray(im), _bits_hint(im)))
+        lo, hi = im.getextrema()  # the whole image's range, then each strip scaled with it
+        value_range = (int(lo), int(hi))  # type: ignore[arg-type]  # a one-band image: two numbers
+        bits = _bits_hint(im)
+        return _by_strips(im, lambda strip: _gray_to_rgb(_int_to_uint8(np.asarray(strip), bits, value_range)))
     if mode == "F":
-        return _gray_to_rgb(_float_to_uint8(np.asarray(im)))
+        finite_range = _finite_range(im)
+        return _by_strips(im, lambda strip: _gray_to_rgb(_float_to_uint8(np.asarray(strip), finite_range)))
     try:
         return im.convert("RGB")
     except Exception as e:  # noqa: BLE001
         raise UnreadableImage(path, f"unsupported image mode {mode!r}: {_describe(e)}") from None
 
 
+def _finite_range(im: Image.Image) -> tuple[float, float] | None:
+    """(min, max) of the finite values of a float image, strip by strip; None when there are none."""
+    lo, hi = np.inf, -np.inf
+    w, h = im.size
+    rows = max(1, _STRIP_PIXELS // max(w, 1))
+    for top in range(0, h, rows):
+        a = np.asarray(im.crop((0, top, w, min(h, top + rows))), dtype=np.float64)
+        fin = a[np.isfinite(a)]
+        if fin.size:
+            lo, hi = min(lo, float(fin.min())), max(hi, float(fin.max()))
+    return (lo, hi) if lo <= hi else None
+
+
 def _gray_to_rgb(a: np.ndarray) -> Image.Image:
-    a = np.ascontiguousarray(a, dtype=np.uint8)
-    return Image.fromarray(np.repeat(a[:, :, None], 3, axis=2), "RGB")
+    # L -> RGB copies the grey value into the three channels, without a 3-channel numpy temporary
+    return Image.fromarray(np.ascontiguousarray(a, dtype=np.uint8), "L").convert("RGB")
 
 
 def _bits_hint(im: Image.Image) -> int | None:
@@ -358,15 +531,20 @@ def _bits_hint(im: Image.Image) -> int | None:
     return None
 
 
-def _int_to_uint8(a: np.ndarray, bits: int | None) -> np.ndarray:
+def _int_to_uint8(a: np.ndarray, bits: int | None, value_range: tuple[int, int] | None = None) -> np.ndarray:
     """32-bit integer grey -> uint8.
 
     * declared 8/16-bit depth -> scale that range to 0..255;
     * otherwise by value range: within 0..255 kept as is, within 0..65535
       treated as 16-bit, anything else min-max normalised.
+
+    ``value_range`` is the whole image's (min, max) when ``a`` is one strip of it.
     """
     a = a.astype(np.int64)
-    lo, hi = (int(a.min()), int(a.max())) if a.size else (0, 0)
+    if value_range is not None:
+        lo, hi = value_range
+    else:
+        lo, hi = (int(a.min()), int(a.max())) if a.size else (0, 0)
     if bits is not None and 1 <= bits <= 16 and lo >= 0 and hi < (1 << bits):
         maxv = (1 << bits) - 1
         return ((a * 255 + maxv // 2) // maxv).astype(np.uint8)
@@ -374,28 +552,34 @@ def _int_to_uint8(a: np.ndarray, bits: int | None) -> np.ndarray:
         return a.astype(np.uint8)
     if lo >= 0 and hi <= 65535:
         return ((a * 255 + 32767) // 65535).astype(np.uint8)
-    return _minmax(a.astype(np.float64))
+    return _minmax(a.astype(np.float64), lo, hi)
 
 
-def _float_to_uint8(a: np.ndarray) -> np.ndarray:
+def _float_to_uint8(a: np.ndarray, finite_range: tuple[float, float] | None | str = "own") -> np.ndarray:
     """Float grey -> uint8: values in [0, 1] scaled by 255, values in [0, 255]
-    kept, anything else min-max normalised.  NaN -> 0, +-inf clipped."""
+    kept, anything else min-max normalised.  NaN -> the minimum, +-inf clipped.
+
+    ``finite_range`` is the whole image's finite (min, max) (None: no finite
+    value) when ``a`` is one strip of it; by default ``a``'s own.
+    """
     a = np.asarray(a, dtype=np.float64)
-    finite = np.isfinite(a)
-    if not finite.all():
-        fin = a[finite]
-        lo_f, hi_f = (fin.min(), fin.max()) if fin.size else (0.0, 0.0)
+    if isinstance(finite_range, str):
+        fin = a[np.isfinite(a)]
+        finite_range = (float(fin.min()), float(fin.max())) if fin.size else None
+    lo_f, hi_f = finite_range if finite_range is not None else (0.0, 0.0)
+    if not np.isfinite(a).all():
         a = np.nan_to_num(a, nan=lo_f, posinf=hi_f, neginf=lo_f)
-    lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
+    # after replacing the non-finite values the range is the finite one (0..0 when nothing was finite)
+    lo, hi = (lo_f, hi_f) if a.size else (0.0, 0.0)
     if lo >= 0.0 and hi <= 1.0:
         return np.clip(np.rint(a * 255.0), 0, 255).astype(np.uint8)
     if lo >= 0.0 and hi <= 255.0:
         return np.clip(np.rint(a), 0, 255).astype(np.uint8)
-    return _minmax(a)
+    return _minmax(a, lo, hi)
 
 
-def _minmax(a: np.ndarray) -> np.ndarray:
-    lo, hi = float(a.min()), float(a.max())
+def _minmax(a: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    lo, hi = float(lo), float(hi)
     if hi <= lo:
         return np.zeros(a.shape, np.uint8)
     return np.clip(np.rint((a - lo) * (255.0 / (hi - lo))), 0, 255).astype(np.uint8)

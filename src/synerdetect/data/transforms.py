@@ -74,6 +74,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageFilter
 
+from .imageio import open_image
+
 __all__ = ["MAX_RESIZE_ASPECT", "EvalTransform", "RngLike", "TrainTransform", "pil_to_tensor"]
 
 RngLike = random.Random | np.random.Generator | torch.Generator | None
@@ -172,7 +174,7 @@ def _jpeg(img: Image.Image, quality: int) -> Image.Image:
     buf = io.BytesIO()
     img.save(buf, format="JPEG", quality=int(quality))
     buf.seek(0)
-    with Image.open(buf) as out:
+    with open_image(buf) as out:
         out.load()
         return out.convert("RGB")
 

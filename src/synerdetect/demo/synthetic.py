@@ -27,6 +27,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..data.imageio import open_image
+
 __all__ = [
     "FAMILIES",
     "FAMILY_KIND",
@@ -95,7 +97,7 @@ def _load_photos() -> tuple[np.ndarray, ...]:
         path = data_dir / name
         if not path.is_file():  # tolerate slimmed-down scikit-image installs
             continue
-        with Image.open(path) as im:
+        with open_image(path) as im:
             arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
         arr = np.ascontiguousarray(arr)
         arr.setflags(write=False)

@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from ..data import Sample
+from ..data.imageio import open_image
 from ..utils import atomic_write_text, check_output_dir, rank_world
 from .calibration import DEFAULT_TAU, Calibration, apply_calibration, calibration_section
 from .cascade import cascade_band_of
@@ -71,7 +71,7 @@ def header_size(path: str) -> tuple[int, int] | None:
     The data loader does not report sizes, so :func:`evaluate` reads them here, once per scored file, for the
     size-shortcut warning. The size is the stored one (before any EXIF rotation)."""
     try:
-        with Image.open(path) as im:
+        with open_image(path) as im:  # the loaders' formats only
             w, h = im.size
         return int(w), int(h)
     except Exception:  # noqa: BLE001 - a size is optional: unknown disables the size warning

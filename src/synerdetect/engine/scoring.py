@@ -56,8 +56,15 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from ..data import ShardedEvalSampler, imageio
-from ..data.imageio import DEFAULT_MAX_PIXELS, UnreadableImage, open_regular_file
+from ..data import ShardedEvalSampler
+from ..data.imageio import (
+    DEFAULT_MAX_DECODE_BYTES,
+    DEFAULT_MAX_PIXELS,
+    UnreadableImage,
+    decode_open_file,
+    open_regular_file,
+    pil_to_rgb8,
+)
 from ..data.transforms import stack_images
 from ..model.detector import view_transform
 from ..provenance import load_trust_anchors
@@ -118,48 +125,25 @@ def _mb(n: int) -> str:
 
 
 def decode_image_bytes(
-    data: bytes, name: str = "<bytes>", *, max_pixels: int | None = DEFAULT_MAX_PIXELS
+    data: bytes,
+    name: str = "<bytes>",
+    *,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    max_decode_bytes: int | None = DEFAULT_MAX_DECODE_BYTES,
 ) -> tuple[Image.Image, str]:
     """Bytes -> (8-bit RGB PIL image, container format) with exactly the rules of
     :func:`synerdetect.data.load_image_with_format` (which only takes paths); raises :class:`UnreadableImage`."""
     if not data:
         raise UnreadableImage(name, "empty file (0 bytes)")
-    load_open_file = getattr(imageio, "_load_open_file", None)
-    if load_open_file is not None:
-        return load_open_file(io.BytesIO(data), name, max_pixels)
-    # The loader's internals changed: go through its public, path-based entry point instead.
-    import tempfile
-
-    suffix = Path(name).suffix if len(Path(name).suffix) <= 8 else ""
-    with tempfile.NamedTemporaryFile(suffix=suffix) as tmp:
-        tmp.write(data)
-        tmp.flush()
-        try:
-            return imageio.load_image_with_format(tmp.name, max_pixels=max_pixels)
-        except UnreadableImage as e:
-            raise UnreadableImage(name, e.reason) from None
+    return decode_open_file(io.BytesIO(data), name, max_pixels=max_pixels, max_decode_bytes=max_decode_bytes)
 
 
-def _pil_to_rgb(img: Image.Image, name: str, max_pixels: int | None) -> Image.Image:
-    """An in-memory PIL image -> 8-bit RGB with the loader's rules (pixel cap, EXIF orientation, modes)."""
-    w, h = img.size
-    if w <= 0 or h <= 0:
-        raise UnreadableImage(name, f"invalid image size {w}x{h}")
-    if max_pixels is not None and w * h > max_pixels:
-        raise UnreadableImage(name, f"decompression bomb: {w}x{h} = {w * h} pixels exceeds max_pixels={max_pixels}")
-    try:
-        img.load()
-        transpose = getattr(imageio, "_exif_transpose", None)
-        to_rgb = getattr(imageio, "_to_rgb8", None)
-        if transpose is not None:
-            img = transpose(img, name)
-        out = to_rgb(img, name) if to_rgb is not None else img.convert("RGB")
-        out.load()
-    except UnreadableImage:
-        raise
-    except Exception as e:  # noqa: BLE001
-        raise UnreadableImage(name, f"truncated or corrupt image data: {type(e).__name__}: {e}") from None
-    return out
+def _pil_to_rgb(
+    img: Image.Image, name: str, max_pixels: int | None, max_decode_bytes: int | None = DEFAULT_MAX_DECODE_BYTES
+) -> Image.Image:
+    """An in-memory PIL image -> a new 8-bit RGB image with the loader's rules (pixel and decode-bytes caps, EXIF
+    orientation, modes)."""
+    return pil_to_rgb8(img, name, max_pixels=max_pixels, max_decode_bytes=max_decode_bytes)
 
 
 # ----------------------------------------------------------------------------- decoding
@@ -216,6 +200,7 @@ class Decoder:
     max_bytes: int | None = None
     provenance: bool = False
     trust_anchors_pem: str | None = None
+    max_decode_bytes: int | None = DEFAULT_MAX_DECODE_BYTES
 
     def with_limits(self, *, max_pixels: int | None, max_bytes: int | None) -> Decoder:
         return replace(self, max_pixels=max_pixels, max_bytes=max_bytes)
@@ -259,12 +244,14 @@ class Decoder:
         data: bytes | None = None
         try:
             if isinstance(source, Image.Image):
-                img = _pil_to_rgb(source, name, self.max_pixels)
+                img = _pil_to_rgb(source, name, self.max_pixels, self.max_decode_bytes)
                 fmt = str(source.format or "PIL")
             else:
                 data = self.read_bytes(name, source)
                 p.sha256 = hashlib.sha256(data).hexdigest()
-                img, fmt = decode_image_bytes(data, name, max_pixels=self.max_pixels)
+                img, fmt = decode_image_bytes(
+                    data, name, max_pixels=self.max_pixels, max_decode_bytes=self.max_decode_bytes
+                )
             p.width, p.height, p.format = img.size[0], img.size[1], fmt
             try:
                 p.image = self.transform(img)

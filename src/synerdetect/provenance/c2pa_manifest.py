@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import io
 import json
+from collections import deque
 from typing import Any
 
-from synerdetect.provenance.metadata import clip
+from synerdetect.provenance.metadata import Budget, clip
 from synerdetect.provenance.vocab import classify_source_type
 
 MAX_MANIFESTS = 32  # ingredient manifests followed per asset
 MAX_SOURCE_TYPES = 64  # digital source types kept per manifest
 MAX_ACTIONS = 100  # action names kept for the active manifest
 MAX_WALK_NODES = 2000  # JSON nodes visited per assertion when looking for DigitalSourceType keys
+MAX_FAILURES = 64  # validation failure codes kept (each at most 200 characters)
 
 # Failure codes about the signer's trust, not about the integrity of the manifest.
 TRUST_ONLY_CODES = frozenset({"signingCredential.untrusted", "signingCredential.ocsp.skipped"})
@@ -63,12 +65,15 @@ def _one_line(text: object, limit: int = 300) -> str:
     return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
-def read_c2pa(data: bytes, anchors_pem: str | None = None) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+def read_c2pa(
+    data: bytes, anchors_pem: str | None = None, work: Budget | None = None
+) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
     """Read and validate the C2PA manifest store embedded in ``data``.
 
     Returns ``(info, evidence)``; ``info`` is None when the asset carries no manifest (or is a type the
-    SDK does not handle). Never raises for bad input.
+    SDK does not handle). Never raises for bad input. Lists over their caps are cut, and ``work`` says so.
     """
+    work = work if work is not None else Budget()
     try:
         import c2pa
     except ImportError:  # pragma: no cover - c2pa-python is a dependency; degrade rather than crash
@@ -88,7 +93,7 @@ def read_c2pa(data: bytes, anchors_pem: str | None = None) -> tuple[dict[str, An
         if reader is not None:
             reader.close()
         context.close()
-    return _from_store(store)
+    return _from_store(store, work)
 
 
 def _from_reader_error(c2pa: Any, exc: Exception, data: bytes) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
@@ -104,8 +109,8 @@ def _from_reader_error(c2pa: Any, exc: Exception, data: bytes) -> tuple[dict[str
     if message.startswith("Remote") or (isinstance(remote_type, type) and isinstance(exc, remote_type)):
         url = message.split("url", 1)[-1].strip() if "url" in message else None
         info = _empty_info("unverified", ["manifest.remote.notFetched"])
-        info["remote_manifest_url"] = url
-        evidence = [{"source": "c2pa", "field": "remote_manifest", "value": url or message, "kind": "info"}]
+        info["remote_manifest_url"] = clip(url) if url else None
+        evidence = [{"source": "c2pa", "field": "remote_manifest", "value": clip(url or message), "kind": "info"}]
         return info, evidence
     if has_c2pa_markers(data):
         # A manifest store is present but the SDK cannot parse it: report it, never as a clean declaration.
@@ -196,7 +201,7 @@ def _manifest_source_types(manifest: dict[str, Any]) -> tuple[list[tuple[str, st
     return found, actions
 
 
-def _from_store(store: object) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+def _from_store(store: object, work: Budget) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
     if not isinstance(store, dict):
         return _empty_info("invalid", ["manifest.unreadable"]), []
     manifests = _dict(store.get("manifests"))
@@ -212,6 +217,9 @@ def _from_store(store: object) -> tuple[dict[str, Any] | None, list[dict[str, An
         failures += _codes(_dict(_dict(delta).get("validationDeltas")).get("failure"))
     failures += _codes(store.get("validation_status"))  # older SDKs: a flat list of failures
     failures = _dedup(failures)
+    if len(failures) > MAX_FAILURES:
+        work.cut(f"{len(failures)} C2PA failure codes: {MAX_FAILURES} kept")
+    failures = [clip(code, 200) for code in failures[:MAX_FAILURES]]
     successes = _codes(active_results.get("success"))
 
     library_state = store.get("validation_state")
@@ -250,10 +258,15 @@ def _from_store(store: object) -> tuple[dict[str, Any] | None, list[dict[str, An
     # The active manifest first, then the manifests of its ingredients (breadth first, bounded).
     primary: str | None = None
     types: list[str] = []
-    queue: list[tuple[str, str]] = [(active_label, "")]
+    queue: deque[tuple[str, str]] = deque([(active_label, "")])
     seen: set[str] = set()
-    while queue and len(seen) < MAX_MANIFESTS:
-        label, prefix = queue.pop(0)
+    while queue:
+        if len(seen) >= MAX_MANIFESTS and any(label not in seen for label, _ in queue):
+            work.cut(f"more than {MAX_MANIFESTS} C2PA manifests: the others not read")
+            break
+        if len(seen) >= MAX_MANIFESTS:
+            break
+        label, prefix = queue.popleft()
         if label in seen or not isinstance(manifests.get(label), dict):
             continue
         seen.add(label)
@@ -279,6 +292,6 @@ def _from_store(store: object) -> tuple[dict[str, Any] | None, list[dict[str, An
             if isinstance(ingredient, dict) and isinstance(ingredient.get("active_manifest"), str):
                 queue.append((ingredient["active_manifest"], f"{prefix}ingredient[{i}]/"))
 
-    info["digital_source_types"] = _dedup(types)
+    info["digital_source_types"] = _dedup(types)[:MAX_SOURCE_TYPES]
     info["digital_source_type"] = primary or (types[0] if types else None)
     return info, evidence

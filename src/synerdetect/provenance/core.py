@@ -15,7 +15,15 @@ Result (a JSON-serialisable dict)::
      "c2pa": None | {"validation_state": "valid" | "invalid" | "unverified", "failures": [codes],
                      "trusted": bool, "digital_source_type", "digital_source_types", "claim_generator",
                      "actions", "active_manifest", "signer", "library_state"},
+     ["truncated": True, "truncated_reason": "why; why"],  # only when some evidence was cut (see below)
      ["error": "one-line reason"]}
+
+Bounded work and output: every file gets a work budget (:class:`~.metadata.Budget`: metadata bytes inflated,
+parsed or scanned) and caps on XMP packets, depth, elements and properties, PNG chunks, C2PA manifests and lists,
+evidence items (``MAX_EVIDENCE_ITEMS``) and the length of every string kept (``MAX_VALUE_CHARS``). Whatever is cut,
+the result says ``"truncated": True`` and why. ``declared_ai`` is decided on all the evidence read, and when the
+list is cut the ``"ai"`` and ``"capture"`` items are kept before ``"info"`` ones, so the items behind the decision
+stay in the list.
 
 Rules for ``declared_ai``:
 
@@ -46,11 +54,13 @@ import warnings
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from synerdetect.imageformats import open_image
 from synerdetect.provenance.c2pa_manifest import read_c2pa
-from synerdetect.provenance.metadata import collect_metadata
+from synerdetect.provenance.metadata import Budget, collect_metadata
 from synerdetect.provenance.vocab import classify_source_type
 
 MAX_INPUT_BYTES = 50 * 1024 * 1024  # larger inputs are refused, never read whole
+MAX_EVIDENCE_ITEMS = 100  # evidence items kept per file (each value at most MAX_VALUE_CHARS characters)
 
 Source = str | os.PathLike | bytes | bytearray | memoryview | BinaryIO
 
@@ -136,14 +146,14 @@ def _read_bounded(source: Source) -> bytes:
 
 def _open_image(data: bytes) -> tuple[Any, str | None]:
     """The Pillow image (header parsed, pixels not decoded), or None and why."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import UnidentifiedImageError
 
     if not data:
         return None, "empty input"
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            img = Image.open(io.BytesIO(data))
+            img = open_image(io.BytesIO(data))  # the loaders' formats only (no PostScript, ...)
         return img, None
     except UnidentifiedImageError:
         return None, "not a recognised image"
@@ -178,17 +188,37 @@ def read_provenance(source: Source, *, trust_anchors: str | os.PathLike | None =
         return error_result(f"provenance read failed: {type(exc).__name__}: {exc}")
 
 
+def cap_evidence(evidence: list[dict[str, Any]], limit: int, work: Budget) -> list[dict[str, Any]]:
+    """At most ``limit`` items in their order, the ``"ai"`` / ``"capture"`` items first (they decide)."""
+    if len(evidence) <= limit:
+        return evidence
+    work.cut(f"{len(evidence)} evidence items: {limit} kept")
+    decisive = [i for i, item in enumerate(evidence) if item.get("kind") in ("ai", "capture")]
+    keep = set(decisive[:limit])
+    for i in range(len(evidence)):
+        if len(keep) >= limit:
+            break
+        keep.add(i)
+    return [evidence[i] for i in sorted(keep)]
+
+
 def _analyse(data: bytes, anchors_pem: str | None) -> dict[str, Any]:
+    work = Budget()
     img, image_error = _open_image(data)
     try:
-        c2pa_info, evidence = read_c2pa(data, anchors_pem)
-        evidence = evidence + collect_metadata(data, img)
+        c2pa_info, evidence = read_c2pa(data, anchors_pem, work)
+        evidence = evidence + collect_metadata(data, img, work)
     finally:
         if img is not None:
             img.close()
     if img is None and c2pa_info is None and not evidence:
         return error_result(image_error or "not a recognised image")
-    return {"declared_ai": decide_declared_ai(evidence), "evidence": evidence, "c2pa": c2pa_info}
+    declared_ai = decide_declared_ai(evidence)
+    kept = cap_evidence(evidence, MAX_EVIDENCE_ITEMS, work)
+    result: dict[str, Any] = {"declared_ai": declared_ai, "evidence": kept, "c2pa": c2pa_info}
+    if work.reasons:
+        result.update(truncated=True, truncated_reason=_one_line("; ".join(work.reasons), 1000))
+    return result
 
 
 def trusted_ai_decision(prov: dict[str, Any] | None) -> str | None:

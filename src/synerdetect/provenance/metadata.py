@@ -5,8 +5,9 @@ None of this is signed: it is what a file *declares*, and anyone can write or st
 * XMP: ``Iptc4xmpExt:DigitalSourceType`` (IPTC digital source type), the IPTC 2023.2 AI properties
   (``AISystemUsed``, ``AISystemVersionUsed``, ``AIPromptInformation``, ``AIPromptWriterName``) and
   ``xmp:CreatorTool``. Packets come from Pillow (``img.info["xmp"]`` for JPEG/WebP, TIFF tag 700) or the
-  PNG iTXt chunk ``XML:com.adobe.xmp`` and are parsed with :mod:`xml.etree.ElementTree`; packets that
-  declare a DOCTYPE or entities are refused outright.
+  PNG iTXt chunk ``XML:com.adobe.xmp`` (UTF-8, UTF-16 or UTF-32) and are streamed through :mod:`defusedxml`'s
+  expat parser (DTDs, entities and external references refused) in time linear in the packet, under caps on
+  packet count and size, nesting depth, elements and properties.
 * PNG text chunks (tEXt / zTXt / iTXt), walked directly from the bytes so that chunks after the image data
   are seen without decoding pixels; zTXt/iTXt inflation is bounded. Recognised generators: AUTOMATIC1111 /
   Forge / SD.Next / Civitai-style ``parameters``, ComfyUI ``prompt`` / ``workflow``, SwarmUI
@@ -19,15 +20,20 @@ None of this is signed: it is what a file *declares*, and anyone can write or st
   or name an AI generator); generator parameters in ``UserComment`` / ``ImageDescription`` (A1111, Fooocus,
   SwarmUI, NovelAI and InvokeAI JPEG/WebP exports).
 * JPEG ``COM`` comments holding generator parameters (source ``"jpeg_comment"``).
+
+All parsing of one file shares a :class:`Budget`: a work cap (bytes of metadata inflated, parsed or scanned) and
+the reasons anything was cut, which :func:`synerdetect.provenance.read_provenance` reports as ``"truncated"``.
 """
 
 from __future__ import annotations
 
 import json
 import re
-import xml.etree.ElementTree as ET
 import zlib
 from typing import Any
+
+from defusedxml import DefusedXmlException
+from defusedxml.ElementTree import DefusedXMLParser, ParseError
 
 from synerdetect.provenance.vocab import classify_source_type, match_ai_software
 
@@ -36,7 +42,12 @@ MAX_VALUE_CHARS = 2000  # longest evidence value kept
 MAX_TEXT_BYTES = 4 * 1024 * 1024  # longest (inflated) text chunk analysed
 MAX_TEXT_TOTAL = 16 * 1024 * 1024  # all PNG text inflated per file
 MAX_PNG_CHUNKS = 10_000
-MAX_XMP_BYTES = 2 * 1024 * 1024
+MAX_XMP_BYTES = 2 * 1024 * 1024  # larger packets are skipped (with a note)
+MAX_XMP_PACKETS = 4  # packets parsed per file (a file normally holds one)
+MAX_XMP_DEPTH = 64  # element nesting; real packets stay under ~15
+MAX_XMP_ELEMENTS = 50_000  # elements per packet (Photoshop DocumentAncestors lists can run to thousands)
+MAX_XMP_PROPERTIES = 64  # properties of interest kept per packet
+MAX_WORK_BYTES = 48 * 1024 * 1024  # metadata bytes inflated + parsed + scanned per file
 
 _IPTC_AI_PROPERTIES = ("AISystemUsed", "AISystemVersionUsed", "AIPromptInformation", "AIPromptWriterName")
 _RDF_NS = "http://www.w3.org/1999/02/22-rdf-syntax-ns#"
@@ -63,6 +74,28 @@ def clip(value: object, limit: int = MAX_VALUE_CHARS) -> str:
         return text
     marker = " [truncated]"
     return text[: limit - len(marker)] + marker
+
+
+class Budget:
+    """The work left for one file's evidence parsing, and why anything was cut (``reasons``, in order)."""
+
+    def __init__(self, work: int | None = None):
+        self.total = MAX_WORK_BYTES if work is None else work
+        self.left = self.total
+        self.reasons: list[str] = []
+
+    def cut(self, reason: str) -> None:
+        if reason not in self.reasons:
+            self.reasons.append(reason)
+
+    def spend(self, n: int, what: str) -> bool:
+        """Take ``n`` units for ``what``; False (and a reason) when the budget cannot cover them."""
+        if n > self.left:
+            self.left = 0
+            self.cut(f"work budget of {self.total} bytes per file used up: {what} and later metadata skipped")
+            return False
+        self.left -= n
+        return True
 
 
 def _item(source: str, field: str, value: object, kind: str, generator: str | None = None) -> dict[str, Any]:
@@ -153,13 +186,21 @@ def _inflate(data: bytes, limit: int) -> bytes | None:
         return None
 
 
-def iter_png_text(data: bytes) -> list[tuple[str, str]]:
-    """``(keyword, text)`` of every tEXt / zTXt / iTXt chunk of a PNG, bounded in count and size."""
+def iter_png_text(data: bytes, work: Budget | None = None) -> list[tuple[str, str]]:
+    """``(keyword, text)`` of every tEXt / zTXt / iTXt chunk of a PNG, bounded in count and size (what was
+    left unread goes to ``work``'s reasons)."""
     out: list[tuple[str, str]] = []
     if not data.startswith(PNG_SIGNATURE):
         return out
+    work = work if work is not None else Budget()
     pos, budget, chunks = len(PNG_SIGNATURE), MAX_TEXT_TOTAL, 0
-    while pos + 8 <= len(data) and chunks < MAX_PNG_CHUNKS and budget > 0:
+    while pos + 8 <= len(data):
+        if chunks >= MAX_PNG_CHUNKS:
+            work.cut(f"PNG with more than {MAX_PNG_CHUNKS} chunks: later chunks not read")
+            break
+        if budget <= 0:
+            work.cut(f"PNG text over {MAX_TEXT_TOTAL} bytes: later text chunks not read")
+            break
         chunks += 1
         length = int.from_bytes(data[pos : pos + 4], "big")
         ctype = data[pos + 4 : pos + 8]
@@ -193,18 +234,23 @@ def iter_png_text(data: bytes) -> list[tuple[str, str]]:
         if raw is None:
             continue
         budget -= len(raw)
+        if not work.spend(len(raw), f"PNG text chunk {key!r}"):
+            break
         out.append((key, raw.decode(encoding, errors="replace")))
     return out
 
 
-def png_text_evidence(chunks: list[tuple[str, str]]) -> list[dict[str, Any]]:
+def png_text_evidence(chunks: list[tuple[str, str]], work: Budget | None = None) -> list[dict[str, Any]]:
     """Evidence from PNG text chunks (the XMP chunk excluded: see :func:`xmp_evidence`)."""
+    work = work if work is not None else Budget()
     evidence: list[dict[str, Any]] = []
     keys = {k for k, _ in chunks}
     for key, text in chunks:
         low = key.lower()
         if key == "XML:com.adobe.xmp":
             continue
+        if not work.spend(len(text), f"analysing PNG text chunk {key!r}"):
+            break
         generator: str | None = None
         if low in _PNG_KEY_GENERATORS:
             generator = _PNG_KEY_GENERATORS[low]
@@ -260,50 +306,169 @@ def _local(name: str) -> str:
     return name.rsplit("}", 1)[-1].rsplit(":", 1)[-1]
 
 
-def _element_value(el: ET.Element) -> str | None:
-    resource = el.get(f"{{{_RDF_NS}}}resource")
-    if resource:
-        return resource.strip()
-    items = [li.text.strip() for li in el.iter(f"{{{_RDF_NS}}}li") if li.text and li.text.strip()]
-    if items:
-        return "; ".join(items)
-    text = (el.text or "").strip()
-    return text or None
+_WANTED = frozenset({"DigitalSourceType", "CreatorTool", *_IPTC_AI_PROPERTIES})
+_RDF_LI = f"{{{_RDF_NS}}}li"
+_RDF_RESOURCE = f"{{{_RDF_NS}}}resource"
+_XML_DECLARATION = re.compile(r"<\?xml\b[^>]*\?>")
 
 
-def parse_xmp(packet: bytes | str) -> list[tuple[str, str]]:
-    """``(property, value)`` pairs of interest from one XMP packet; [] when it cannot be parsed safely."""
-    raw = packet.encode("utf-8") if isinstance(packet, str) else bytes(packet)
-    if len(raw) > MAX_XMP_BYTES:
-        return []
-    if b"<!DOCTYPE" in raw or b"<!ENTITY" in raw:
-        return []  # no DTDs: rules out entity expansion attacks
-    start = raw.find(b"<")
-    end = raw.rfind(b">")
+class _XmpLimit(Exception):
+    """A packet over one of the caps: parsing stops, what was found so far is kept."""
+
+
+class _XmpCollector:
+    """An expat target that collects the properties of interest in one pass, without building a tree.
+
+    For a wanted element the value is, as before, its ``rdf:resource``, else the ``rdf:li`` texts anywhere
+    below it joined by ``"; "``, else its own leading text; attributes named like a wanted property count
+    too. Every event costs O(1) (an ``rdf:li`` also reaches its open wanted ancestors, at most
+    ``MAX_XMP_DEPTH``), so the whole packet is linear in its size.
+    """
+
+    def __init__(self) -> None:
+        self.out: list[tuple[str, str] | None] = []  # a slot per wanted element, filled at its end
+        self.stack: list[list[Any]] = []  # [local name, slot | None, leading text parts | None, has child]
+        self.open_wanted: list[tuple[int, list[str]]] = []  # (slot, li texts) of the open wanted elements
+        self.elements = 0
+
+    def _add(self, pair: tuple[str, str] | None) -> int:
+        if len(self.out) >= MAX_XMP_PROPERTIES:
+            raise _XmpLimit(f"more than {MAX_XMP_PROPERTIES} properties of interest")
+        self.out.append(pair)
+        return len(self.out) - 1
+
+    def start(self, tag: str, attrib: dict[str, str]) -> None:
+        self.elements += 1
+        if self.elements > MAX_XMP_ELEMENTS:
+            raise _XmpLimit(f"more than {MAX_XMP_ELEMENTS} elements")
+        if len(self.stack) >= MAX_XMP_DEPTH:
+            raise _XmpLimit(f"elements nested deeper than {MAX_XMP_DEPTH}")
+        if self.stack:
+            self.stack[-1][3] = True
+        for attr, value in attrib.items():
+            if _local(attr) in _WANTED and value.strip():
+                self._add((_local(attr), value.strip()))
+        name = _local(tag)
+        slot = None
+        if name in _WANTED:
+            slot = self._add(None)
+            resource = (attrib.get(_RDF_RESOURCE) or "").strip()
+            if resource:
+                self.out[slot] = (name, resource)
+            else:
+                self.open_wanted.append((slot, []))
+        tracked = slot is not None or (tag == _RDF_LI and bool(self.open_wanted))
+        self.stack.append([name, slot, [] if tracked else None, False])
+
+    def data(self, text: str) -> None:
+        if self.stack:
+            top = self.stack[-1]
+            if top[2] is not None and not top[3]:  # text before the first child (ElementTree's .text)
+                top[2].append(text)
+
+    def end(self, tag: str) -> None:
+        name, slot, parts, _ = self.stack.pop()
+        if slot is None and parts is not None:  # an rdf:li under wanted elements
+            text = "".join(parts).strip()
+            if text:
+                for _, items in self.open_wanted:
+                    items.append(text)
+        elif slot is not None and self.out[slot] is None:
+            self._finish(name, slot, parts)
+
+    def _finish(self, name: str, slot: int, parts: list[str] | None) -> None:
+        _, items = self.open_wanted.pop()
+        text = "; ".join(items) if items else "".join(parts or ()).strip()
+        if text:
+            self.out[slot] = (name, text)
+
+    def close(self) -> None:
+        return None
+
+    def result(self) -> list[tuple[str, str]]:
+        """The pairs found, also after a limit stopped the parse (open elements give what they had so far)."""
+        for name, slot, parts, _ in reversed(self.stack):
+            if slot is not None and self.out[slot] is None:
+                self._finish(name, slot, parts)
+        return [pair for pair in self.out if pair is not None]
+
+
+def xmp_text(packet: bytes | str) -> str | None:
+    """The packet as text, from its first ``<`` to its last ``>``: UTF-8, UTF-16 or UTF-32 (by BOM or by the
+    zero bytes around the first ``<``, as the XML spec's appendix F detects them), or None without markup."""
+    if isinstance(packet, str):
+        text = packet
+    else:
+        raw = bytes(packet)
+        boms = (
+            (b"\xef\xbb\xbf", "utf-8"),
+            (b"\xff\xfe\0\0", "utf-32-le"),
+            (b"\0\0\xfe\xff", "utf-32-be"),
+            (b"\xff\xfe", "utf-16-le"),
+            (b"\xfe\xff", "utf-16-be"),
+        )
+        for bom, encoding in boms:
+            if raw.startswith(bom):
+                text = raw[len(bom) :].decode(encoding, errors="replace")
+                break
+        else:
+            lt = raw.find(b"<")
+            if lt < 0:
+                return None
+            if raw[lt + 1 : lt + 4] == b"\0\0\0":
+                encoding = "utf-32-le"
+            elif raw[lt + 1 : lt + 2] == b"\0":
+                encoding = "utf-16-le"
+            elif lt >= 3 and raw[lt - 3 : lt] == b"\0\0\0":
+                encoding, lt = "utf-32-be", lt - 3
+            elif lt >= 1 and raw[lt - 1 : lt] == b"\0":
+                encoding, lt = "utf-16-be", lt - 1
+            else:
+                encoding = "utf-8"
+            text = raw[lt:].decode(encoding, errors="replace")
+    start, end = text.find("<"), text.rfind(">")
     if start < 0 or end < start:
+        return None
+    return text[start : end + 1]
+
+
+def parse_xmp(packet: bytes | str, budget: Budget | None = None) -> list[tuple[str, str]]:
+    """``(property, value)`` pairs of interest from one XMP packet, in document order.
+
+    [] when the packet cannot be parsed safely (malformed, a DTD or entity declaration, over
+    ``MAX_XMP_BYTES``); a packet over the depth, element or property caps keeps what was found before the
+    cap and the reason goes to ``budget``.
+    """
+    budget = budget if budget is not None else Budget()
+    size = len(packet)
+    if size > MAX_XMP_BYTES:
+        budget.cut(f"XMP packet of {size} bytes over the {MAX_XMP_BYTES} byte limit skipped")
         return []
+    text = xmp_text(packet)
+    if text is None or not budget.spend(len(text), "an XMP packet"):
+        return []
+    # The text is re-encoded as UTF-8, so a declaration naming another encoding would be wrong now.
+    if text.startswith("<?xml"):
+        text = _XML_DECLARATION.sub("", text, count=1)
+    collector = _XmpCollector()
+    parser = DefusedXMLParser(target=collector, forbid_dtd=True, forbid_entities=True, forbid_external=True)
     try:
-        root = ET.fromstring(raw[start : end + 1])
-    except ET.ParseError:
-        return []
-    wanted = {"DigitalSourceType", "CreatorTool", *_IPTC_AI_PROPERTIES}
-    out: list[tuple[str, str]] = []
-    for el in root.iter():
-        if not isinstance(el.tag, str):
-            continue
-        for attr, value in el.attrib.items():
-            if _local(attr) in wanted and value.strip():
-                out.append((_local(attr), value.strip()))
-        name = _local(el.tag)
-        if name in wanted and (text := _element_value(el)):
-            out.append((name, text))
-    return out
+        parser.feed(text.encode("utf-8"))
+        parser.close()
+    except _XmpLimit as exc:
+        budget.cut(f"XMP packet with {exc}: parsing stopped there")
+    except (ParseError, DefusedXmlException, ValueError):
+        return []  # malformed, or a DTD / entities (expansion attacks): nothing from this packet
+    return collector.result()
 
 
-def xmp_evidence(packets: list[bytes | str]) -> list[dict[str, Any]]:
+def xmp_evidence(packets: list[bytes | str], budget: Budget | None = None) -> list[dict[str, Any]]:
+    budget = budget if budget is not None else Budget()
+    if len(packets) > MAX_XMP_PACKETS:
+        budget.cut(f"{len(packets)} XMP packets: only the first {MAX_XMP_PACKETS} read")
     evidence: list[dict[str, Any]] = []
-    for packet in packets:
-        for prop, value in parse_xmp(packet):
+    for packet in packets[:MAX_XMP_PACKETS]:
+        for prop, value in parse_xmp(packet, budget):
             if prop == "DigitalSourceType":
                 evidence.append(_item("xmp", "Iptc4xmpExt:DigitalSourceType", value, classify_source_type(value)))
             elif prop == "CreatorTool":
@@ -415,11 +580,13 @@ def xmp_packets(data: bytes, img: Any, png_chunks: list[tuple[str, str]]) -> lis
     return packets
 
 
-def collect_metadata(data: bytes, img: Any) -> list[dict[str, Any]]:
-    """All unsigned-metadata evidence of one file (``img`` is the Pillow image, or None if unreadable)."""
-    chunks = iter_png_text(data)
-    evidence = xmp_evidence(xmp_packets(data, img, chunks))
-    evidence += png_text_evidence(chunks)
+def collect_metadata(data: bytes, img: Any, work: Budget | None = None) -> list[dict[str, Any]]:
+    """All unsigned-metadata evidence of one file (``img`` is the Pillow image, or None if unreadable), within
+    ``work`` (a fresh :class:`Budget` when None; its ``reasons`` say what was cut)."""
+    work = work if work is not None else Budget()
+    chunks = iter_png_text(data, work)
+    evidence = xmp_evidence(xmp_packets(data, img, chunks), work)
+    evidence += png_text_evidence(chunks, work)
     if img is not None:
         evidence += exif_evidence(img)
         evidence += comment_evidence(img)
