@@ -154,37 +154,19 @@ def train(
     # 2. Data: class-balanced, resumable batches of augmented views.
     per_rank = t.batch_size // world
     samples = load_labelled(cfg.data.train, cfg.data.train_layout, cfg.data.train_split, cfg.data.train_generators)
-    size = cfg.data.image_size  # None: two views of each file (view_transform)
     ds = ImageDataset(samples, view_transform(cfg, train=True), seed=t.seed)
     sampler = BalancedBatchSampler(ds.labels, per_rank, seed=t.seed, num_replicas=world, rank=rank)
     loader = DataLoader(ds, batch_sampler=sampler, collate_fn=collate, num_workers=t.num_workers)
     steps_per_epoch = len(sampler)
     total_steps = t.max_steps if t.max_steps is not None else steps_per_epoch * t.epochs
-    n_epochs = math.ceil(total_steps / steps_per_epoch)
 
     # 3. Model and optimiser; where to start (fresh, a checkpoint, or a finished run to extend or leave alone).
     if model is None:
         model = build_detector(cfg)
     optimizer = build_optimizer(model.trainable_parameters(), cfg.optim)
-    start, note = _starting_point(out, resume, total_steps)
-    if start is not None:
-        _check_resume_method(start, cfg.method)
-    if note and acc.is_main_process:
-        print(note, flush=True)
-    if note:
-        log.info(note)
-    state = RunState()
-    if start is not None:
-        state = RunState.from_dict(read_state(start))
-        if state.global_step >= total_steps:  # a finished run asked for no more steps: leave it as it is
-            summary_path = out / "train_summary.json"
-            return (
-                json.loads(summary_path.read_text())
-                if summary_path.is_file()
-                else {"global_step": state.global_step, "final": str(out / "final")}
-            )
-        model.load_trainable(start)
-        load_optimizer(optimizer, start)
+    state, finished = _resume(cfg, out, resume, total_steps, model, optimizer, acc.is_main_process)
+    if finished is not None:  # a finished run asked for no more steps: leave it as it is
+        return finished
     if acc.is_main_process:
         atomic_write_text(out / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
         _truncate_metrics(out / "metrics.jsonl", state.global_step)  # no duplicated steps after a resume
@@ -194,19 +176,7 @@ def train(
     model.enable_fast_path()
     device = acc.device
     val_samples = load_labelled(cfg.data.val, cfg.data.val_layout, cfg.data.val_split) if cfg.data.val else None
-    schedule = None
-    if cfg.cache.policy != "online":
-        schedule = CacheSchedule(
-            cfg.cache.policy,
-            cfg.cache.refresh_every,
-            model,
-            samples,
-            cfg.cache.dir or out / "feature_cache",
-            image_size=size,
-            batch_size=per_rank,
-            key=state.cache_key,
-            progress=progress and acc.is_main_process,
-        )
+    schedule = _cache_schedule(cfg, model, samples, out, per_rank, state, progress and acc.is_main_process)
 
     # 4. The loop.
     bar = tqdm(
@@ -219,7 +189,7 @@ def train(
     running: dict[str, float] = {}
     t0 = time.time()
     skipped_files = 0
-    for epoch in range(state.epoch, n_epochs):
+    for epoch in range(state.epoch, math.ceil(total_steps / steps_per_epoch)):
         if state.global_step >= total_steps:
             break
         # position the data (and the cache) at this epoch; skip what a resumed run has done already
@@ -235,32 +205,24 @@ def train(
         for b_idx, batch in enumerate(loader, start=first):
             if state.global_step >= total_steps:
                 break
+            # one optimiser step; a batch that lost a class to unreadable files makes none (on every rank together)
             skipped_files += len(batch["errors"])
             images, labels = batch["image"].to(device), batch["label"].to(device)
-            gen = step_generator(t.seed, state.global_step, rank)
-
-            # a batch that lost a class to unreadable files makes no update (on every rank together)
             losses: dict[str, torch.Tensor] = {}
             if _usable(labels, world, device):
-                cached = schedule.lookup(batch["path"]) if schedule is not None else None
-                if cached is not None and cfg.cache.cmid_latents == "augmented":
-                    cached = cached._replace(latents=None)  # CMID encodes the augmented view itself
+                gen = step_generator(t.seed, state.global_step, rank)
+                cached = _cached_features(cfg, schedule, batch["path"])
                 losses = _optimizer_step(
                     cfg, acc, wrapped, model, optimizer, images, labels, gen, cached, state.global_step, total_steps
                 )
             else:
                 state.no_update_steps += 1
-                log.warning(
-                    "batch %d of epoch %d lost a class to unreadable files on some rank; no update", b_idx, epoch
-                )
+                log.warning("batch %d of epoch %d lost a class to unreadable files; no update", b_idx, epoch)
             state.global_step += 1
 
             # progress bar, callback, metrics.jsonl
             vals = {k: float(v.detach()) for k, v in losses.items()}
-            for k, v in vals.items():
-                running[k] = 0.9 * running.get(k, v) + 0.1 * v
-            bar.update(1)
-            bar.set_postfix({k: f"{running[k]:.3f}" for k in ("total", "cr", "dcl", "pot") if k in running})
+            _show_progress(bar, running, vals)
             if on_step is not None:
                 on_step(state.global_step, vals)
             if acc.is_main_process and (state.global_step % t.log_every == 0 or state.global_step == total_steps):
@@ -278,6 +240,25 @@ def train(
     bar.close()
 
     # 5. Final weights (with optimiser state, so the run can be extended later) and the summary.
+    run = {"seconds": round(time.time() - t0, 2), "steps_per_epoch": steps_per_epoch, "skipped_files": skipped_files}
+    return _finish(cfg, acc, model, optimizer, state, out, run, running, schedule, val_samples, progress)
+
+
+def _finish(
+    cfg: ExperimentConfig,
+    acc: Accelerator,
+    model,
+    optimizer,
+    state: RunState,
+    out: Path,
+    run: dict[str, Any],
+    running: dict[str, float],
+    schedule: CacheSchedule | None,
+    val_samples,
+    progress: bool,
+) -> dict[str, Any]:
+    """Save ``final/`` (weights and optimiser state), validate once more, write and return the run's summary."""
+    world = acc.num_processes
     acc.wait_for_everyone()
     checksums = _replica_checksums(model, world)
     if len(set(checksums)) > 1:
@@ -291,11 +272,11 @@ def train(
     acc.wait_for_everyone()
     summary = {
         "global_step": state.global_step,
-        "seconds": round(time.time() - t0, 2),
+        "seconds": run["seconds"],
         "final": str(final),
         "world_size": world,
-        "steps_per_epoch": steps_per_epoch,
-        "skipped_files": skipped_files,
+        "steps_per_epoch": run["steps_per_epoch"],
+        "skipped_files": run["skipped_files"],
         "no_update_steps": state.no_update_steps,
         "last_losses": running,
         "replica_checksums": checksums,
@@ -306,14 +287,77 @@ def train(
     if cfg.data.val:
         summary["val"] = _validate(cfg, model, val_samples, out, state.global_step, progress)
     if state.no_update_steps:
-        msg = (
-            f"warning: {state.no_update_steps} of {state.global_step} steps made no update (their batches lost "
-            f"a class to unreadable files; {skipped_files} file(s) skipped): see {out / 'train.log'}"
+        log.warning(
+            "warning: %d of %d steps made no update (their batches lost a class to unreadable files; %d file(s) "
+            "skipped): see %s",
+            state.no_update_steps,
+            state.global_step,
+            run["skipped_files"],
+            out / "train.log",
         )
-        log.warning(msg)
     if acc.is_main_process:
         atomic_write_json(out / "train_summary.json", summary)
     return summary
+
+
+def _resume(
+    cfg: ExperimentConfig, out: Path, resume: str, total_steps: int, model, optimizer, is_main: bool
+) -> tuple[RunState, dict[str, Any] | None]:
+    """Where the run starts: its state (fresh, or a checkpoint's, loaded into ``model`` and ``optimizer``), and the
+    summary to return instead of training when a finished run is asked for no more steps."""
+    start, note = _starting_point(out, resume, total_steps)
+    if start is not None:
+        _check_resume_method(start, cfg.method)
+    if note and is_main:
+        print(note, flush=True)
+    if note:
+        log.info(note)
+    if start is None:
+        return RunState(), None
+    state = RunState.from_dict(read_state(start))
+    if state.global_step >= total_steps:
+        summary_path = out / "train_summary.json"
+        if summary_path.is_file():
+            return state, json.loads(summary_path.read_text())
+        return state, {"global_step": state.global_step, "final": str(out / "final")}
+    model.load_trainable(start)
+    load_optimizer(optimizer, start)
+    return state, None
+
+
+def _cached_features(cfg: ExperimentConfig, schedule: CacheSchedule | None, paths: list[str]):
+    """The batch's cached inversion features (None: compute online)."""
+    cached = schedule.lookup(paths) if schedule is not None else None
+    if cached is not None and cfg.cache.cmid_latents == "augmented":
+        cached = cached._replace(latents=None)  # CMID encodes the augmented view itself
+    return cached
+
+
+def _cache_schedule(
+    cfg: ExperimentConfig, model, samples, out: Path, per_rank: int, state: RunState, progress: bool
+) -> CacheSchedule | None:
+    """What the trainer follows to build, refresh and read the feature cache (None: the inversion runs online)."""
+    if cfg.cache.policy == "online":
+        return None
+    return CacheSchedule(
+        cfg.cache.policy,
+        cfg.cache.refresh_every,
+        model,
+        samples,
+        cfg.cache.dir or out / "feature_cache",
+        image_size=cfg.data.image_size,  # None: two views of each file (view_transform)
+        batch_size=per_rank,
+        key=state.cache_key,
+        progress=progress,
+    )
+
+
+def _show_progress(bar: tqdm, running: dict[str, float], vals: dict[str, float]) -> None:
+    """One step on the bar, with the running (EMA 0.9) losses."""
+    for k, v in vals.items():
+        running[k] = 0.9 * running.get(k, v) + 0.1 * v
+    bar.update(1)
+    bar.set_postfix({k: f"{running[k]:.3f}" for k in ("total", "cr", "dcl", "pot") if k in running})
 
 
 # ---------------------------------------------------------------------------------------------- helpers
