@@ -662,7 +662,7 @@ def _read_to_close(s: socket.socket, t0: float, limit_s: float) -> tuple[bytes, 
 
 def test_http_layer_bounds_header_size_and_time(tiny_model):
     head_s = 2.0
-    with real_server(tiny_model, header_timeout_s=head_s, max_connections=4) as port:
+    with real_server(tiny_model, header_timeout_s=head_s, max_connections=5) as port:
         ok, _ = _http(port, CLOSE % b"/healthz")
         assert ok.startswith(b"HTTP/1.1 200")
         # a head still incomplete beyond max_header_bytes (32 KiB) is refused, not buffered (h11 checks the limit
@@ -703,7 +703,26 @@ def test_http_layer_bounds_header_size_and_time(tiny_model):
                 rest, _ = _read_to_close(s, t0, head_s + 8)
                 out["keep_alive" if keep_alive_first else "trickle"] = (data + rest, time.monotonic() - t0)
 
-        threads = [threading.Thread(target=f, args=a) for f, a in ((idle, ()), (trickle, (False,)), (trickle, (True,)))]
+        def unread_body():  # an endpoint that never reads the body answers at once; the rest may not trickle on
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+                s.sendall(b"POST /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1000\r\n\r\n")
+                t0, data = time.monotonic(), b""
+                for _ in range(4 * int(head_s + 8)):
+                    try:
+                        s.sendall(b"x")
+                        s.settimeout(0.25)
+                        chunk = s.recv(4096)
+                    except TimeoutError:
+                        continue
+                    except OSError:
+                        break
+                    if not chunk:
+                        break
+                    data += chunk
+                out["unread_body"] = (data, time.monotonic() - t0)
+
+        jobs = ((idle, ()), (trickle, (False,)), (trickle, (True,)), (unread_body, ()))
+        threads = [threading.Thread(target=f, args=a) for f, a in jobs]
         for t in threads:
             t.start()
         for t in threads:
@@ -713,9 +732,11 @@ def test_http_layer_bounds_header_size_and_time(tiny_model):
             data, seconds = out[name]
             assert data.startswith(b"HTTP/1.1 408") and b'"request_timeout"' in data, (name, data)
             assert seconds < head_s + 2, (name, seconds)
+        data, seconds = out["unread_body"]
+        assert data.startswith(b"HTTP/1.1 405") and seconds < head_s + 2, out["unread_body"]
 
-        # at most max_connections open at once: with three idle connections the fourth one's request gets 503
-        idlers = [socket.create_connection(("127.0.0.1", port)) for _ in range(3)]
+        # at most max_connections open at once: with four idle connections the fifth one's request gets 503
+        idlers = [socket.create_connection(("127.0.0.1", port)) for _ in range(4)]
         time.sleep(0.1)
         busy, _ = _http(port, CLOSE % b"/healthz")
         for s in idlers:

@@ -39,14 +39,17 @@ def server(tiny_model):
 
     from synerdetect.engine.scoring import Scorer
     from synerdetect.serve import ServeSettings, create_app
+    from synerdetect.serve.server import uvicorn_config
 
     before = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny passes on a shared 2-core machine
-    app = create_app(Scorer(tiny_model, provenance=True), ServeSettings(max_batch=8, max_wait_ms=20))
+    settings = ServeSettings(max_batch=8, max_wait_ms=20)
+    app = create_app(Scorer(tiny_model, provenance=True), settings)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    # the configuration `synerdetect serve` runs (h11, header deadline, connection limit)
+    srv = uvicorn.Server(uvicorn_config(app, settings, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
     base = f"http://127.0.0.1:{port}"

@@ -13,8 +13,10 @@ Endpoints:
   ``GET /v1/model`` (preset, base models, calibration, package version, device, limits), ``GET /metrics``
   (Prometheus), ``GET /`` (the web page), ``GET /docs`` (OpenAPI).
 
-Every error is ``{"status", "error", "message"}`` JSON with that HTTP status; no traceback reaches a client.
-Decoding runs in a small thread pool and the model only on the batcher's worker thread (never on the event loop).
+Every error of the app is ``{"status", "error", "message"}`` JSON with that HTTP status (only the ``Host`` check,
+Starlette's, and uvicorn's own refusals are one line of text); no traceback reaches a client. The request handling
+is :class:`~synerdetect.serve.service.DetectService`; this module wires its routes and middleware. Decoding runs
+on a few daemon threads and the model only on the batcher's worker thread (never on the event loop).
 Use the app inside its lifespan (``uvicorn.run(app)``, or ``with TestClient(app)``): that starts the worker and
 the warm-up.
 """

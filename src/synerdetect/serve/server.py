@@ -28,8 +28,9 @@ __all__ = ["HeadDeadlineH11Protocol", "uvicorn_config"]
 
 class HeadDeadlineH11Protocol(H11Protocol):
     """uvicorn's h11 protocol, closing a connection whose request head has not arrived ``head_timeout_s`` after the
-    connection opened or after its previous response. A client that sent part of a head gets a JSON 408 first;
-    an idle one is closed silently (as after uvicorn's own keep-alive timeout)."""
+    connection opened or after its previous response (or that still sends the body of a request answered that long
+    ago). A client that sent part of a head gets a JSON 408 first; an idle one is closed silently (as after
+    uvicorn's own keep-alive timeout)."""
 
     head_timeout_s: float = 10.0
 
@@ -61,10 +62,12 @@ class HeadDeadlineH11Protocol(H11Protocol):
 
     def _head_deadline_passed(self) -> None:
         self._head_deadline = None
-        # h11 leaves IDLE once a request's head is parsed: then the request is the app's to time out
-        if self.transport.is_closing() or self.conn.their_state is not h11.IDLE:
-            return
-        if self.conn.trailing_data[0]:  # part of a head arrived: say why before closing
+        waiting_for_head = self.conn.their_state is h11.IDLE
+        # answered, but the client is still sending a body nobody reads (h11 drops it): the same deadline
+        answered = self.conn.our_state in (h11.DONE, h11.MUST_CLOSE)
+        if self.transport.is_closing() or not (waiting_for_head or answered):
+            return  # a request is being handled: it is the app's to time out (request_timeout_s)
+        if waiting_for_head and self.conn.trailing_data[0]:  # part of a head arrived: say why before closing
             body = json.dumps(
                 {
                     "status": 408,
