@@ -1,4 +1,4 @@
-"""A load test of ``synerdetect serve``: ``synerdetect bench --serve --checkpoint DIR``.
+"""A load test of ``synerdetect serve``: ``synerdetect bench serve --checkpoint DIR``.
 
 Starts the server from the CLI on a free port of 127.0.0.1 in a subprocess, sends a bounded number of single-image
 requests from concurrent client threads (httpx), a share of them bad uploads (a truncated PNG, a decompression-bomb
@@ -148,7 +148,7 @@ def run_serve_bench(
     from ..engine.scoring import Scorer
 
     if clients < 1 or requests < 1 or not 0 <= bad_share < 1:
-        raise ValueError("bench --serve: --clients and --requests must be >= 1 and --bad-share in [0, 1)")
+        raise ValueError("bench serve: --clients and --requests must be >= 1 and --bad-share in [0, 1)")
     start = time.monotonic()
     hard_deadline = start + timeout_s
     with tempfile.TemporaryDirectory(prefix="synerdetect-loadtest-") as tmp:
@@ -202,7 +202,7 @@ def run_serve_bench(
                 if proc.poll() is not None:
                     raise RuntimeError(f"the server exited with {proc.returncode}: {log_path.read_text()[-2000:]}")
                 if time.monotonic() > hard_deadline:
-                    raise RuntimeError("bench --serve: the server did not become ready in time")
+                    raise RuntimeError("bench serve: the server did not become ready in time")
                 try:
                     if httpx.get(base + "/readyz", timeout=2).status_code == 200:
                         break
