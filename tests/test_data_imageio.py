@@ -490,3 +490,18 @@ def test_public_loader_helpers_are_what_scoring_uses(tmp_path):
     np.testing.assert_array_equal(np.asarray(img), np.asarray(ref))
     for name in ("decode_open_file", "pil_to_rgb8", "to_rgb8", "exif_transpose", "open_image", "IMAGE_FORMATS"):
         assert name in imageio.__all__ and hasattr(imageio, name)
+
+
+def test_decoded_bytes_cap_is_checked_before_the_png_is_decoded(tmp_path, monkeypatch):
+    """Pillow's PNG plugin decodes the whole image to look for EXIF after the pixel data: the cap must be
+    checked before that, from the header."""
+    from PIL import PngImagePlugin
+
+    p = tmp_path / "x.png"
+    _mode_image("RGBA").save(p)
+    decoded = []
+    real_load = PngImagePlugin.PngImageFile.load
+    monkeypatch.setattr(PngImagePlugin.PngImageFile, "load", lambda self: (decoded.append(1), real_load(self))[1])
+    _assert_unreadable(p, match="max_decode_bytes=100", max_decode_bytes=100)
+    assert decoded == []
+    assert load_image(p).size == (30, 20) and decoded

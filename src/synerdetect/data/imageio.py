@@ -328,10 +328,15 @@ def pil_to_rgb8(
                 name,
                 f"decompression bomb: {w}x{h} = {w * h} pixels exceeds max_pixels={max_pixels}",
             )
-        rotated = _orientation(im) not in (0, 1)
+        # Checked from the header, before any decode. Pillow's PNG plugin decodes the pixels to look for an eXIf
+        # chunk after the image data, so a PNG's orientation is only read (and checked again) after the decode.
+        header_exif = im.format != "PNG" or "exif" in im.info
+        rotated = header_exif and _orientation(im) not in (0, 1)
         _check_decode_cost(im, name, max_decode_bytes, rotated)
         # Image.open leaves multi-frame files (GIF, APNG, TIFF, WebP) on frame 0
         im.load()
+        if not header_exif and _orientation(im) not in (0, 1):
+            _check_decode_cost(im, name, max_decode_bytes, rotated=True)  # before the transposed copy is made
         oriented = exif_transpose(im, name)
         # A transposed image is already a fresh copy: no second copy of it for RGB.
         out = _to_rgb8(oriented, name, copy=oriented is im)
