@@ -669,3 +669,29 @@ def test_truncation_reaches_the_scoring_record():
     json.dumps(prepared.provenance)
     plain = decoder(("plain.png", png_bytes()))
     assert plain.provenance == {"declared_ai": None, "evidence": [], "c2pa": None}
+
+
+@pytest.mark.parametrize("late", [False, True], ids=["exif-before-idat", "exif-after-idat"])
+def test_png_exif_is_read_without_decoding_the_pixels(late, monkeypatch):
+    """Pillow's PNG getexif() decodes the whole image (to find an eXIf chunk after the pixel data): provenance
+    reads the chunk from the bytes instead, wherever it is."""
+    from PIL import PngImagePlugin
+
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 48)).save(buf, "PNG", exif=_exif(Software="Midjourney v6"))
+    data = buf.getvalue()
+    if late:  # move the eXIf chunk just before IEND
+        start = data.index(b"eXIf") - 4
+        end = start + 12 + int.from_bytes(data[start : start + 4], "big")
+        data = data[:start] + data[end:-12] + data[start:end] + data[-12:]
+        assert data.index(b"eXIf") > data.index(b"IDAT")
+    decoded = []
+    real_load = PngImagePlugin.PngImageFile.load
+    monkeypatch.setattr(PngImagePlugin.PngImageFile, "load", lambda self: (decoded.append(1), real_load(self))[1])
+    prov = read_provenance(data)
+    assert decoded == []
+    assert [(e["source"], e["field"], e["value"], e["kind"]) for e in prov["evidence"]] == [
+        ("exif", "Software", "Midjourney v6", "ai")
+    ]
+    with Image.open(io.BytesIO(data)) as img:  # independent: what Pillow finds after decoding
+        assert img.getexif()[0x0131] == "Midjourney v6"

@@ -518,9 +518,39 @@ def _exif_text(value: object) -> str:
     return str(value).strip("\0 ") if value is not None else ""
 
 
-def exif_evidence(img: Any) -> list[dict[str, Any]]:
+def png_chunk(data: bytes, wanted: bytes) -> bytes | None:
+    """The body of the first ``wanted`` chunk of a PNG (walked from the bytes, bounded), or None."""
+    pos = len(PNG_SIGNATURE)
+    for _ in range(MAX_PNG_CHUNKS):
+        if pos + 8 > len(data):
+            break
+        length = int.from_bytes(data[pos : pos + 4], "big")
+        ctype = data[pos + 4 : pos + 8]
+        if ctype == wanted:
+            return data[pos + 8 : pos + 8 + length]
+        if ctype == b"IEND":
+            break
+        pos += 12 + length
+    return None
+
+
+def _exif_of(img: Any, data: bytes) -> Any:
+    # Pillow's PNG plugin decodes every pixel to look for an eXIf chunk after the image data (getexif() calls
+    # load()): read that chunk from the bytes instead, so reading metadata never decodes the image.
+    if data.startswith(PNG_SIGNATURE) and "exif" not in (getattr(img, "info", None) or {}):
+        from PIL import Image
+
+        exif = Image.Exif()
+        raw = png_chunk(data, b"eXIf")
+        if raw:
+            exif.load(raw if raw.startswith(b"Exif\0\0") else b"Exif\0\0" + raw)
+        return exif
+    return img.getexif()
+
+
+def exif_evidence(img: Any, data: bytes = b"") -> list[dict[str, Any]]:
     try:
-        exif = img.getexif()
+        exif = _exif_of(img, data)
     except Exception:  # malformed EXIF is absence of evidence, not an error
         return []
     if not exif:
@@ -588,6 +618,6 @@ def collect_metadata(data: bytes, img: Any, work: Budget | None = None) -> list[
     evidence = xmp_evidence(xmp_packets(data, img, chunks), work)
     evidence += png_text_evidence(chunks, work)
     if img is not None:
-        evidence += exif_evidence(img)
+        evidence += exif_evidence(img, data)
         evidence += comment_evidence(img)
     return evidence
