@@ -25,7 +25,7 @@ import time
 import zlib
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 __all__ = ["BAD_KINDS", "bad_payloads", "run_serve_bench"]
 
@@ -143,161 +143,247 @@ def run_serve_bench(
     """Run the load test (see the module docstring) and return its JSON lines (printed when ``emit``, and written to
     ``out``). Stops by itself: no new request after ``timeout_s``; the server is stopped with SIGTERM at the end."""
     import httpx
-    import torch
-
-    from ..engine.scoring import Scorer
 
     if clients < 1 or requests < 1 or not 0 <= bad_share < 1:
         raise ValueError("bench serve: --clients and --requests must be >= 1 and --bad-share in [0, 1)")
     start = time.monotonic()
     hard_deadline = start + timeout_s
     with tempfile.TemporaryDirectory(prefix="synerdetect-loadtest-") as tmp:
+        # 1. The images and the request plan: which request sends which good image or bad payload.
         folder = Path(tmp)
-        goods = []
-        for i in range(n_images):
-            p = folder / f"good-{i:02d}.png"
-            p.write_bytes(_png(i, (64 + 16 * (i % 5), 64 + 12 * (i % 3))))
-            goods.append(p)
-        bads = bad_payloads()
-        bad_names = list(bads)
-        plan: list[tuple[str, int]] = []  # (kind, index): kind "good" or a bad kind
-        n_bad = 0
-        for j in range(requests):
-            if int((j + 1) * bad_share) > int(j * bad_share):
-                plan.append((bad_names[n_bad % len(bad_names)], n_bad))
-                n_bad += 1
-            else:
-                plan.append(("good", (j - n_bad) % n_images))
+        goods = _write_good_images(folder, n_images)
+        plan = _request_plan(requests, bad_share, n_images)
 
+        # 2. The server, in a subprocess of the CLI on a free loopback port.
         port = _free_port()
         base = f"http://127.0.0.1:{port}"
         log_path = folder / "server.log"
-        log = open(log_path, "w")
-        cmd = [
-            sys.executable,
-            "-m",
-            "synerdetect.cli",
-            "serve",
-            "--checkpoint",
-            str(checkpoint),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--device",
-            device,
-            "--max-batch",
-            str(max_batch),
-            "--max-queue",
-            str(max(64, 2 * clients)),
-            "--max-inflight",
-            str(max(64, 2 * clients)),
-            "--log-level",
-            "warning",
-        ]
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        with open(log_path, "w") as log:
+            proc = _start_server(checkpoint, port, device=device, max_batch=max_batch, clients=clients, log=log)
+            try:
+                _wait_ready(proc, base, hard_deadline, log_path)
+                rss_before = _rss_mb(proc.pid)
+
+                # 3. Offline: the same good images through predict's call, as many as the load test sends.
+                n_good = sum(1 for k, _ in plan if k == "good")
+                paths = [str(goods[i % n_images]) for i in range(max(n_good, n_images))]
+                offline_s, offline_logit = _offline_reference(checkpoint, paths, device=device, max_batch=max_batch)
+
+                # 4. The load: one connected client per thread until the plan or the time runs out.
+                srv_cpu0 = _cpu_s(proc.pid)
+                done, load_s, client_cpu_s = _run_load(
+                    base, plan, goods, clients=clients, timeout_s=timeout_s, stop_at=hard_deadline - 30
+                )
+                srv_cpu1 = _cpu_s(proc.pid)
+                metrics = httpx.get(base + "/metrics", timeout=30).text
+                rss_after = _rss_mb(proc.pid)
+            finally:
+                stop_server(proc, 60)
+
+    # 5. The report: latency, throughput against offline, errors, memory, correctness.
+    srv_cpu = round(srv_cpu1 - srv_cpu0, 2) if srv_cpu0 is not None and srv_cpu1 is not None else None
+    common = {"checkpoint": str(checkpoint), "device": device, "clients": clients, "requests": requests}
+    lines = _report(
+        common,
+        done,
+        plan,
+        metrics,
+        load_s=load_s,
+        offline=(len(paths), offline_s, offline_logit),
+        cpu=(client_cpu_s, srv_cpu),
+        rss=(rss_before, rss_after),
+        exit_code=proc.returncode,
+        wall_s=round(time.monotonic() - start, 1),
+    )
+    text = "".join(json.dumps(line) + "\n" for line in lines)
+    if emit:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    if out:
+        with open(out, "a", encoding="utf-8") as f:
+            f.write(text)
+    return lines
+
+
+def _write_good_images(folder: Path, n_images: int) -> list[Path]:
+    goods = []
+    for i in range(n_images):
+        p = folder / f"good-{i:02d}.png"
+        p.write_bytes(_png(i, (64 + 16 * (i % 5), 64 + 12 * (i % 3))))
+        goods.append(p)
+    return goods
+
+
+def _request_plan(requests: int, bad_share: float, n_images: int) -> list[tuple[str, int]]:
+    """``(kind, index)`` per request: kind ``"good"`` (index of the image) or a bad kind, spread evenly."""
+    bad_names = list(BAD_KINDS)
+    plan: list[tuple[str, int]] = []
+    n_bad = 0
+    for j in range(requests):
+        if int((j + 1) * bad_share) > int(j * bad_share):
+            plan.append((bad_names[n_bad % len(bad_names)], n_bad))
+            n_bad += 1
+        else:
+            plan.append(("good", (j - n_bad) % n_images))
+    return plan
+
+
+def _start_server(
+    checkpoint: str | os.PathLike, port: int, *, device: str, max_batch: int, clients: int, log: IO[str]
+) -> subprocess.Popen:
+    cmd = [
+        sys.executable,
+        "-m",
+        "synerdetect.cli",
+        "serve",
+        "--checkpoint",
+        str(checkpoint),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--device",
+        device,
+        "--max-batch",
+        str(max_batch),
+        "--max-queue",
+        str(max(64, 2 * clients)),
+        "--max-inflight",
+        str(max(64, 2 * clients)),
+        "--log-level",
+        "warning",
+    ]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+
+
+def _wait_ready(proc: subprocess.Popen, base: str, deadline: float, log_path: Path) -> None:
+    import httpx
+
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the server exited with {proc.returncode}: {log_path.read_text()[-2000:]}")
+        if time.monotonic() > deadline:
+            raise RuntimeError("bench serve: the server did not become ready in time")
         try:
-            while True:  # ready?
-                if proc.poll() is not None:
-                    raise RuntimeError(f"the server exited with {proc.returncode}: {log_path.read_text()[-2000:]}")
-                if time.monotonic() > hard_deadline:
-                    raise RuntimeError("bench serve: the server did not become ready in time")
-                try:
-                    if httpx.get(base + "/readyz", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                time.sleep(0.2)
-            rss_before = _rss_mb(proc.pid)
+            if httpx.get(base + "/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
 
-            # offline: the same good images through predict's call, as many as the load test sends
-            n_good = sum(1 for k, _ in plan if k == "good")
-            # as `synerdetect predict` and the server run by default: provenance read for every image
-            scorer = Scorer.from_checkpoint(checkpoint, device=device, batch_size=max_batch, provenance=True)
-            scorer.warmup()
-            paths = [str(goods[i % n_images]) for i in range(max(n_good, n_images))]
-            t0 = time.perf_counter()
-            offline_records = scorer.score_paths(paths, progress=False)
-            offline_s = time.perf_counter() - t0
-            offline_logit = {Path(r["name"]).name: r["logit"] for r in offline_records}
-            del scorer
-            if device == "cuda":
-                torch.cuda.empty_cache()
 
-            # the load
-            results: list[dict[str, Any]] = []
-            lock = threading.Lock()
-            cursor = iter(range(len(plan)))
-            stop_at = hard_deadline - 30  # leave time to collect metrics and shut down
+def _offline_reference(
+    checkpoint: str | os.PathLike, paths: list[str], *, device: str, max_batch: int
+) -> tuple[float, dict[str, float]]:
+    """Seconds to score ``paths`` offline and the logit of each image, by file name."""
+    import torch
 
-            # one connected client per thread, made before the clock starts: building an httpx client (its TLS
-            # context) and opening the connection is the load generator's set-up, not the server's throughput
-            pool = [httpx.Client(base_url=base, timeout=min(120.0, timeout_s)) for _ in range(clients)]
-            for h in pool:
-                h.get("/healthz")
+    from ..engine.scoring import Scorer
 
-            def client(h: httpx.Client) -> None:
-                try:
-                    while time.monotonic() < stop_at:
-                        with lock:
-                            j = next(cursor, None)
-                        if j is None:
-                            return
-                        kind, idx = plan[j]
-                        name, data = (
-                            (goods[idx].name, goods[idx].read_bytes())
-                            if kind == "good"
-                            else (
-                                f"bad-{kind}-{idx}.png",
-                                bads[kind],
-                            )
-                        )
-                        rec: dict[str, Any] = {"kind": kind, "name": name, "status": None, "retries": 0}
-                        t = time.perf_counter()
-                        for _attempt in range(4):
-                            try:
-                                r = h.post("/v1/detect", files=[("files", (name, data, "image/png"))])
-                            except httpx.HTTPError as e:
-                                rec["status"], rec["exc"] = None, type(e).__name__
-                                break
-                            rec["status"] = r.status_code
-                            if r.status_code != 429:
-                                break
-                            rec["retries"] += 1
-                            time.sleep(float(r.headers.get("retry-after", "1")) / 4)
-                        rec["latency_s"] = time.perf_counter() - t
-                        if rec["status"] is not None:
-                            try:
-                                res = r.json().get("results") or [{}]
-                                rec["logit"], rec["error_kind"] = res[0].get("logit"), res[0].get("error_kind")
-                            except (ValueError, AttributeError):
-                                rec["error_kind"] = "non_json"
-                        with lock:
-                            results.append(rec)
-                finally:
-                    h.close()
+    # as `synerdetect predict` and the server run by default: provenance read for every image
+    scorer = Scorer.from_checkpoint(checkpoint, device=device, batch_size=max_batch, provenance=True)
+    scorer.warmup()
+    t0 = time.perf_counter()
+    records = scorer.score_paths(paths, progress=False)
+    seconds = time.perf_counter() - t0
+    del scorer
+    if device == "cuda":
+        torch.cuda.empty_cache()
+    return seconds, {Path(r["name"]).name: r["logit"] for r in records}
 
-            t_load, cpu_load, srv_cpu0 = time.perf_counter(), time.process_time(), _cpu_s(proc.pid)
-            threads = [threading.Thread(target=client, args=(h,), daemon=True) for h in pool]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join(max(1.0, hard_deadline - time.monotonic()))
-            load_s = time.perf_counter() - t_load
-            client_cpu_s, srv_cpu1 = time.process_time() - cpu_load, _cpu_s(proc.pid)
-            with lock:
-                done = list(results)
-            metrics = httpx.get(base + "/metrics", timeout=30).text
-            rss_after = _rss_mb(proc.pid)
+
+def _run_load(
+    base: str, plan: list[tuple[str, int]], goods: list[Path], *, clients: int, timeout_s: float, stop_at: float
+) -> tuple[list[dict[str, Any]], float, float]:
+    """Send the plan from ``clients`` threads; returns one record per answered request, the load's wall seconds
+    and this process's CPU seconds."""
+    import httpx
+
+    bads = bad_payloads()
+    results: list[dict[str, Any]] = []
+    lock = threading.Lock()
+    cursor = iter(range(len(plan)))
+
+    def payload(kind: str, idx: int) -> tuple[str, bytes]:
+        if kind == "good":
+            return goods[idx].name, goods[idx].read_bytes()
+        return f"bad-{kind}-{idx}.png", bads[kind]
+
+    def client(h: httpx.Client) -> None:
+        try:
+            while time.monotonic() < stop_at:
+                with lock:
+                    j = next(cursor, None)
+                if j is None:
+                    return
+                kind, idx = plan[j]
+                rec = _one_request(h, kind, *payload(kind, idx))
+                with lock:
+                    results.append(rec)
         finally:
-            stop_server(proc, 60)
-            log.close()
-        exit_code = proc.returncode
+            h.close()
 
+    # one connected client per thread, made before the clock starts: building an httpx client (its TLS
+    # context) and opening the connection is the load generator's set-up, not the server's throughput
+    pool = [httpx.Client(base_url=base, timeout=min(120.0, timeout_s)) for _ in range(clients)]
+    for h in pool:
+        h.get("/healthz")
+    t_load, cpu_load = time.perf_counter(), time.process_time()
+    threads = [threading.Thread(target=client, args=(h,), daemon=True) for h in pool]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(max(1.0, stop_at + 30 - time.monotonic()))
+    load_s, client_cpu_s = time.perf_counter() - t_load, time.process_time() - cpu_load
+    with lock:
+        return list(results), load_s, client_cpu_s
+
+
+def _one_request(h, kind: str, name: str, data: bytes) -> dict[str, Any]:
+    """POST one image (retrying a 429 up to three times after its Retry-After / 4); its status, latency and logit."""
+    import httpx
+
+    rec: dict[str, Any] = {"kind": kind, "name": name, "status": None, "retries": 0}
+    t = time.perf_counter()
+    r = None
+    for _attempt in range(4):
+        try:
+            r = h.post("/v1/detect", files=[("files", (name, data, "image/png"))])
+        except httpx.HTTPError as e:
+            rec["status"], rec["exc"] = None, type(e).__name__
+            break
+        rec["status"] = r.status_code
+        if r.status_code != 429:
+            break
+        rec["retries"] += 1
+        time.sleep(float(r.headers.get("retry-after", "1")) / 4)
+    rec["latency_s"] = time.perf_counter() - t
+    if rec["status"] is not None and r is not None:
+        try:
+            res = r.json().get("results") or [{}]
+            rec["logit"], rec["error_kind"] = res[0].get("logit"), res[0].get("error_kind")
+        except (ValueError, AttributeError):
+            rec["error_kind"] = "non_json"
+    return rec
+
+
+def _report(
+    common: dict[str, Any],
+    done: list[dict[str, Any]],
+    plan: list[tuple[str, int]],
+    metrics: str,
+    *,
+    load_s: float,
+    offline: tuple[int, float, dict[str, float]],
+    cpu: tuple[float, float | None],
+    rss: tuple[float | None, float | None],
+    exit_code: int | None,
+    wall_s: float,
+) -> list[dict[str, Any]]:
+    n_offline, offline_s, offline_logit = offline
     good = [r for r in done if r["kind"] == "good"]
     good_ok = [r for r in good if r["status"] == 200]
-    statuses = Counter(str(r["status"]) for r in done)
     deltas = [abs(r["logit"] - offline_logit[r["name"]]) for r in good_ok if r.get("logit") is not None]
     errors: dict[str, Any] = {}
     for kind, (want_status, want_kind) in BAD_KINDS.items():
@@ -309,11 +395,10 @@ def run_serve_bench(
             "as_expected": all(r["status"] == want_status and r.get("error_kind") == want_kind for r in rs),
         }
     served_ips = len(good_ok) / load_s if load_s > 0 else None
-    offline_ips = len(paths) / offline_s if offline_s > 0 else None
+    offline_ips = n_offline / offline_s if offline_s > 0 else None
     ratio = served_ips / offline_ips if served_ips and offline_ips else None
     n_batches = _metric(metrics, "synerdetect_batch_size_count")
-    common = {"checkpoint": str(checkpoint), "device": device, "clients": clients, "requests": requests}
-    lines = [
+    return [
         {
             "bench": "serve_latency",
             **common,
@@ -329,7 +414,7 @@ def run_serve_bench(
             "served_images": len(good_ok),
             "load_s": round(load_s, 2),
             "served_images_per_s": round(served_ips, 2) if served_ips else None,
-            "offline_images": len(paths),
+            "offline_images": n_offline,
             "offline_images_per_s": round(offline_ips, 2) if offline_ips else None,
             "ratio": round(ratio, 3) if ratio else None,
             "ratio_target": RATIO_TARGET,
@@ -338,8 +423,8 @@ def run_serve_bench(
             if n_batches
             else None,
             "forward_passes": int(n_batches),
-            "client_cpu_s": round(client_cpu_s, 2),
-            "server_cpu_s": round(srv_cpu1 - srv_cpu0, 2) if srv_cpu0 is not None and srv_cpu1 is not None else None,
+            "client_cpu_s": round(cpu[0], 2),
+            "server_cpu_s": cpu[1],
             # the model worker's busy time: load_s minus this is time the model waited for requests
             "model_busy_s": round(_metric(metrics, "synerdetect_batch_duration_seconds_sum"), 2),
         },
@@ -348,10 +433,10 @@ def run_serve_bench(
             **common,
             "bad_requests": sum(1 for r in done if r["kind"] != "good"),
             "by_kind": errors,
-            "statuses": dict(statuses),
+            "statuses": dict(Counter(str(r["status"]) for r in done)),
             "retried_429": sum(r["retries"] for r in done),
         },
-        {"bench": "serve_memory", **common, "rss_before_mb": rss_before, "rss_after_mb": rss_after},
+        {"bench": "serve_memory", **common, "rss_before_mb": rss[0], "rss_after_mb": rss[1]},
         {
             "bench": "serve_correctness",
             **common,
@@ -362,14 +447,6 @@ def run_serve_bench(
             "max_abs_dlogit": max(deltas) if deltas else None,
             "logits_match_offline": bool(deltas) and len(deltas) == len(good) and max(deltas) < LOGIT_TOL,
             "server_exit_code": exit_code,
-            "wall_s": round(time.monotonic() - start, 1),
+            "wall_s": wall_s,
         },
     ]
-    text = "".join(json.dumps(line) + "\n" for line in lines)
-    if emit:
-        sys.stdout.write(text)
-        sys.stdout.flush()
-    if out:
-        with open(out, "a", encoding="utf-8") as f:
-            f.write(text)
-    return lines
