@@ -149,33 +149,22 @@ def evaluate(
     harm = parse_harmonize_spec(harmonize) if harmonize else None
     if out_dir is not None and rank_world()[0] == 0:
         check_output_dir(out_dir, "--out")
-    band = cascade_band_of(calibration, mode)
-    how: dict[str, Any] = {"mode": mode, "cascade_band": band}
-
-    rank, _ = rank_world()
+    how: dict[str, Any] = {"mode": mode, "cascade_band": cascade_band_of(calibration, mode)}
+    scoring: dict[str, Any] = dict(image_size=image_size, batch_size=batch_size, num_workers=num_workers, **how)
     tau = _model_tau(model)
     t0 = time.time()
+
+    # 2. The clean pass: calibrated records, the per-generator summary, the calibration section, shortcut warnings.
     records, errors = score_samples(
-        model,
-        samples,
-        image_size=image_size,
-        batch_size=batch_size,
-        num_workers=num_workers,
-        progress=progress,
-        desc="evaluate",
-        feature_lookup=feature_lookup,
-        **how,
+        model, samples, progress=progress, desc="evaluate", feature_lookup=feature_lookup, **scoring
     )
     if not records:
         raise RuntimeError(f"no image could be scored ({len(errors)} unreadable)")
     sizes = {r.path: header_size(r.path) for r in records}
     records = finish_records(records, tau=tau, calibration=calibration, sizes=sizes)
     summary = summarize(records)
-    if mode != "full":  # which share of each generator's images took the inversion path
-        for g, m in summary["generators"].items():
-            took = [r.decided_by == "full" for r in records if r.generator == g]
-            m["inverted_share"] = sum(took) / len(took) if took else None
-        summary["inverted_share"] = sum(r.decided_by == "full" for r in records) / len(records)
+    if mode != "full":
+        _add_inverted_shares(summary, records)
     cal_section = calibration_section(records, tau=tau, calibration=calibration)
     shortcuts = list(summary["warnings"])  # format / size shortcut warnings, per generator
     suggestion = None
@@ -191,85 +180,127 @@ def evaluate(
         "seconds": time.time() - t0,
         "mode": mode,
     }
-    harmonized = None
+
+    # 3. The harmonized pass: every image re-encoded in memory, scored again.
     if harm is not None:
-        h_recs, h_errors = score_samples(
+        result["harmonized"], result["harmonized_records"] = _harmonized_pass(
             model,
             samples,
-            image_size=image_size,
-            batch_size=batch_size,
-            num_workers=num_workers,
-            perturbation=harm,
+            harm,
+            str(harmonize),
+            tau=tau,
+            calibration=calibration,
+            sizes=sizes,
             progress=progress,
-            desc=f"harmonize {harm.name}",
-            **how,
+            **scoring,
         )
-        if not h_recs:
-            raise RuntimeError(f"no image could be scored after --harmonize {harmonize} ({len(h_errors)} failed)")
-        # Every image was re-encoded: the detector saw JPEG pixels whatever the file's format (sizes unchanged).
-        h_recs = finish_records(h_recs, tau=tau, calibration=calibration, sizes=sizes, fmt="JPEG")
-        harmonized = dict(summarize(h_recs))
-        harmonized["harmonize"] = {
-            "spec": str(harmonize),
-            "name": harm.name,
-            "kind": harm.kind,
-            "level": harm.level,
-            "applied_to": "every image, real and fake, in memory before the eval transform",
-        }
-        harmonized["calibration"] = calibration_section(h_recs, tau=tau, calibration=calibration)
-        harmonized["unreadable"] = [{"path": p, "reason": r} for p, r in h_errors]
-        result["harmonized"] = harmonized
-        result["harmonized_records"] = h_recs
-    robust = None
+
+    # 4. The robustness sweep: one pass per perturbation level.
     if perturb:
         per: dict[str, dict[str, Any]] = {}
         for p in plan:
             recs, _ = score_samples(
-                model,
-                samples,
-                image_size=image_size,
-                batch_size=batch_size,
-                num_workers=num_workers,
-                perturbation=p,
-                progress=progress,
-                desc=f"perturb {p.name}",
-                **how,
+                model, samples, perturbation=p, progress=progress, desc=f"perturb {p.name}", **scoring
             )
             per.setdefault(p.kind, {})[p.level_label] = summarize(recs)
-        robust = robustness_table(per, clean=summary)
-        result["robustness"] = robust
-    if out_dir is not None and rank == 0:
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        ex = dict(extra or {})
-        ex["unreadable"] = [{"path": p, "reason": r} for p, r in errors]
-        ex["calibration"] = cal_section
-        if harmonized is not None:
-            ex["harmonized"] = harmonized
-            write_scores_jsonl(out / "scores_harmonized.jsonl", result["harmonized_records"])
-        if robust is not None:
-            ex["robustness"] = robust
-        write_results(out, summary, records, extra=ex)
-        plot_logit_distributions(records, out / "logit_distributions.png", title=title)
-        plot_reliability(cal_section, out / "reliability.png", title=title)
-        md = markdown_table(summary) + "\n" + calibration_markdown(cal_section)
-        if mode != "full":
-            shares = ", ".join(
-                f"{g} {m['inverted_share'] * 100:.1f}%"
-                for g, m in summary["generators"].items()
-                if m.get("inverted_share") is not None
-            )
-            everyone = summary["inverted_share"] * 100
-            md += f"\n\n**Mode {mode}**: share of images that took the inversion path: {shares} (all {everyone:.1f}%)\n"
-        if harmonized is not None:
-            md += "\n" + harmonized_markdown(summary, harmonized, harm.name if harm else str(harmonize))
-        if shortcuts:
-            md += "\n" + shortcut_markdown(shortcuts, suggestion)
-        if robust is not None:
-            md += "\n\n" + robustness_markdown(robust)
-        atomic_write_text(out / "results.md", md + "\n")
-        result["markdown"] = md
+        result["robustness"] = robustness_table(per, clean=summary)
+
+    # 5. The files a user reads, on rank 0.
+    if out_dir is not None and rank_world()[0] == 0:
+        harm_name = harm.name if harm else str(harmonize)
+        result["markdown"] = _write_outputs(
+            Path(out_dir), result, extra=extra, title=title, shortcuts=shortcuts, suggestion=suggestion, harm=harm_name
+        )
     return result
+
+
+def _add_inverted_shares(summary: dict[str, Any], records: Sequence[ScoreRecord]) -> None:
+    """Which share of each generator's images took the inversion path (modes perceptual and cascade)."""
+    for g, m in summary["generators"].items():
+        took = [r.decided_by == "full" for r in records if r.generator == g]
+        m["inverted_share"] = sum(took) / len(took) if took else None
+    summary["inverted_share"] = sum(r.decided_by == "full" for r in records) / len(records)
+
+
+def _harmonized_pass(
+    model,
+    samples: Sequence[Sample],
+    harm: Perturbation,
+    spec: str,
+    *,
+    tau: float,
+    calibration: Calibration | None,
+    sizes: dict[str, tuple[int, int] | None],
+    progress: bool,
+    **scoring: Any,
+) -> tuple[dict[str, Any], list[ScoreRecord]]:
+    """The ``harmonized`` section of results.json and its records: every image re-encoded by ``harm`` first."""
+    h_recs, h_errors = score_samples(
+        model, samples, perturbation=harm, progress=progress, desc=f"harmonize {harm.name}", **scoring
+    )
+    if not h_recs:
+        raise RuntimeError(f"no image could be scored after --harmonize {spec} ({len(h_errors)} failed)")
+    # Every image was re-encoded: the detector saw JPEG pixels whatever the file's format (sizes unchanged).
+    h_recs = finish_records(h_recs, tau=tau, calibration=calibration, sizes=sizes, fmt="JPEG")
+    harmonized = dict(summarize(h_recs))
+    harmonized["harmonize"] = {
+        "spec": spec,
+        "name": harm.name,
+        "kind": harm.kind,
+        "level": harm.level,
+        "applied_to": "every image, real and fake, in memory before the eval transform",
+    }
+    harmonized["calibration"] = calibration_section(h_recs, tau=tau, calibration=calibration)
+    harmonized["unreadable"] = [{"path": p, "reason": r} for p, r in h_errors]
+    return harmonized, h_recs
+
+
+def _write_outputs(
+    out: Path,
+    result: dict[str, Any],
+    *,
+    extra: dict | None,
+    title: str | None,
+    shortcuts: list[str],
+    suggestion: str | None,
+    harm: str,
+) -> str:
+    """results.json / .csv / .md, scores.jsonl (and scores_harmonized.jsonl) and the two figures; returns the
+    markdown of results.md."""
+    summary, records, cal_section = result["summary"], result["records"], result["calibration"]
+    harmonized, robust = result.get("harmonized"), result.get("robustness")
+    out.mkdir(parents=True, exist_ok=True)
+    ex = dict(extra or {})
+    ex["unreadable"] = [{"path": p, "reason": r} for p, r in result["errors"]]
+    ex["calibration"] = cal_section
+    if harmonized is not None:
+        ex["harmonized"] = harmonized
+        write_scores_jsonl(out / "scores_harmonized.jsonl", result["harmonized_records"])
+    if robust is not None:
+        ex["robustness"] = robust
+    write_results(out, summary, records, extra=ex)
+    plot_logit_distributions(records, out / "logit_distributions.png", title=title)
+    plot_reliability(cal_section, out / "reliability.png", title=title)
+    md = markdown_table(summary) + "\n" + calibration_markdown(cal_section)
+    if result["mode"] != "full":
+        shares = ", ".join(
+            f"{g} {m['inverted_share'] * 100:.1f}%"
+            for g, m in summary["generators"].items()
+            if m.get("inverted_share") is not None
+        )
+        everyone = summary["inverted_share"] * 100
+        md += (
+            f"\n\n**Mode {result['mode']}**: share of images that took the inversion path: {shares} "
+            f"(all {everyone:.1f}%)\n"
+        )
+    if harmonized is not None:
+        md += "\n" + harmonized_markdown(summary, harmonized, harm)
+    if shortcuts:
+        md += "\n" + shortcut_markdown(shortcuts, suggestion)
+    if robust is not None:
+        md += "\n\n" + robustness_markdown(robust)
+    atomic_write_text(out / "results.md", md + "\n")
+    return md
 
 
 def test_set_from_config(
