@@ -10,8 +10,7 @@ import argparse
 import os
 from typing import Any
 
-#: ``--mode``: which path of Eq. 10 scores an image.
-MODES = ("full", "perceptual", "cascade")
+from ..engine.modes import MODES
 
 
 # ----------------------------------------------------------------------------- parsers

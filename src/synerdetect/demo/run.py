@@ -12,6 +12,7 @@ from __future__ import annotations
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 
 def demo_config(out: Path, quick: bool = False):
@@ -99,65 +100,33 @@ def build_benchmark(out: Path, quick: bool = False) -> tuple[int, int]:
 def run_demo(out_dir: str | Path = "demo_out", *, quick: bool = False, progress: bool = True) -> int:
     from ..bench import measure_cascade
     from ..data import load_labelled
-    from ..engine.calibrate import calibrate_checkpoint
-    from ..engine.calibration import describe_band, format_calibration
     from ..engine.evaluate import evaluate
-    from ..engine.train import train
     from ..methods import load_detector
-    from ..utils import atomic_write_json
-    from .synthetic import FAMILY_KIND, build_demo_benchmark, describe
+    from .synthetic import FAMILY_KIND, describe
 
+    # 1. The benchmark, after checking that no folder the demo would replace is someone else's.
     t0 = time.time()
     out = Path(out_dir)
     run, ckpt = out / "run", out / "checkpoint"
     for folder in (run, ckpt):
         check_demo_folder(folder)  # before minutes of work: never replace a folder the demo did not make
     out.mkdir(parents=True, exist_ok=True)
-    seen = SEEN
     print("SynerDetect demo: no weights or data are downloaded.\n")
     print(describe())
     n_train, n_test = build_benchmark(out, quick)
     print(
-        f"\nbenchmark in {out / 'data'}: train on {', '.join(seen)} ({n_train} real + {n_train} fake), "
+        f"\nbenchmark in {out / 'data'}: train on {', '.join(SEEN)} ({n_train} real + {n_train} fake), "
         f"test on {len(FAMILY_KIND)} families ({n_test} real + {n_test} fake each)"
     )
 
-    cfg = demo_config(out, quick)
-    assert Path(cfg.train.output_dir) == run
-    clear_demo_folder(run)  # a fresh run each time: the demo shows training, not resuming
-    stamp_demo_folder(run)
-    print(
-        f"\ntraining the tiny preset (random-weight CLIP + SD built from config, "
-        f"{cfg.model.inversion_steps} inversion steps) for {cfg.train.epochs} epoch(s) ..."
-    )
-    summary = train(cfg, resume="never", progress=progress)
-    copy_demo_checkpoint(summary["final"], ckpt)
-
+    # 2. Train the tiny preset on the seen family; the final weights become the demo's checkpoint.
+    summary = _train(out, run, ckpt, quick=quick, progress=progress)
     model = load_detector(ckpt).eval()
 
-    # Validation split of the seen family: the same builder with another seed, so every image differs from the
-    # training and test ones (reals are crops of the held-out photo rows, like the test reals; fakes get fresh
-    # noise). The builder always writes a train/ folder too (one image per class, unused): the val set is test/.
-    n_val = 24 if quick else 64
-    val_root = out / "data" / "val"
-    build_demo_benchmark(val_root, size=64, n_train=1, n_test=n_val, train_families=seen, test_families=seen, seed=1)
-    print(
-        f"\ncalibrating on a validation split of {', '.join(seen)} ({n_val} real + {n_val} fake, seed 1, "
-        f"in {val_root / 'test'}) ..."
-    )
-    cal = calibrate_checkpoint(
-        ckpt,
-        val_root / "test",
-        layout="cnndetection",
-        split="test",
-        model=model,
-        image_size=None,
-        batch_size=32,
-        progress=progress,
-        cascade_agreement=0.99,
-    )
-    print(format_calibration(cal))
+    # 3. Calibrate (and fit the cascade band) on a validation split of the seen family.
+    cal, val_root = _calibrate(out, ckpt, model, quick=quick, progress=progress)
 
+    # 4. Evaluate on every family, calibrated.
     samples = load_labelled(str(out / "data" / "test"), "cnndetection", "test")
     res = evaluate(
         model,
@@ -170,48 +139,14 @@ def run_demo(out_dir: str | Path = "demo_out", *, quick: bool = False, progress:
         title="demo: trained on gan_upsample",
         extra={
             "demo": True,
-            "seen_families": list(seen),
+            "seen_families": list(SEEN),
             "checkpoint": str(ckpt),
             "note": "synthetic stand-ins for GAN/diffusion generators, not real generators",
         },
     )
-    gens = res["summary"]["generators"]
-    print("\n" + res["markdown"])
-    print("\nseen family:   " + ", ".join(f"{g} acc {gens[g]['acc'] * 100:.1f}%" for g in seen if g in gens))
-    unseen = [g for g in gens if g not in seen]
-    print(
-        "unseen:        "
-        + ", ".join(f"{g} ({FAMILY_KIND.get(g, '?')}) acc {gens[g]['acc'] * 100:.1f}%" for g in unseen)
-    )
-    print(
-        "(chance is 50%; the fakes are synthetic stand-ins made by this project, not real GANs or diffusion "
-        "models, and the tiny model has random base weights: unseen-family numbers are whatever they are.)"
-    )
-    cs, vm = res["calibration"], cal.metrics
-    print(
-        f"calibration:   validation ECE {vm['ece_before'] * 100:.2f}% -> {vm['ece_after'] * 100:.2f}%, "
-        f"band {describe_band(cal.band)}, coverage {vm['coverage'] * 100:.1f}%, selective accuracy "
-        + ("n/a" if vm["selective_accuracy"] is None else f"{vm['selective_accuracy'] * 100:.1f}%")
-    )
-    print(
-        f"               test ECE {cs['raw']['ece'] * 100:.2f}% -> {cs['ece'] * 100:.2f}%, coverage "
-        f"{cs['coverage'] * 100:.1f}%, selective accuracy "
-        + ("n/a" if cs["selective_accuracy"] is None else f"{cs['selective_accuracy'] * 100:.1f}%")
-        + f" (accuracy on all {cs['accuracy'] * 100:.1f}%)"
-    )
-    for g in seen:
-        if g in cs["generators"]:
-            sg = cs["generators"][g]
-            print(
-                f"               seen family {g}: test ECE {sg['raw_ece'] * 100:.2f}% -> {sg['ece'] * 100:.2f}%, "
-                f"coverage {sg['coverage'] * 100:.1f}%, selective accuracy "
-                + ("n/a" if sg["selective_accuracy"] is None else f"{sg['selective_accuracy'] * 100:.1f}%")
-            )
-    print(
-        "(the calibration is fitted on the seen family only: unseen families shift the logits, so the pooled test "
-        "set can be less calibrated than the validation split)"
-    )
-    # The cascade (engine/cascade.py): the inversion only for images whose perceptual margin is inside the band
+    _print_results(res, cal)
+
+    # 5. The cascade (engine/cascade.py): the inversion only for images whose perceptual margin is inside the band
     # fitted on the validation split; timed against the full method on the test set, in this run.
     assert cal.cascade is not None
     band = (cal.cascade["band"][0], cal.cascade["band"][1])
@@ -226,12 +161,120 @@ def run_demo(out_dir: str | Path = "demo_out", *, quick: bool = False, progress:
         f"{ct['seconds_full']:.1f} s -> {ct['seconds_cascade']:.1f} s ({ct['speedup']:.1f}x) at "
         f"{model.mcfg.inversion_steps} inversion steps (curve: cascade_curve.png)"
     )
+
+    # 6. demo_summary.json and where to go next.
+    _write_summary(out, round(time.time() - t0, 1), summary, res, cal, band, ct)
+    print(
+        f"\nwrote {out}/results.json, results.csv, scores.jsonl, logit_distributions.png, reliability.png, "
+        f"checkpoint/ (with calibration.json) in {time.time() - t0:.0f} s"
+    )
+    print(f"try: synerdetect predict {out}/data/test/gan_upsample/1_fake --checkpoint {ckpt}")
+    return 0
+
+
+def _train(out: Path, run: Path, ckpt: Path, *, quick: bool, progress: bool) -> dict[str, Any]:
+    from ..engine.train import train
+
+    cfg = demo_config(out, quick)
+    assert Path(cfg.train.output_dir) == run
+    clear_demo_folder(run)  # a fresh run each time: the demo shows training, not resuming
+    stamp_demo_folder(run)
+    print(
+        f"\ntraining the tiny preset (random-weight CLIP + SD built from config, "
+        f"{cfg.model.inversion_steps} inversion steps) for {cfg.train.epochs} epoch(s) ..."
+    )
+    summary = train(cfg, resume="never", progress=progress)
+    copy_demo_checkpoint(summary["final"], ckpt)
+    return summary
+
+
+def _calibrate(out: Path, ckpt: Path, model, *, quick: bool, progress: bool):
+    """The calibration (with the cascade band) fitted on a fresh validation split of the seen family."""
+    from ..engine.calibrate import calibrate_checkpoint
+    from ..engine.calibration import format_calibration
+    from .synthetic import build_demo_benchmark
+
+    # The same builder with another seed, so every image differs from the training and test ones (reals are crops
+    # of the held-out photo rows, like the test reals; fakes get fresh noise). The builder always writes a train/
+    # folder too (one image per class, unused): the val set is test/.
+    n_val = 24 if quick else 64
+    val_root = out / "data" / "val"
+    build_demo_benchmark(val_root, size=64, n_train=1, n_test=n_val, train_families=SEEN, test_families=SEEN, seed=1)
+    print(
+        f"\ncalibrating on a validation split of {', '.join(SEEN)} ({n_val} real + {n_val} fake, seed 1, "
+        f"in {val_root / 'test'}) ..."
+    )
+    cal = calibrate_checkpoint(
+        ckpt,
+        val_root / "test",
+        layout="cnndetection",
+        split="test",
+        model=model,
+        image_size=None,
+        batch_size=32,
+        progress=progress,
+        cascade_agreement=0.99,
+    )
+    print(format_calibration(cal))
+    return cal, val_root
+
+
+def _pct_or_na(v: float | None) -> str:
+    return "n/a" if v is None else f"{v * 100:.1f}%"
+
+
+def _print_results(res: dict[str, Any], cal) -> None:
+    """The results table, seen and unseen accuracy, and the calibration on validation and test."""
+    from ..engine.calibration import describe_band
+    from .synthetic import FAMILY_KIND
+
+    gens = res["summary"]["generators"]
+    print("\n" + res["markdown"])
+    print("\nseen family:   " + ", ".join(f"{g} acc {gens[g]['acc'] * 100:.1f}%" for g in SEEN if g in gens))
+    unseen = [g for g in gens if g not in SEEN]
+    print(
+        "unseen:        "
+        + ", ".join(f"{g} ({FAMILY_KIND.get(g, '?')}) acc {gens[g]['acc'] * 100:.1f}%" for g in unseen)
+    )
+    print(
+        "(chance is 50%; the fakes are synthetic stand-ins made by this project, not real GANs or diffusion "
+        "models, and the tiny model has random base weights: unseen-family numbers are whatever they are.)"
+    )
+    cs, vm = res["calibration"], cal.metrics
+    print(
+        f"calibration:   validation ECE {vm['ece_before'] * 100:.2f}% -> {vm['ece_after'] * 100:.2f}%, "
+        f"band {describe_band(cal.band)}, coverage {vm['coverage'] * 100:.1f}%, selective accuracy "
+        + _pct_or_na(vm["selective_accuracy"])
+    )
+    print(
+        f"               test ECE {cs['raw']['ece'] * 100:.2f}% -> {cs['ece'] * 100:.2f}%, coverage "
+        f"{cs['coverage'] * 100:.1f}%, selective accuracy "
+        + _pct_or_na(cs["selective_accuracy"])
+        + f" (accuracy on all {cs['accuracy'] * 100:.1f}%)"
+    )
+    for g in SEEN:
+        if g in cs["generators"]:
+            sg = cs["generators"][g]
+            print(
+                f"               seen family {g}: test ECE {sg['raw_ece'] * 100:.2f}% -> {sg['ece'] * 100:.2f}%, "
+                f"coverage {sg['coverage'] * 100:.1f}%, selective accuracy " + _pct_or_na(sg["selective_accuracy"])
+            )
+    print(
+        "(the calibration is fitted on the seen family only: unseen families shift the logits, so the pooled test "
+        "set can be less calibrated than the validation split)"
+    )
+
+
+def _write_summary(out: Path, seconds: float, summary, res, cal, band, ct) -> None:
+    from ..utils import atomic_write_json
+
+    gens, cs = res["summary"]["generators"], res["calibration"]
     atomic_write_json(
         out / "demo_summary.json",
         {
-            "seconds": round(time.time() - t0, 1),
+            "seconds": seconds,
             "train": summary,
-            "seen": list(seen),
+            "seen": list(SEEN),
             "acc": {g: gens[g]["acc"] for g in gens},
             "ap": {g: gens[g]["ap"] for g in gens},
             "calibration": {
@@ -246,9 +289,3 @@ def run_demo(out_dir: str | Path = "demo_out", *, quick: bool = False, progress:
             "cascade": {"band": list(band), "validation": cal.cascade, "test": ct},
         },
     )
-    print(
-        f"\nwrote {out}/results.json, results.csv, scores.jsonl, logit_distributions.png, reliability.png, "
-        f"checkpoint/ (with calibration.json) in {time.time() - t0:.0f} s"
-    )
-    print(f"try: synerdetect predict {out}/data/test/gan_upsample/1_fake --checkpoint {ckpt}")
-    return 0

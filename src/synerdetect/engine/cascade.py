@@ -23,8 +23,7 @@ import torch
 
 from ..data.transforms import stack_images
 from ..utils import atomic_write_bytes
-
-MODES = ("full", "perceptual", "cascade")
+from .modes import MODES
 
 
 class CascadeError(ValueError):
