@@ -342,3 +342,45 @@ def test_predict_inputs_scan_a_deep_tree_and_cache_hash_refuses_a_fifo(tmp_path)
     os.mkfifo(fifo)
     with pytest.raises(OSError, match="FIFO"):
         content_hash(fifo)  # would block forever on open() before
+
+
+def test_fifo_among_predict_inputs_is_named_not_missing(tmp_path, capsys):
+    """A FIFO given to predict / inspect is "not a regular file (FIFO)", as docs/usage.md says, not "no such
+    file"; a glob that matches one reports it too, and nothing ever opens it."""
+    import threading
+
+    from PIL import Image
+
+    from synerdetect.engine.inputs import expand_inputs
+
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    done = threading.Event()
+    results: list = []
+
+    def run():
+        try:
+            results.append(expand_inputs([str(fifo)]))
+            results.append(expand_inputs([str(tmp_path / "*.png")]))
+            results.append(main(["inspect", str(fifo)]))
+        except BaseException as e:  # noqa: BLE001 - re-raised in the test's thread
+            results.append(e)
+        finally:
+            done.set()
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    if not done.wait(30):  # unblock a reader stuck on the FIFO, then fail
+        with open(fifo, "wb"):
+            pass
+        pytest.fail("a FIFO input was opened")
+    worker.join()
+    for r in results:
+        if isinstance(r, BaseException):
+            raise r
+    assert results[0] == ([], [(str(fifo), "not a regular file (FIFO)")])
+    assert results[1] == ([str(tmp_path / "a.png")], [(str(fifo), "not a regular file (FIFO)")])
+    assert results[2] == 2  # nothing to inspect
+    err = capsys.readouterr().err
+    assert f"{fifo}: not a regular file (FIFO)" in err and "no such file" not in err

@@ -6,10 +6,23 @@ Torch-free on purpose: ``inspect`` reads provenance only and must start without 
 from __future__ import annotations
 
 import glob
+import os
+import stat
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..data.imageio import file_kind
 from ..data.layouts import LayoutError, discover
+
+
+def _special_file_kind(path: str) -> str | None:
+    """``"FIFO"``, ``"socket"``, ``"character device"``... for a special file, from ``stat`` (nothing is opened:
+    reading a FIFO would block); None for a regular file, a folder or nothing at all."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None
+    return None if stat.S_ISREG(mode) or stat.S_ISDIR(mode) else file_kind(mode)
 
 
 def expand_inputs(inputs: Sequence[str]) -> tuple[list[str], list[tuple[str, str]]]:
@@ -29,11 +42,16 @@ def expand_inputs(inputs: Sequence[str]) -> tuple[list[str], list[tuple[str, str
             paths += found
         elif p.is_file():
             paths.append(str(p))  # an explicit file is tried even with an odd extension
+        elif (kind := _special_file_kind(item)) is not None:
+            missing.append((item, f"not a regular file ({kind})"))
         else:
-            hits = sorted(h for h in glob.glob(item, recursive=True) if Path(h).is_file())
+            matches = sorted(glob.glob(item, recursive=True))
+            hits = [h for h in matches if Path(h).is_file()]
+            special = [(h, f"not a regular file ({k})") for h in matches if (k := _special_file_kind(h)) is not None]
+            missing += special  # a glob that matches a FIFO says so, like a folder scan
             if hits:
                 paths += hits
-            else:
+            elif not special:
                 missing.append((item, "no such file, folder or glob match"))
     return list(dict.fromkeys(paths)), missing
 
