@@ -48,6 +48,13 @@ ROWS: dict[str, tuple[str, dict, dict]] = {
         {"cache": {"policy": "cached-refresh", "refresh_every": 3}},
         {},
     ),
+    # Issue 23 item 4: on a cache hit CMID's target latent comes from the evaluation view; "augmented" re-encodes it
+    # from the augmented view (z_n stays the cached evaluation view's either way).
+    "cache cached-refresh, cmid augmented": (
+        "cached-refresh every 3 epochs, CMID's target latent encoded from the augmented view",
+        {"cache": {"policy": "cached-refresh", "refresh_every": 3, "cmid_latents": "augmented"}},
+        {},
+    ),
     "tuner zero init": (
         "the tuner's output projection starts at zero (the earlier init)",
         {"model": {"tuner_out_init": 0.0}},

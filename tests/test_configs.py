@@ -61,7 +61,7 @@ def _load(name: str) -> ExperimentConfig:
 
 def test_expected_files_exist():
     names = {p.stem for p in ALL_YAML}
-    missing = (set(PROTOCOLS) | {"tiny_demo", "paper"}) - names
+    missing = (set(PROTOCOLS) | {"tiny_demo", "paper", "unifd", "sd21_768v"}) - names
     assert not missing, f"configs/ lacks {sorted(missing)}"
 
 
@@ -81,7 +81,7 @@ def test_yaml_only_overrides_known_fields(path):
     raw = yaml.safe_load(path.read_text())
     known = get_preset("paper")
     for section, body in raw.items():
-        if section == "preset":
+        if section in ("preset", "method"):
             continue
         assert hasattr(known, section), f"{path.name}: unknown section {section!r}"
         assert isinstance(body, dict), f"{path.name}: section {section!r} must be a mapping"
@@ -169,8 +169,8 @@ def test_ablation_fusion_rows_are_registered_methods():
     assert _load("ablation_fusion").method == "synerdetect"  # the base file is the full method; rows use --method
     flags = re.findall(r"--method (\w+)", (CONFIGS / "ablation_fusion.yaml").read_text())
     assert set(flags) == set(list_methods())
-    for path in ALL_YAML:
-        assert load_experiment(path).method == "synerdetect", path.name
+    for path in ALL_YAML:  # only the UniFD file (OpenAI CLIP, its paper's weights) selects another method
+        assert load_experiment(path).method == ("unifd" if path.stem == "unifd" else "synerdetect"), path.name
 
 
 def test_tiny_demo():
@@ -181,6 +181,44 @@ def test_tiny_demo():
     assert Path(cfg.data.train) == Path("demo_out/data/train")
     assert cfg.data.train_layout == "cnndetection" and cfg.data.train_split == "train"
     assert cfg.train.batch_size == 16
+
+
+def test_tiny_demo_equals_the_demos_own_config():
+    """configs/tiny_demo.yaml says it has the demo's settings: every data, model, loss, optim and train key the
+    demo sets (src/synerdetect/demo/run.py demo_config) is equal, apart from the folders."""
+    from synerdetect.demo.run import demo_config
+
+    cfg, demo = _load("tiny_demo"), demo_config(Path("demo_out"))
+    assert (cfg.model, cfg.loss, cfg.optim, cfg.cache) == (demo.model, demo.loss, demo.optim, demo.cache)
+    assert cfg.method == demo.method and cfg.preset == demo.preset
+    for field in ("train", "train_layout", "train_split", "image_size", "clip_view", "blur_prob", "jpeg_prob", "flip"):
+        assert getattr(cfg.data, field) == getattr(demo.data, field), field
+    assert cfg.data.image_size is None  # the two-view loaders, not the older single view
+    skip = {"output_dir"}
+    for field in vars(demo.train):
+        if field not in skip:
+            assert getattr(cfg.train, field) == getattr(demo.train, field), field
+
+
+def test_source_paths_named_in_configs_exist():
+    import re
+
+    root = CONFIGS.parent
+    for path in sorted(CONFIGS.iterdir()):
+        for ref in re.findall(r"\b((?:src|scripts|docs|configs)/[\w/.-]+\.(?:py|md|yaml|sh|json))", path.read_text()):
+            assert (root / ref).is_file(), f"{path.name} names {ref}, which does not exist"
+
+
+def test_unifd_config_names_openai_clip():
+    cfg = _load("unifd")
+    assert cfg.method == "unifd" and cfg.model.clip == "openai/clip-vit-large-patch14"
+    base = _load("ablation_fusion")
+    assert (cfg.data, cfg.loss, cfg.train.epochs, cfg.train.batch_size) == (
+        base.data,
+        base.loss,
+        base.train.epochs,
+        base.train.batch_size,
+    )
 
 
 EXPECTED_ABLATION = {

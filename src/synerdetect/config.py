@@ -34,6 +34,9 @@ class ModelConfig:
     lora_alpha: float = 16.0
     lora_dropout: float = 0.0
     lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "out_proj"])
+    # Fusion-A/B/C also train SynerDetect's LoRA on two CLIP towers (E_v, E_d): Table 5a with equal trainable
+    # capacity (docs/method.md); off = the frozen-feature fusions
+    reference_lora: bool = False
     # --- discriminative prompt generation (Eq. 1) ---------------------------
     n_ctx: int = 4  # learnable context tokens p_c
     ctx_init_std: float = 0.02

@@ -64,7 +64,7 @@ RECOMMENDED_CHANGES: dict[str, Any] = {
 def recommended() -> ExperimentConfig:
     """``paper`` plus every improvement this project makes: the DCL class negative (Eq. 7), the plan-routed
     Eq. 6 sample term, and the inversion read from a feature cache rebuilt with the current prompt every 3
-    epochs (~2.7x cheaper than online over 6 epochs at 100 steps). Use it to train a detector."""
+    epochs (2.6x cheaper than online over 6 epochs at 100 steps, docs/performance.md). Use it to train a detector."""
     return dataclasses.replace(merge(paper(), RECOMMENDED_CHANGES), preset="recommended")
 
 
