@@ -176,6 +176,13 @@ def atomic_write_json(
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
+def one_line(text: object, limit: int = 300) -> str:
+    """``text`` as one line for an error message: whitespace runs (newlines in a library's message) folded to one
+    space, cut to ``limit`` characters with ``...``."""
+    line = " ".join(str(text).split())
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
 def csv_cell(value: Any) -> Any:
     """A CSV cell a spreadsheet will not run: a text starting with ``= + - @``, a tab or a carriage return gets a
     leading ``'`` (the rule of the web page's CSV, serve/static). Numbers, booleans and None are unchanged, so a

@@ -68,7 +68,7 @@ from ..data.imageio import (
 from ..data.transforms import stack_images
 from ..model.detector import view_transform
 from ..provenance import load_trust_anchors
-from ..utils import rank_world
+from ..utils import one_line, rank_world
 from ..version import __version__
 from .calibration import Calibration, apply_calibration
 from .cascade import cascade_band_of, cascade_predict
@@ -113,11 +113,6 @@ def error_kind(reason: str) -> str:
     if "corrupt" in r or "truncated" in r or "cannot open" in r or "transform failed" in r or "decod" in r:
         return "corrupt"
     return "unreadable"
-
-
-def _one_line(text: object, limit: int = 300) -> str:
-    line = " ".join(str(text).split())
-    return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
 def _mb(n: int) -> str:
@@ -225,7 +220,7 @@ class Decoder:
             try:
                 data = source.read(-1 if cap is None else cap + 1)
             except Exception as e:  # noqa: BLE001
-                raise UnreadableImage(name, f"cannot read stream: {_one_line(e)}") from None
+                raise UnreadableImage(name, f"cannot read stream: {one_line(e)}") from None
             if not isinstance(data, bytes | bytearray):
                 raise UnreadableImage(name, "stream is not opened in binary mode")
             if cap is not None and len(data) > cap:
@@ -256,9 +251,9 @@ class Decoder:
             try:
                 p.image = self.transform(img)
             except Exception as e:  # noqa: BLE001 - report per image, never crash a batch
-                raise UnreadableImage(name, f"transform failed: {type(e).__name__}: {_one_line(e)}") from None
+                raise UnreadableImage(name, f"transform failed: {type(e).__name__}: {one_line(e)}") from None
         except UnreadableImage as e:
-            p.error = _one_line(e.reason)
+            p.error = one_line(e.reason)
             p.error_kind = "too_large" if isinstance(e, TooLarge) else error_kind(e.reason)
         p.timings["decode_ms"] = (time.perf_counter() - t0) * 1e3
         if self.provenance and p.ok:

@@ -14,6 +14,7 @@ from typing import Any
 
 from synerdetect.provenance.metadata import Budget, clip
 from synerdetect.provenance.vocab import classify_source_type
+from synerdetect.utils import one_line
 
 MAX_MANIFESTS = 32  # ingredient manifests followed per asset
 MAX_SOURCE_TYPES = 64  # digital source types kept per manifest
@@ -58,11 +59,6 @@ def _empty_info(state: str, failures: list[str]) -> dict[str, Any]:
         "signer": None,
         "library_state": None,
     }
-
-
-def _one_line(text: object, limit: int = 300) -> str:
-    line = " ".join(str(text).split())
-    return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
 def read_c2pa(
@@ -115,7 +111,7 @@ def _from_reader_error(c2pa: Any, exc: Exception, data: bytes) -> tuple[dict[str
     if has_c2pa_markers(data):
         # A manifest store is present but the SDK cannot parse it: report it, never as a clean declaration.
         info = _empty_info("invalid", ["manifest.unreadable"])
-        info["error"] = _one_line(message)
+        info["error"] = one_line(message)
         return info, []
     return None, []
 

@@ -58,6 +58,7 @@ from synerdetect.imageformats import open_image
 from synerdetect.provenance.c2pa_manifest import read_c2pa
 from synerdetect.provenance.metadata import Budget, collect_metadata
 from synerdetect.provenance.vocab import classify_source_type
+from synerdetect.utils import one_line
 
 MAX_INPUT_BYTES = 50 * 1024 * 1024  # larger inputs are refused, never read whole
 MAX_EVIDENCE_ITEMS = 100  # evidence items kept per file (each value at most MAX_VALUE_CHARS characters)
@@ -69,13 +70,8 @@ class _InputError(Exception):
     """Bad input: reported in the result's "error", never raised to the caller."""
 
 
-def _one_line(text: object, limit: int = 300) -> str:
-    line = " ".join(str(text).split())
-    return line if len(line) <= limit else line[: limit - 3] + "..."
-
-
 def error_result(reason: str) -> dict[str, Any]:
-    return {"declared_ai": None, "evidence": [], "c2pa": None, "error": _one_line(reason)}
+    return {"declared_ai": None, "evidence": [], "c2pa": None, "error": one_line(reason)}
 
 
 def load_trust_anchors(trust_anchors: str | os.PathLike | None) -> str | None:
@@ -106,7 +102,7 @@ def load_trust_anchors(trust_anchors: str | os.PathLike | None) -> str | None:
     try:
         certs = x509.load_pem_x509_certificates(pem.encode("ascii", errors="replace"))
     except ValueError as exc:
-        raise ValueError(f"{origin} holds no valid PEM certificate: {_one_line(exc)}") from exc
+        raise ValueError(f"{origin} holds no valid PEM certificate: {one_line(exc)}") from exc
     if not certs:
         raise ValueError(f"{origin} holds no PEM certificate")
     return pem
@@ -217,7 +213,7 @@ def _analyse(data: bytes, anchors_pem: str | None) -> dict[str, Any]:
     kept = cap_evidence(evidence, MAX_EVIDENCE_ITEMS, work)
     result: dict[str, Any] = {"declared_ai": declared_ai, "evidence": kept, "c2pa": c2pa_info}
     if work.reasons:
-        result.update(truncated=True, truncated_reason=_one_line("; ".join(work.reasons), 1000))
+        result.update(truncated=True, truncated_reason=one_line("; ".join(work.reasons), 1000))
     return result
 
 
