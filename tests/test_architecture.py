@@ -101,7 +101,7 @@ def test_no_import_goes_back_up_a_layer(graph):
     assert not upward, "imports that run back up a layer:\n" + "\n".join(upward)
 
 
-def test_engine_sibling_imports_sit_at_the_top(graph):
+def test_engine_sibling_imports_sit_at_the_top():
     """Inside the engine, a sibling import in a function is how a circle hides: they are all module-level."""
     late = []
     for name, (path, _) in _modules().items():

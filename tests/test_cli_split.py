@@ -207,7 +207,7 @@ def test_evaluate_from_config_without_a_test_set_says_so(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_main_module_of_the_cli_package_runs(tmp_path):
+def test_main_module_of_the_cli_package_runs():
     env = {**os.environ, "PYTHONPATH": str(CLI_DIR.parent.parent)}
     r = subprocess.run(
         [sys.executable, "-m", "synerdetect.cli", "presets"], capture_output=True, text=True, timeout=120, env=env

@@ -80,7 +80,7 @@ def test_transform_failure_is_reported_not_raised(tree_with_bad_files):
     root, _ = tree_with_bad_files
     samples = [s for s in discover(root) if s.path.endswith(".png") and "empty" not in s.path]
 
-    def broken(img, rng):
+    def broken(_img, _rng):
         raise RuntimeError("boom")
 
     rec = ImageDataset(samples, broken)[0]

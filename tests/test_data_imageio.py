@@ -456,12 +456,12 @@ def test_postscript_named_png_is_refused_and_never_reaches_ghostscript(tmp_path,
 
     reached = []
 
-    def eps_open(self):
+    def eps_open(_self):
         reached.append("EpsImageFile._open")
         raise SyntaxError("stop")
 
     monkeypatch.setattr(EpsImagePlugin.EpsImageFile, "_open", eps_open)
-    monkeypatch.setattr(EpsImagePlugin, "Ghostscript", lambda *a, **k: reached.append("gs"))
+    monkeypatch.setattr(EpsImagePlugin, "Ghostscript", lambda *_a, **_k: reached.append("gs"))
     p = tmp_path / "x.png"
     p.write_bytes(EPS)
     expected = f"unsupported format EPS (supported: {', '.join(IMAGE_FORMATS).replace('WEBP', 'WebP')})"

@@ -109,7 +109,7 @@ def test_real_photos_are_bundled_and_split(monkeypatch):
     # Any attempt to go through skimage's pooch fetcher would be a download: forbid it.
     import skimage.data._fetchers as fetchers
 
-    def _no_fetch(*args, **kwargs):
+    def _no_fetch(*_args, **_kwargs):
         raise AssertionError("demo data must not use the scikit-image fetcher")
 
     monkeypatch.setattr(fetchers, "_fetch", _no_fetch)

@@ -142,7 +142,7 @@ def test_predict_checks_output_paths_before_scoring(ckpt, tmp_path, capsys, monk
     img = tmp_path / "x.png"
     Image.new("RGB", (64, 64)).save(img)
     loaded = []
-    monkeypatch.setattr(SynerDetect, "from_pretrained", classmethod(lambda cls, *a, **k: loaded.append(1)))
+    monkeypatch.setattr(SynerDetect, "from_pretrained", classmethod(lambda _cls, *_a, **_k: loaded.append(1)))
     rc = main(
         [
             "predict",
@@ -255,7 +255,7 @@ def test_resume_falls_back_to_the_previous_good_checkpoint(bench, tmp_path, caps
     class Killed(Exception):
         pass
 
-    def kill(step, losses):
+    def kill(step, _losses):
         if step == 5:
             raise Killed
 
@@ -271,7 +271,7 @@ def test_resume_falls_back_to_the_previous_good_checkpoint(bench, tmp_path, caps
     assert "step-00000004 is unreadable" in said and "falling back" in said and "resuming from" in said
 
 
-def test_steps_without_update_are_reported(bench, tmp_path, caplog):
+def test_steps_without_update_are_reported(bench, tmp_path):
     import shutil
 
     data = tmp_path / "train"
@@ -304,7 +304,7 @@ def test_cache_build_needs_a_detector(bench, tmp_path, capsys):
     assert not (tmp_path / "c").exists()
 
 
-def test_overrides_may_follow_options(monkeypatch):
+def test_overrides_may_follow_options():
     from synerdetect.cli import parse_args
 
     args = parse_args(["train", "--preset", "tiny", "train.epochs=2", "--no-progress", "loss.alpha=0.3"])

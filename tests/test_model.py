@@ -353,7 +353,7 @@ def test_bf16_frozen_models_train_with_fp32_trainables():
 def test_dimension_mismatch_is_found_before_weights_load(monkeypatch):
     import synerdetect.model.base as mod
 
-    def boom(*a, **k):
+    def boom(*_a, **_k):
         raise AssertionError("weights were loaded before the dimension check")
 
     monkeypatch.setattr(mod, "load_base_models", boom)

@@ -280,7 +280,7 @@ def test_public_bind_needs_a_key_or_an_explicit_opt_out(tmp_path, capsys, monkey
     assert not any(is_loopback(h) for h in ("0.0.0.0", "::", "", "10.1.2.3", "192.168.0.5", "example.org"))
     loads: list[str] = []
 
-    def fake_load(cls, checkpoint, **kw):
+    def fake_load(_cls, checkpoint, **_kw):
         loads.append(str(checkpoint))
         raise RuntimeError("model loading reached")
 

@@ -57,7 +57,7 @@ def test_resume_after_kill_gives_the_same_weights(bench, tmp_path):
     ref = train(_cfg(bench, tmp_path / "a"), resume="never", progress=False)
     assert ref["global_step"] == 6
 
-    def kill_at_5(step, losses):
+    def kill_at_5(step, _losses):
         if step == 5:
             raise Killed()
 

@@ -461,9 +461,9 @@ class FeatureCache:
                 out.append(None)
         return out
 
-    def verify(self, hashes: Sequence[str] | None = None, chunk: int = 256) -> list[str]:
+    def verify(self, hashes: Sequence[str] | None = None) -> list[str]:
         """Check the checksums of ``hashes`` (default: all), shard by shard, without keeping the tensors (one
-        entry in memory at a time); returns the dropped ones. ``chunk`` is kept for compatibility."""
+        entry in memory at a time); returns the dropped ones."""
         entries = self.entries
         hs = list(entries) if hashes is None else [h for h in hashes if h in entries]
         hs.sort(key=lambda h: entries[h].shard)

@@ -29,7 +29,7 @@ def add_parser(sub: Any) -> None:
     b.set_defaults(func=partial(_bare_bench, components))
 
 
-def _bare_bench(components: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+def _bare_bench(components: argparse.ArgumentParser, _args: argparse.Namespace) -> int:
     return cmd_bench_components(components.parse_args([]))
 
 

@@ -13,7 +13,7 @@ def add_parser(sub: Any) -> None:
     p.set_defaults(func=cmd_presets, light=True)
 
 
-def cmd_presets(args: argparse.Namespace) -> int:
+def cmd_presets(_args: argparse.Namespace) -> int:
     from ..presets import ABLATIONS, get_preset, list_presets
 
     for name in list_presets():

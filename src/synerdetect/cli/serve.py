@@ -130,7 +130,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
     server = uvicorn.Server(config)
 
-    def stop(signum: int, frame: Any) -> None:
+    def stop(_signum: int, _frame: Any) -> None:
         server.should_exit = True
 
     # uvicorn handles SIGTERM while serving and re-raises it after a graceful shutdown; this handler (restored by

@@ -291,7 +291,7 @@ class EvalTransform:
         self.size = _check_size(size)
         self.resize = bool(resize)
 
-    def __call__(self, img: Image.Image, rng: RngLike = None) -> torch.Tensor:
+    def __call__(self, img: Image.Image, _rng: RngLike = None) -> torch.Tensor:  # deterministic: no rng used
         if img.mode != "RGB":
             img = img.convert("RGB")
         s = self.size

@@ -458,7 +458,7 @@ def _kde_curve(values: np.ndarray, xs: np.ndarray) -> np.ndarray | None:
         from scipy.stats import gaussian_kde
 
         return gaussian_kde(values)(xs)
-    except Exception:  # singular covariance etc. -> histogram only
+    except (np.linalg.LinAlgError, ValueError):  # singular covariance etc. -> histogram only
         return None
 
 

@@ -517,6 +517,7 @@ class Detector(nn.Module):
 
     def cache_features(self, images: torch.Tensor) -> CachedBatch:
         """What the feature cache stores for a batch; a method without SD has no inversion to cache."""
+        del images  # the methods that run an inversion override this
         raise ConfigError(f"method {self.method_name!r} runs no DDIM inversion: it has no feature cache")
 
     # ------------------------------------------------------------------ I/O

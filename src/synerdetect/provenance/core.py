@@ -153,7 +153,7 @@ def _open_image(data: bytes) -> tuple[Any, str | None]:
         return img, None
     except UnidentifiedImageError:
         return None, "not a recognised image"
-    except Exception as exc:  # DecompressionBombError, truncated headers, plugin errors...
+    except Exception as exc:  # noqa: BLE001 - DecompressionBombError, truncated headers, any plugin's errors
         return None, f"unreadable image: {type(exc).__name__}: {exc}"
 
 
@@ -180,7 +180,7 @@ def read_provenance(source: Source, *, trust_anchors: str | os.PathLike | None =
         return error_result(str(exc))
     try:
         return _analyse(data, anchors_pem)
-    except Exception as exc:  # a parser bug must not take a batch down: report it per file
+    except Exception as exc:  # noqa: BLE001 - a parser bug must not take a batch down: report it per file
         return error_result(f"provenance read failed: {type(exc).__name__}: {exc}")
 
 

@@ -366,7 +366,7 @@ class _XmpCollector:
             if top[2] is not None and not top[3]:  # text before the first child (ElementTree's .text)
                 top[2].append(text)
 
-    def end(self, tag: str) -> None:
+    def end(self, _tag: str) -> None:  # the parser checked the nesting: the stack says which element ends
         name, slot, parts, _ = self.stack.pop()
         if slot is None and parts is not None:  # an rdf:li under wanted elements
             text = "".join(parts).strip()
@@ -551,7 +551,7 @@ def _exif_of(img: Any, data: bytes) -> Any:
 def exif_evidence(img: Any, data: bytes = b"") -> list[dict[str, Any]]:
     try:
         exif = _exif_of(img, data)
-    except Exception:  # malformed EXIF is absence of evidence, not an error
+    except Exception:  # noqa: BLE001 - malformed EXIF (any of Pillow's errors) is absence of evidence
         return []
     if not exif:
         return []
@@ -575,7 +575,7 @@ def exif_evidence(img: Any, data: bytes = b"") -> list[dict[str, Any]]:
         evidence.append(_item("exif", "ImageDescription", description, "ai", generator))
     try:
         sub = exif.get_ifd(_EXIF_IFD)
-    except Exception:
+    except Exception:  # noqa: BLE001 - a broken EXIF sub-IFD: no user comment
         sub = {}
     comment = decode_user_comment(sub.get(_EXIF_USER_COMMENT)) if sub else ""
     if comment and (generator := detect_generator_text(comment)):
@@ -603,7 +603,7 @@ def xmp_packets(data: bytes, img: Any, png_chunks: list[tuple[str, str]]) -> lis
         if not packets and tags is not None:
             try:
                 tiff_xmp = tags.get(700)
-            except Exception:
+            except Exception:  # noqa: BLE001 - a broken TIFF tag: no XMP from it
                 tiff_xmp = None
             if isinstance(tiff_xmp, bytes | str) and tiff_xmp:
                 packets.append(tiff_xmp)

@@ -162,7 +162,7 @@ def create_app(scorer: Scorer, settings: ServeSettings | None = None) -> FastAPI
     settings = service.settings
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         service.start()
         try:
             yield

@@ -145,11 +145,11 @@ class DetectService:
             )
 
     # ------------------------------------------------------------------ errors: JSON, no traceback
-    async def on_api_error(self, request: Request, exc: ApiError) -> JSONResponse:
+    async def on_api_error(self, _request: Request, exc: ApiError) -> JSONResponse:
         self.metrics.errors.labels(exc.error).inc()
         return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
 
-    async def on_http_error(self, request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def on_http_error(self, _request: Request, exc: StarletteHTTPException) -> JSONResponse:
         name = ERROR_NAMES.get(exc.status_code, "http_error")
         self.metrics.errors.labels(name).inc()
         return JSONResponse(
@@ -158,7 +158,7 @@ class DetectService:
             headers=getattr(exc, "headers", None),
         )
 
-    async def on_validation_error(self, request: Request, exc: RequestValidationError) -> JSONResponse:
+    async def on_validation_error(self, _request: Request, exc: RequestValidationError) -> JSONResponse:
         self.metrics.errors.labels("validation").inc()
         where = "; ".join(f"{'.'.join(str(x) for x in e.get('loc', ()))}: {e.get('msg')}" for e in exc.errors()[:5])
         return JSONResponse({"status": 422, "error": "validation", "message": where or "invalid request"}, 422)
