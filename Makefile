@@ -1,5 +1,5 @@
-# Shortcuts for contributors, as peft and diffusers keep them. .ci/run is the source of truth for CI and calls
-# `make quality` and `make test` with its own fresh environment (PYTHON / RUFF / MYPY).
+# Shortcuts for contributors, as peft and diffusers keep them. .ci/run stays the source of truth for CI (it runs the
+# same commands with its own fresh environment, and does not need make on a fresh machine).
 PYTHON ?= .venv/bin/python
 RUFF ?= .venv/bin/ruff
 MYPY ?= .venv/bin/mypy

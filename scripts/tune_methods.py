@@ -1,7 +1,7 @@
 """Choose each method's optimiser and learning rate on the demo, on a validation split of its training data.
 
 For every method (SynerDetect and the Table 5a references) and every candidate of the grid
-(``synerdetect.methods.tuning.GRID``: {sgd, adamw} x {1e-4, 1e-3, 1e-2}), train on 75 % of the demo's training
+(``synerdetect.engine.tuning.GRID``: {sgd, adamw} x {1e-4, 1e-3, 1e-2}), train on 75 % of the demo's training
 images (the seen family) and score AP / accuracy on the other 25 %; pick the best by validation AP (then accuracy).
 The demo's test set is never read during the search. With ``--final``, each method is then trained on the whole
 training set twice - with the demo's own optimiser (AdamW 1e-2, cosine: "before") and with its chosen one
@@ -35,8 +35,8 @@ from synerdetect.demo import build_demo_benchmark
 from synerdetect.demo.run import SEEN, demo_config
 from synerdetect.engine.evaluate import evaluate
 from synerdetect.engine.train import train
+from synerdetect.engine.tuning import GRID, optim_patch, pick, tune, validation_split
 from synerdetect.methods import load_detector, parse_methods
-from synerdetect.methods.tuning import GRID, optim_patch, pick, tune, validation_split
 
 #: Methods whose inversion can come from a shared cache during the search (frozen, unconditional features).
 CACHED_DURING_SEARCH = {"inversion_probe", "fusion_a", "fusion_b", "fusion_c", "dire"}

@@ -146,7 +146,7 @@ class ScoreRecord:
 _OPTIONAL_FIELDS = ("format", "verdict", "calibrated", "size", "decided_by")
 
 
-def _as_records(records: Iterable[ScoreRecord | Mapping[str, Any]]) -> list[ScoreRecord]:
+def as_records(records: Iterable[ScoreRecord | Mapping[str, Any]]) -> list[ScoreRecord]:
     out = []
     for r in records:
         out.append(r if isinstance(r, ScoreRecord) else ScoreRecord.from_dict(r))
@@ -283,7 +283,7 @@ def generator_metrics(records: Iterable[ScoreRecord | Mapping[str, Any]]) -> dic
     class and ``logit`` as the score.
     """
     groups: dict[str, list[ScoreRecord]] = {}
-    for r in _as_records(records):
+    for r in as_records(records):
         groups.setdefault(r.generator, []).append(r)
     return {g: _single_generator(recs) for g, recs in groups.items()}
 
@@ -295,7 +295,7 @@ def summarize(records: Iterable[ScoreRecord | Mapping[str, Any]]) -> dict[str, A
     ``fake_acc`` average only over generators where the metric is defined
     (counts in ``*_n_generators``; ``ap_excluded`` lists the excluded ones).
     """
-    recs = _as_records(records)
+    recs = as_records(records)
     if not recs:
         raise ValueError("summarize() needs at least one score record")
     gens = generator_metrics(recs)

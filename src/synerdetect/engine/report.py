@@ -22,7 +22,7 @@ import numpy as np
 from ..utils import atomic_write_bytes, atomic_write_json, atomic_write_text, csv_cell
 from ..utils import jsonable as _jsonable  # the one JSON conversion: NaN -> null, numpy -> Python
 from .calibration import describe_band
-from .metrics import DECISION_RULE, ScoreRecord, _as_records, generator_metrics
+from .metrics import DECISION_RULE, ScoreRecord, as_records, generator_metrics
 
 __all__ = [
     "SCORE_FIELDS",
@@ -175,7 +175,7 @@ def write_results(
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    recs = _as_records(records)
+    recs = as_records(records)
     payload = dict(summary)
     if extra:
         clash = sorted(set(extra) & set(payload))
@@ -204,7 +204,7 @@ def _scores_jsonl_text(recs: Iterable[ScoreRecord]) -> str:
 
 def write_scores_jsonl(path: str | os.PathLike, records: Iterable[ScoreRecord | Mapping[str, Any]]) -> Path:
     """One JSON object per record (:data:`SCORE_FIELDS`, then the :data:`OPTIONAL_SCORE_FIELDS` it has)."""
-    return atomic_write_text(path, _scores_jsonl_text(_as_records(records)))
+    return atomic_write_text(path, _scores_jsonl_text(as_records(records)))
 
 
 def read_scores_jsonl(path: str | os.PathLike) -> list[ScoreRecord]:
@@ -480,7 +480,7 @@ def plot_logit_distributions(
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    recs = _as_records(records)
+    recs = as_records(records)
     groups: dict[str, list[ScoreRecord]] = {}
     for r in recs:
         groups.setdefault(r.generator, []).append(r)

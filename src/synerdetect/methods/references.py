@@ -26,11 +26,12 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 from torch import nn
+from typing_extensions import override
 
 from ..config import ConfigError, ExperimentConfig
 from ..data.transforms import Views
 from ..model.backbones import BaseModels
-from ..model.base import CachedBatch, Detector, InputError, VisionEncoder, _resize
+from ..model.base import CachedBatch, Detector, InputError, VisionEncoder, resize_square
 from ..model.inversion import ddim_sample
 
 
@@ -110,6 +111,7 @@ class ReferenceMethod(Detector):
     ) -> CachedBatch:
         """SynerDetect's generative branch up to E_d, with SD's empty prompt instead of the tuner's (``z_t`` is
         ignored): the VAE latent at ``sd_size`` and its DDIM inversion at ``inversion_size``."""
+        del z_t  # SynerDetect's signature, so that the same call serves every method
         latents, inv_latents = self.inversion_latents(images, latents)
         inverted = self.ddim_inversion(inv_latents, self.unconditional_context(inv_latents.shape[0]))
         return CachedBatch(latents, inverted)
@@ -141,6 +143,7 @@ class ReferenceMethod(Detector):
         return self.E_d(self.noise_encoder_pixels(images, cached))
 
     # ------------------------------------------------------------ contract
+    @override
     def compute_losses(
         self,
         images: torch.Tensor,
@@ -215,6 +218,7 @@ class UniFD(ReferenceMethod):
     def build_head(self) -> nn.Module:
         return nn.Linear(self._proj_dim(), 1)
 
+    @override
     def forward_head(self, images, cached, *, with_aux):
         return self.head(_scaled(self.clip_embedding(images))).squeeze(-1), {}
 
@@ -230,6 +234,7 @@ class InversionProbe(ReferenceMethod):
     def build_head(self) -> nn.Module:
         return nn.Linear(self._proj_dim(), 1)
 
+    @override
     def forward_head(self, images, cached, *, with_aux):
         return self.head(_scaled(self.inversion_embedding(images, cached))).squeeze(-1), {}
 
@@ -305,7 +310,7 @@ class DIRE(ReferenceMethod):
         inverted = self.generative_inputs(images, cached).inverted
         assert inverted is not None
         rec = self.regenerate(inverted)
-        x = _resize((images.sd if isinstance(images, Views) else images).float(), rec.shape[-1])
+        x = resize_square((images.sd if isinstance(images, Views) else images).float(), rec.shape[-1])
         return (x - rec).abs()
 
     @torch.no_grad()
@@ -321,6 +326,7 @@ class DIRE(ReferenceMethod):
         rec = self.vae.decode((z0 / self.vae_scale).to(self.compute_dtype)).sample.float()
         return (rec.clamp(-1, 1) + 1) / 2
 
+    @override
     def forward_head(self, images, cached, *, with_aux):
         return self.head(self.dire_map(images, cached)), {}
 
@@ -390,6 +396,7 @@ class FusionA(ReferenceMethod):
         vm: Any = encoder.vision_model
         return vm.post_layernorm(vm(pixel_values=pixels).last_hidden_state).float()
 
+    @override
     def forward_head(self, images, cached, *, with_aux):
         px_v = ((self.clip_pixels(images) - self.clip_mean) / self.clip_std).to(self.compute_dtype)
         tok_v = self._tokens(self.E_v, px_v)
@@ -448,6 +455,7 @@ class FusionB(ReferenceMethod):
     def build_head(self) -> nn.Module:
         return UniCodeHead(self._proj_dim())
 
+    @override
     def forward_head(self, images, cached, *, with_aux):
         z_v = _scaled(self.clip_embedding(images))
         z_n = _scaled(self.inversion_embedding(images, cached))
@@ -465,6 +473,7 @@ class FusionC(ReferenceMethod):
     def build_head(self) -> nn.Module:
         return nn.Linear(2 * self._proj_dim(), 1)
 
+    @override
     def forward_head(self, images, cached, *, with_aux):
         z = torch.cat([_scaled(self.clip_embedding(images)), _scaled(self.inversion_embedding(images, cached))], -1)
         return self.head(z).squeeze(-1), {}

@@ -134,7 +134,7 @@ def view_transform(
     return ViewTransform(cfg.model.clip_size, cfg.model.sd_size, train=train, clip_view=clip_view or d.clip_view, **kw)
 
 
-def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
+def resize_square(x: torch.Tensor, size: int) -> torch.Tensor:
     if x.shape[-2:] == (size, size):
         return x
     # Shorter side to `size`, then centre crop: the CLIP processor's geometry, on tensors.
@@ -425,7 +425,7 @@ class Detector(nn.Module):
     def clip_pixels(self, images: torch.Tensor | Views) -> torch.Tensor:
         """E_v's and CConv's input at clip_size: the clip view as it is, or a plain tensor resized (shorter side,
         then centre crop)."""
-        return _resize((images.clip if isinstance(images, Views) else images).float(), self.mcfg.clip_size)
+        return resize_square((images.clip if isinstance(images, Views) else images).float(), self.mcfg.clip_size)
 
     def encode_visual(self, x01_clip: torch.Tensor) -> torch.Tensor:
         """z_v = E_v(x), normalised, B x D."""
@@ -436,7 +436,7 @@ class Detector(nn.Module):
     def encode_latents(self, images: torch.Tensor, size: int | None = None) -> torch.Tensor:
         """VAE latent z0 of the image at ``size`` px (the posterior mean, scaled), B x 4 x h x w."""
         size = size or self.mcfg.sd_size
-        x = _resize((images.sd if isinstance(images, Views) else images).float(), size) * 2 - 1
+        x = resize_square((images.sd if isinstance(images, Views) else images).float(), size) * 2 - 1
         post = self.vae.encode(x.to(self.compute_dtype)).latent_dist
         return (post.mean * self.vae_scale).float()
 

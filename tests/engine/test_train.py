@@ -11,24 +11,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from synerdetect.demo import build_demo_benchmark
 from synerdetect.engine.train import train
 from synerdetect.presets import load_experiment
 
-
-@pytest.fixture(scope="module")
-def bench(tmp_path_factory):
-    root = tmp_path_factory.mktemp("bench")
-    build_demo_benchmark(
-        root,
-        size=64,
-        n_train=8,
-        n_test=4,
-        train_families=("gan_upsample",),
-        test_families=("gan_upsample", "diffusion_latent"),
-        seed=0,
-    )
-    return root
+BENCH = {"test_families": ("gan_upsample", "diffusion_latent")}  # the conftest bench, two test families
 
 
 def _cfg(bench, out, **extra):

@@ -18,6 +18,9 @@ from typing import Any
 
 from ..config import ExperimentConfig, merge
 from ..data.layouts import Sample
+from ..methods import load_detector
+from .evaluate import evaluate
+from .train import train
 
 #: The search grid: (optimiser, learning rate). Small on purpose: 6 runs per method.
 GRID: tuple[tuple[str, float], ...] = tuple((o, lr) for o in ("sgd", "adamw") for lr in (1e-4, 1e-3, 1e-2))
@@ -89,9 +92,6 @@ def tune(
     """Train ``method`` once per ``grid`` candidate on ``train_samples`` (written to a manifest under ``out``) and
     score it on ``val_samples``; returns ``{"method", "results": [...], "choice": {...}}``. ``cfg_patch`` is applied
     to every candidate (e.g. a shared feature cache)."""
-    from ..engine.evaluate import evaluate
-    from ..engine.train import train
-    from . import load_detector
 
     out = Path(out)
     manifest = write_manifest(train_samples, out / "train.jsonl")

@@ -25,20 +25,7 @@ from synerdetect.cache import (
 from synerdetect.data.transforms import EvalTransform
 
 STEPS = 3
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny tensors: one thread is faster and immune to oversubscription on a busy 2-core machine.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def model():
-    return SynerDetect.from_preset("tiny", **{"model.inversion_steps": STEPS}).eval()
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def write_images(folder: Path, n: int = 12, seed: int = 0) -> list[str]:

@@ -19,11 +19,6 @@ from synerdetect.presets import load_experiment
 from synerdetect.utils import OutputError, atomic_write_text, check_output_dir, check_output_file
 
 
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory, tiny_model):
-    return tiny_model.save_pretrained(tmp_path_factory.mktemp("ckpt") / "model")
-
-
 def _copy_ckpt(ckpt, dest):
     import shutil
 

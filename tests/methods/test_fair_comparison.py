@@ -22,7 +22,7 @@ from synerdetect.methods.references import DIRE
 from synerdetect.model.base import CachedBatch
 from synerdetect.presets import load_experiment
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
 def _cfg(method: str, *over: str):
@@ -33,7 +33,7 @@ def _cfg(method: str, *over: str):
 def _perfect_reconstructor(model: DIRE, monkeypatch) -> None:
     """Inversion = the SD view itself, regeneration = identity: x' equals the image the inversion was run on."""
 
-    def inversion_inputs(images, z_t=None, *, latents=None):
+    def inversion_inputs(images, *_args, **_kw):
         sd = (images.sd if isinstance(images, Views) else images).float()
         return CachedBatch(None, sd.clone())
 
@@ -126,7 +126,7 @@ def _samples(n: int) -> list[Sample]:
 
 
 def test_validation_split_is_stratified_disjoint_and_deterministic():
-    from synerdetect.methods.tuning import validation_split
+    from synerdetect.engine.tuning import validation_split
 
     samples = _samples(8)
     tr, va = validation_split(samples, 0.25, seed=3)
@@ -142,7 +142,7 @@ def test_validation_split_is_stratified_disjoint_and_deterministic():
 
 
 def test_pick_takes_the_best_validation_ap_then_accuracy_then_grid_order():
-    from synerdetect.methods.tuning import GRID, pick
+    from synerdetect.engine.tuning import GRID, pick
 
     assert len(GRID) == 6 and {o for o, _ in GRID} == {"sgd", "adamw"}
     rs = [
@@ -157,17 +157,15 @@ def test_pick_takes_the_best_validation_ap_then_accuracy_then_grid_order():
 def test_tune_trains_on_train_and_scores_on_validation_only(monkeypatch, tmp_path):
     """Every candidate trains on the training split's manifest with its own optimiser and is scored on the
     validation split; nothing else (in particular no test set) is evaluated."""
-    import synerdetect.engine.evaluate as ev
-    import synerdetect.engine.train as tr_mod
-    import synerdetect.methods as methods
+    import synerdetect.engine.tuning as tuning
     from synerdetect.data import load_labelled
-    from synerdetect.methods.tuning import tune, validation_split
+    from synerdetect.engine.tuning import tune, validation_split
 
     samples = _samples(4)
     tr, va = validation_split(samples, 0.25)
     trained, scored = [], []
 
-    def fake_train(cfg, **kw):
+    def fake_train(cfg, **_kw):
         trained.append(
             (
                 cfg.optim.name,
@@ -178,14 +176,15 @@ def test_tune_trains_on_train_and_scores_on_validation_only(monkeypatch, tmp_pat
         )
         return {"final": cfg.train.output_dir, "seconds": 0.0}
 
-    def fake_evaluate(model, samples, out, **kw):
+    def fake_evaluate(model, samples, *_args, **_kw):
         scored.append(sorted(s.path for s in samples))
         lr = model
         return {"summary": {"mean": {"acc": 0.5, "ap": 1.0 - abs(lr - 1e-3)}}}
 
-    monkeypatch.setattr(tr_mod, "train", fake_train)
-    monkeypatch.setattr(ev, "evaluate", fake_evaluate)
-    monkeypatch.setattr(methods, "load_detector", lambda folder: _LR(folder))
+    # the names tune() calls, as bound in its module
+    monkeypatch.setattr(tuning, "train", fake_train)
+    monkeypatch.setattr(tuning, "evaluate", fake_evaluate)
+    monkeypatch.setattr(tuning, "load_detector", lambda folder: _LR(folder))
     grid = [("sgd", 1e-4), ("adamw", 1e-3), ("adamw", 1e-2)]
     res = tune(load_experiment(None, [], "tiny"), "unifd", tr, va, tmp_path, grid=grid)
     assert [(o, lr) for o, lr, _, _ in trained] == grid and {m for _, _, m, _ in trained} == {"unifd"}
@@ -237,7 +236,7 @@ def test_sd21_768v_config_names_the_v_model_and_uses_the_v_prediction_path(tmp_p
 
 # ---------------------------------------------------------------- records
 def test_docs_cite_no_path_outside_the_repository():
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     for doc in [root / "README.md", *sorted((root / "docs").glob("*.md")), *sorted((root / "configs").glob("*"))]:
         text = doc.read_text()
         assert "shared/paper" not in text and "/work/" not in text, doc.name

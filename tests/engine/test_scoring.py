@@ -74,11 +74,6 @@ def images(tmp_path_factory):
     return root, paths
 
 
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory, tiny_model):
-    return tiny_model.save_pretrained(tmp_path_factory.mktemp("ckpt") / "model")
-
-
 def test_records_for_paths_bytes_named_bytes_files_and_pil_with_per_image_errors(tiny_model, images):
     root, paths = images
     good = open(paths[1], "rb").read()

@@ -8,9 +8,7 @@ import math
 
 import numpy as np
 import pytest
-import torch
 
-from synerdetect import SynerDetect
 from synerdetect.data import load_labelled
 from synerdetect.engine.calibrate import calibrate_checkpoint
 from synerdetect.engine.calibration import (
@@ -25,6 +23,13 @@ from synerdetect.engine.calibration import (
 )
 
 STEPS = 3
+pytestmark = pytest.mark.usefixtures("one_thread")
+BENCH = {
+    "n_train": 1,
+    "n_test": 12,
+    "test_families": ("gan_upsample", "diffusion_latent"),
+    "seed": 3,
+}  # the conftest bench, with 12 test images per class of two families
 
 
 def sigmoid(z):
@@ -197,39 +202,11 @@ def test_saved_calibration_round_trip_and_apply(tmp_path):
 
 
 # ----------------------------------------------------------------------------- tiny model
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def model():
-    return SynerDetect.from_preset("tiny", **{"model.inversion_steps": STEPS}).eval()
 
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory, model):
     return model.save_pretrained(tmp_path_factory.mktemp("ckpt") / "model")
-
-
-@pytest.fixture(scope="module")
-def bench(tmp_path_factory):
-    from synerdetect.demo import build_demo_benchmark
-
-    root = tmp_path_factory.mktemp("bench")
-    build_demo_benchmark(
-        root,
-        size=64,
-        n_train=1,
-        n_test=12,
-        train_families=("gan_upsample",),
-        test_families=("gan_upsample", "diffusion_latent"),
-        seed=3,
-    )
-    return root
 
 
 def test_calibrate_checkpoint_fits_saves_and_keeps_the_cascade(ckpt, model, bench, tmp_path):

@@ -7,29 +7,15 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
-from synerdetect import SynerDetect
 from synerdetect.data import Sample
 from synerdetect.engine.evaluate import DEFAULT_HARMONIZE, evaluate, parse_harmonize_spec
 from synerdetect.engine.inference import score_samples
 from synerdetect.engine.metrics import ScoreRecord, generator_metrics, summarize
 
 STEPS = 3
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def model():
-    return SynerDetect.from_preset("tiny", **{"model.inversion_steps": STEPS}).eval()
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def smooth_image(rng, h, w):
