@@ -69,6 +69,7 @@ def test_content_hash_is_sha256_of_bytes(tmp_path):
     assert content_hash(p) == hashlib.sha256(data).hexdigest()
 
 
+@pytest.mark.slow  # over ~1 s on 2 cores: outside the fast loop
 def test_key_changes_with_what_changes_the_result(model):
     k0, info = feature_key(model, image_size=64)
     assert feature_key(model, image_size=64)[0] == k0  # deterministic
@@ -112,6 +113,7 @@ def test_key_changes_with_what_changes_the_result(model):
     assert feature_key(ad, image_size=64)[0] == feature_key(ad, image_size=64, store_noise_pixels=False)[0]
 
 
+@pytest.mark.slow  # over ~1 s on 2 cores: outside the fast loop
 def test_hit_and_miss_by_key(model, images, tmp_path):
     root = tmp_path / "cache"
     st = build_cache(model, images[:4], root, image_size=64, batch_size=4, progress=False)
@@ -141,6 +143,7 @@ def test_policies():
 
 
 # ---------------------------------------------------------------- exactness
+@pytest.mark.slow  # over ~1 s on 2 cores: outside the fast loop
 def test_cached_features_equal_recomputed(model, images, tmp_path):
     root = tmp_path / "cache"
     build_cache(model, images, root, image_size=64, batch_size=5, progress=False)
@@ -190,6 +193,7 @@ def test_cached_features_equal_recomputed(model, images, tmp_path):
     torch.testing.assert_close(l_npx["total"], l_ref["total"], rtol=1e-3, atol=1e-4)
 
 
+@pytest.mark.slow  # over ~0.5 s on 2 cores: outside the fast loop
 def test_latents_only_cache(model, images, tmp_path):
     """store_noise_pixels=False: another key, no E_d input stored, lookups give noise_pixels=None."""
     root = tmp_path / "cache"
@@ -216,6 +220,7 @@ def test_latents_only_cache(model, images, tmp_path):
         assert f.get_slice(f"{h}.noise_pixels").get_dtype() == "F16"
 
 
+@pytest.mark.slow  # over ~0.5 s on 2 cores: outside the fast loop
 def test_put_many_must_match_the_key(model, images, tmp_path):
     x = eval_batch(images[:2])
     lat, inv, _ = model.cache_features(x)
@@ -294,6 +299,7 @@ def damage_file(path: Path, how: str) -> None:
     path.write_bytes(bytes(data))
 
 
+@pytest.mark.slow  # over ~1 s on 2 cores: outside the fast loop
 @pytest.mark.parametrize("damage", ["garble", "truncate"])
 def test_corrupt_shard_is_detected_and_rebuilt(model, images, tmp_path, damage):
     root = tmp_path / "cache"
@@ -367,6 +373,7 @@ def test_corrupt_noise_pixels_are_detected(model, images, tmp_path):
     assert st2["n_computed"] == 1 and st2["n_skipped_cached"] == 3
 
 
+@pytest.mark.slow  # over ~1 s on 2 cores: outside the fast loop
 def test_killed_build_resumes(model, images, tmp_path, monkeypatch):
     root = tmp_path / "cache"
     real_put = FeatureCache.put_many

@@ -132,6 +132,7 @@ def test_old_bench_flags_get_a_pointer_to_the_subcommands(capsys):
     assert "bench serve" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # over ~0.5 s on 2 cores: outside the fast loop
 def test_version_and_python_dash_m(capsys):
     with pytest.raises(SystemExit) as e:
         parse_args(["--version"])
@@ -140,6 +141,7 @@ def test_version_and_python_dash_m(capsys):
     assert r.returncode == 0 and r.stdout.strip() == f"synerdetect {synerdetect.__version__}"
 
 
+@pytest.mark.slow  # over ~1 s on 2 cores: outside the fast loop
 def test_help_presets_inspect_and_data_check_do_not_import_torch(tmp_path):
     from PIL import Image
 
@@ -175,6 +177,7 @@ def test_no_function_of_the_command_line_is_long():
 
 
 # ----------------------------------------------------------------------------- library: evaluation from a config
+@pytest.mark.slow  # over ~1 s on 2 cores: outside the fast loop
 def test_evaluate_from_config_reads_the_test_set_of_the_yaml(tiny_model, bench, tmp_path):
     from synerdetect.engine.evaluate import evaluate_from_config
 
@@ -207,6 +210,7 @@ def test_evaluate_from_config_without_a_test_set_says_so(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow  # over ~0.5 s on 2 cores: outside the fast loop
 def test_main_module_of_the_cli_package_runs():
     env = {**os.environ, "PYTHONPATH": str(CLI_DIR.parent.parent)}
     r = subprocess.run(

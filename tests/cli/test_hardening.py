@@ -27,6 +27,7 @@ def _copy_ckpt(ckpt, dest):
 
 
 # ----------------------------------------------------------------------------- weights
+@pytest.mark.slow  # over ~0.5 s on 2 cores: outside the fast loop
 @pytest.mark.parametrize("bad", ["row", "scalar", "int"])
 def test_wrong_shape_or_dtype_weights_are_refused_naming_the_tensor(ckpt, tmp_path, bad):
     folder = _copy_ckpt(ckpt, tmp_path / "c")
@@ -40,6 +41,7 @@ def test_wrong_shape_or_dtype_weights_are_refused_naming_the_tensor(ckpt, tmp_pa
     assert name in str(e.value) and str(folder / WEIGHTS_NAME) in str(e.value)
 
 
+@pytest.mark.slow  # over ~0.5 s on 2 cores: outside the fast loop
 @pytest.mark.parametrize("damage", ["truncate", "empty", "garbage"])
 def test_broken_weights_file_is_one_line_in_predict(ckpt, tmp_path, capsys, damage):
     folder = _copy_ckpt(ckpt, tmp_path / "c")
@@ -155,6 +157,7 @@ def test_predict_checks_output_paths_before_scoring(ckpt, tmp_path, capsys, monk
     assert rc == 2 and "/dev/full" in err and not loaded  # refused before the model was even loaded
 
 
+@pytest.mark.slow  # over ~0.5 s on 2 cores: outside the fast loop
 def test_evaluate_validates_perturb_before_the_clean_pass(ckpt, bench, tmp_path, capsys, monkeypatch):
     scored = []
     import synerdetect.engine.evaluate as ev
@@ -181,6 +184,7 @@ def test_evaluate_validates_perturb_before_the_clean_pass(ckpt, bench, tmp_path,
     assert "jpeg" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # over ~0.5 s on 2 cores: outside the fast loop
 def test_device_cuda_without_cuda_is_one_line(ckpt, tmp_path, capsys):
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
@@ -218,6 +222,7 @@ def test_max_steps_zero_is_refused():
         load_experiment(None, ["train.max_steps=0"], preset="tiny")
 
 
+@pytest.mark.slow  # over ~1 s on 2 cores: outside the fast loop
 def test_finished_run_is_left_alone_then_extended_from_final(bench, tmp_path, capsys):
     out = tmp_path / "run"
     first = train(_cfg(bench, out), resume="auto", progress=False)
@@ -235,6 +240,7 @@ def test_finished_run_is_left_alone_then_extended_from_final(bench, tmp_path, ca
     assert steps == sorted(set(steps)) == [1, 2, 3, 4, 5, 6]  # no duplicated steps
 
 
+@pytest.mark.slow  # over ~1 s on 2 cores: outside the fast loop
 def test_config_mismatch_is_refused_and_config_yaml_kept(bench, tmp_path):
     out = tmp_path / "run"
     train(_cfg(bench, out, "train.max_steps=2"), resume="auto", progress=False)
@@ -244,6 +250,7 @@ def test_config_mismatch_is_refused_and_config_yaml_kept(bench, tmp_path):
     assert (out / "config.yaml").read_text() == before
 
 
+@pytest.mark.slow  # over ~1 s on 2 cores: outside the fast loop
 def test_resume_falls_back_to_the_previous_good_checkpoint(bench, tmp_path, capsys):
     out = tmp_path / "run"
 
@@ -266,6 +273,7 @@ def test_resume_falls_back_to_the_previous_good_checkpoint(bench, tmp_path, caps
     assert "step-00000004 is unreadable" in said and "falling back" in said and "resuming from" in said
 
 
+@pytest.mark.slow  # over ~0.5 s on 2 cores: outside the fast loop
 def test_steps_without_update_are_reported(bench, tmp_path):
     import shutil
 
@@ -308,6 +316,7 @@ def test_overrides_may_follow_options():
         parse_args(["train", "--bogus"])
 
 
+@pytest.mark.slow  # over ~1 s on 2 cores: outside the fast loop
 def test_predict_inputs_scan_a_deep_tree_and_cache_hash_refuses_a_fifo(tmp_path):
     import sys
 

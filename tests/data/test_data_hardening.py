@@ -654,6 +654,7 @@ def deep_tree(tmp_path):
         path = os.path.dirname(path)
 
 
+@pytest.mark.slow  # over ~1 s on 2 cores: outside the fast loop
 def test_deep_folder_tree_is_scanned_without_recursion(deep_tree):
     root, leaf = deep_tree
     assert len(str(leaf)) > 2 * _DEPTH

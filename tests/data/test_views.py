@@ -56,6 +56,7 @@ def test_training_views_are_random_crops_with_shared_augmentation():
     assert len(hits) == 1  # an exact window of the original pixels
 
 
+@pytest.mark.slow  # over ~1 s on 2 cores: outside the fast loop
 def test_predict_and_losses_accept_views(tiny_model):
     imgs = [_noise(96, 96, seed=s) for s in range(4)]
     v = tiny_model.preprocess(imgs)
@@ -113,6 +114,7 @@ def test_every_loader_reads_the_native_views(tiny_model, tmp_path):
     assert isinstance(single, torch.Tensor) and single.shape == (3, 96, 96)
 
 
+@pytest.mark.slow  # over ~1 s on 2 cores: outside the fast loop
 def test_cache_build_and_cascade_take_the_views(tiny_model, tmp_path):
     """The feature cache and the cascade stack per-image views (not tensors): the cached latents are those of the
     SD view, and the cascade's full pass equals predict on the same views."""

@@ -209,6 +209,7 @@ def ckpt(tmp_path_factory, model):
     return model.save_pretrained(tmp_path_factory.mktemp("ckpt") / "model")
 
 
+@pytest.mark.slow  # over ~1 s on 2 cores: outside the fast loop
 def test_calibrate_checkpoint_fits_saves_and_keeps_the_cascade(ckpt, model, bench, tmp_path):
     import shutil
 
@@ -257,6 +258,7 @@ def test_calibrate_checkpoint_refuses(ckpt, model, bench, tmp_path):
     assert not (ckpt / CALIBRATION_NAME).exists()
 
 
+@pytest.mark.slow  # over ~1 s on 2 cores: outside the fast loop
 @pytest.mark.parametrize("calibrated", [True, False])
 def test_evaluate_with_and_without_calibration(model, bench, tmp_path, calibrated):
     from sklearn.metrics import brier_score_loss, log_loss

@@ -55,6 +55,7 @@ def test_stats_and_curve_by_hand():
         fit_cascade_band(m, f[:3])
 
 
+@pytest.mark.slow  # over ~1 s on 2 cores: outside the fast loop
 def test_cascade_predict_regroups_and_decides_like_the_two_paths(tiny_model):
     g = torch.Generator().manual_seed(0)
     batches = [(torch.rand(3, 3, 64, 64, generator=g), [f"b{b}i{i}" for i in range(3)]) for b in range(4)]

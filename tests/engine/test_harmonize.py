@@ -41,6 +41,7 @@ def pngs(tmp_path_factory):
     return samples
 
 
+@pytest.mark.slow  # over ~1 s on 2 cores: outside the fast loop
 def test_harmonized_scores_equal_scoring_jpeg_files_written_beforehand(model, pngs, tmp_path):
     # the independent path: PIL writes each image as a JPEG file at quality 96, which is then scored as a file
     jpegs = []
@@ -77,6 +78,7 @@ def test_harmonized_scores_equal_scoring_jpeg_files_written_beforehand(model, pn
     assert "--harmonize" not in md  # formats agree and the harmonized run was done: nothing to suggest
 
 
+@pytest.mark.slow  # over ~1 s on 2 cores: outside the fast loop
 def test_format_or_size_shortcut_suggests_harmonize(model, pngs, tmp_path):
     # real images stored as JPEG, fake ones as PNG: the format alone separates the classes
     mixed = []

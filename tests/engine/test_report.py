@@ -117,6 +117,7 @@ def _check_png(path):
         return np.asarray(im.convert("RGB")).astype(int)
 
 
+@pytest.mark.slow  # over ~0.5 s on 2 cores: outside the fast loop
 @pytest.mark.parametrize("case", ["normal", "one_class", "one_image", "identical", "empty"])
 def test_plot_logit_distributions(tmp_path, records, case):
     backend = matplotlib.get_backend()
@@ -172,6 +173,7 @@ def _section(calibrated):
     return calibration_section(recs, tau=0.07, calibration=cal), recs
 
 
+@pytest.mark.slow  # over ~1 s on 2 cores: outside the fast loop
 @pytest.mark.parametrize("calibrated", [True, False])
 def test_calibration_markdown_and_reliability_plot(tmp_path, calibrated):
     from synerdetect.engine.report import calibration_markdown, plot_reliability

@@ -74,6 +74,7 @@ def images(tmp_path_factory):
     return root, paths
 
 
+@pytest.mark.slow  # over ~0.5 s on 2 cores: outside the fast loop
 def test_records_for_paths_bytes_named_bytes_files_and_pil_with_per_image_errors(tiny_model, images):
     root, paths = images
     good = open(paths[1], "rb").read()
@@ -120,6 +121,7 @@ def test_records_for_paths_bytes_named_bytes_files_and_pil_with_per_image_errors
         assert r["label"] is None and r["prob_fake"] is None and "\n" not in r["error"]
 
 
+@pytest.mark.slow  # over ~1 s on 2 cores: outside the fast loop
 def test_scorer_equals_model_predict_on_an_independently_built_tensor(tiny_model, images):
     _, paths = images
     assert tiny_model.cfg.data.image_size is None  # the default reads two views of each file
@@ -174,6 +176,7 @@ def test_limits_pixels_and_bytes(tiny_model, images):
     assert r_path["label"] is None
 
 
+@pytest.mark.slow  # over ~1 s on 2 cores: outside the fast loop
 def test_calibration_json_is_applied(tiny_model, ckpt, images, tmp_path):
     import shutil
 
@@ -199,6 +202,7 @@ def test_calibration_json_is_applied(tiny_model, ckpt, images, tmp_path):
     assert all(r["verdict"] == r["label"] for i, r in enumerate(recs) if abs(r["logit"] - target) > 1e-4)
 
 
+@pytest.mark.slow  # over ~1 s on 2 cores: outside the fast loop
 def test_trust_metadata_lets_a_trusted_manifest_decide_the_verdict_not_the_score(tiny_model, tmp_path):
     pytest.importorskip("c2pa")
     from provenance_fixtures import jpeg_bytes, make_test_ca, sign_image
@@ -220,6 +224,7 @@ def test_trust_metadata_lets_a_trusted_manifest_decide_the_verdict_not_the_score
     assert untrusted["verdict_source"] == "model" and untrusted["verdict"] == plain["verdict"]
 
 
+@pytest.mark.slow  # over ~1 s on 2 cores: outside the fast loop
 def test_predict_paths_rows_and_errors(tiny_model, images):
     root, paths = images
     rows, errors = predict_paths(
@@ -231,6 +236,7 @@ def test_predict_paths_rows_and_errors(tiny_model, images):
         assert r["label"] in ("real", "fake") and 0 <= r["prob_fake"] <= 1 and "verdict" in r and "calibrated" in r
 
 
+@pytest.mark.slow  # over ~0.5 s on 2 cores: outside the fast loop
 def test_cli_predict_with_calibration_table_json_csv(ckpt, images, tmp_path, capsys):
     import shutil
 

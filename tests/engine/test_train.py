@@ -39,6 +39,7 @@ class Killed(Exception):
     pass
 
 
+@pytest.mark.slow  # over ~1 s on 2 cores: outside the fast loop
 def test_resume_after_kill_gives_the_same_weights(bench, tmp_path):
     ref = train(_cfg(bench, tmp_path / "a"), resume="never", progress=False)
     assert ref["global_step"] == 6
@@ -219,6 +220,7 @@ def test_cli_end_to_end(bench, tmp_path):
     assert r.returncode == 1 and "broken.jpg" in r.stderr
 
 
+@pytest.mark.slow  # over ~1 s on 2 cores: outside the fast loop
 def test_training_reads_from_the_feature_cache(bench, tmp_path):
     cfg = _cfg(
         bench,
@@ -283,6 +285,7 @@ def test_ddp_rank_losing_a_class_does_not_hang(bench, tmp_path):
     assert "lost a class" in (out / "train.log").read_text()
 
 
+@pytest.mark.slow  # over ~1 s on 2 cores: outside the fast loop
 def test_periodic_validation_is_logged(bench, tmp_path):
     cfg = _cfg(
         bench,
@@ -303,6 +306,7 @@ def test_periodic_validation_is_logged(bench, tmp_path):
     assert summary["val"]["n"] == n_test
 
 
+@pytest.mark.slow  # over ~1 s on 2 cores: outside the fast loop
 def test_bf16_mixed_precision_training_runs(bench, tmp_path):
     summary = train(
         _cfg(bench, tmp_path / "bf16", **{"train.max_steps": 2, "train.mixed_precision": "bf16"}),

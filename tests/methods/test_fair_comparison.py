@@ -41,6 +41,7 @@ def _perfect_reconstructor(model: DIRE, monkeypatch) -> None:
     monkeypatch.setattr(model, "regenerate", lambda inverted: inverted)
 
 
+@pytest.mark.slow  # over ~1 s on 2 cores: outside the fast loop
 def test_dire_map_is_zero_online_with_a_perfect_reconstructor_and_the_cache_is_refused(monkeypatch):
     model = build_detector(_cfg("dire"))
     assert isinstance(model, DIRE)
@@ -76,6 +77,7 @@ def _lora_names(model) -> set[str]:
     return {n for n, p in model.named_parameters() if p.requires_grad and "lora_" in n}
 
 
+@pytest.mark.slow  # over ~1 s on 2 cores: outside the fast loop
 def test_fusions_can_train_synerdetects_lora():
     from synerdetect import SynerDetect
 
@@ -101,12 +103,14 @@ def test_fusions_can_train_synerdetects_lora():
         assert grads and all(g is not None for g in grads) and any(float(g.abs().sum()) > 0 for g in grads)
 
 
+@pytest.mark.slow  # over ~0.5 s on 2 cores: outside the fast loop
 def test_reference_lora_is_refused_where_it_does_not_apply():
     for method in ("unifd", "dire", "inversion_probe"):
         with pytest.raises(ConfigError, match="reference_lora applies to the fusions"):
             build_detector(_cfg(method, "model.reference_lora=true"))
 
 
+@pytest.mark.slow  # over ~1 s on 2 cores: outside the fast loop
 def test_fusion_with_lora_reloads_with_identical_logits(tmp_path):
     from synerdetect.methods import load_detector
 
@@ -204,6 +208,7 @@ class _LR(float):
 
 
 # ---------------------------------------------------------------- 5. SD 2.1 768-v
+@pytest.mark.slow  # over ~1 s on 2 cores: outside the fast loop
 def test_sd21_768v_config_names_the_v_model_and_uses_the_v_prediction_path(tmp_path):
     from synerdetect.model.backbones import write_tiny_sd
 

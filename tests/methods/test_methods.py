@@ -92,6 +92,7 @@ def test_method_is_part_of_the_config():
         parse_methods("unifd,nope")
 
 
+@pytest.mark.slow  # over ~0.5 s on 2 cores: outside the fast loop
 def test_build_detector_builds_the_configured_method(models):
     assert type(build("synerdetect")) is SynerDetect
     for name, model in models.items():
@@ -134,6 +135,7 @@ def test_references_build_only_the_modules_they_read(models):
     assert clip_params == sum(p.numel() for p in fusion.E_v.parameters())
 
 
+@pytest.mark.slow  # over ~0.5 s on 2 cores: outside the fast loop
 def test_from_pretrained_builds_its_own_class_only(tmp_path):
     folder = build("unifd").save_pretrained(tmp_path / "u")
     with pytest.raises(CheckpointError, match="'unifd'.*synerdetect.methods.*load_detector") as e:
@@ -147,6 +149,7 @@ def test_from_pretrained_builds_its_own_class_only(tmp_path):
     assert type(UniFD.from_preset("tiny")) is UniFD  # a class's own preset build sets its method
 
 
+@pytest.mark.slow  # over ~1 s on 2 cores: outside the fast loop
 def test_load_detector_round_trips_every_method(models, tmp_path):
     for name in list_methods():
         model = build(name) if name == "synerdetect" else models[name]
@@ -188,6 +191,7 @@ def test_model_package_never_imports_the_registry():
 
 
 # ---------------------------------------------------------------- training
+@pytest.mark.slow  # over ~1 s on 2 cores: outside the fast loop
 @pytest.mark.parametrize("method", REFERENCES)
 def test_reference_trains_its_head_only_and_its_loss_falls(models, method):
     model = copy.deepcopy(models[method])  # trained in place: a copy of the shared one (cheaper than a build)
@@ -230,6 +234,7 @@ def _perturb_head(model: Detector, seed: int = 1) -> None:
             p.add_(0.1 * torch.randn(p.shape, generator=g))
 
 
+@pytest.mark.slow  # over ~0.5 s on 2 cores: outside the fast loop
 @pytest.mark.parametrize("method", REFERENCES)
 def test_predict_contract_and_cached_features(models, method):
     model = models[method]
@@ -274,6 +279,7 @@ def test_dire_map_is_the_reconstruction_error(models):
     assert float(d.mean()) > 0  # a 2-step round trip through random SD does not reproduce the image
 
 
+@pytest.mark.slow  # over ~1 s on 2 cores: outside the fast loop
 @pytest.mark.parametrize("method", REFERENCES)
 def test_checkpoint_reloads_with_identical_logits(models, method, tmp_path):
     model = copy.deepcopy(models[method])
@@ -294,6 +300,7 @@ def test_checkpoint_reloads_with_identical_logits(models, method, tmp_path):
     assert reloaded.trainable_fingerprint() == model.trainable_fingerprint()
 
 
+@pytest.mark.slow  # over ~1 s on 2 cores: outside the fast loop
 def test_checkpoint_of_another_method_does_not_load_into_a_reference(tmp_path):
     build("unifd").save_pretrained(tmp_path / "u")
     model = build("fusion_c")
@@ -304,6 +311,7 @@ def test_checkpoint_of_another_method_does_not_load_into_a_reference(tmp_path):
 
 
 # ---------------------------------------------------------------- train() and the CLI
+@pytest.mark.slow  # over ~1 s on 2 cores: outside the fast loop
 def test_train_with_a_reference_method(bench, tmp_path):
     from synerdetect.engine.train import train
     from synerdetect.presets import load_experiment
@@ -377,6 +385,7 @@ def test_ablation_fusion_config_documents_every_reference():
         assert f"--method {name}" in text
 
 
+@pytest.mark.slow  # over ~0.5 s on 2 cores: outside the fast loop
 def test_training_a_reference_head_keeps_its_feature_cache_valid(tiny_model):
     """The references invert with SD's empty prompt: their feature-cache key does not move when the head trains,
     while SynerDetect's key follows the prompt weights its inversion is conditioned on."""

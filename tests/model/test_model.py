@@ -29,6 +29,7 @@ def perturb_trainables(model, seed=1):
 
 
 # ---------------------------------------------------------------- loading
+@pytest.mark.slow  # over ~1 s on 2 cores: outside the fast loop
 def test_real_folders_load_and_reload_identically(tmp_path):
     clip_dir = write_tiny_clip(tmp_path / "clip", seed=3)
     sd_dir = write_tiny_sd(tmp_path / "sd", seed=3)
@@ -50,6 +51,7 @@ def test_real_folders_load_and_reload_identically(tmp_path):
     assert torch.equal(before["label"], after["label"])
 
 
+@pytest.mark.slow  # over ~1 s on 2 cores: outside the fast loop
 def test_tiny_checkpoint_is_self_contained(tmp_path):
     model = SynerDetect.from_preset("tiny", **{"model.inversion_steps": 3})
     model.save_pretrained(tmp_path / "ck")
@@ -137,6 +139,7 @@ def test_bayar_constraint_holds_after_optimizer_steps():
 
 
 # ---------------------------------------------------------------- Eq. 2
+@pytest.mark.slow  # over ~1 s on 2 cores: outside the fast loop
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
 def test_cmid_loss_equation_2_by_hand(tmp_path, prediction_type):
     sd = write_tiny_sd(tmp_path / "sd", prediction_type=prediction_type)
@@ -165,6 +168,7 @@ def test_cmid_loss_equation_2_by_hand(tmp_path, prediction_type):
 
 
 # ---------------------------------------------------------------- inversion
+@pytest.mark.slow  # over ~1 s on 2 cores: outside the fast loop
 def test_ddim_inversion_then_sampling_returns_to_start(tiny_model):
     """DDIM inversion is exact when the UNet's prediction does not depend on x (float precision),
     and its error shrinks with more steps for a smooth UNet (a random tiny UNet is far rougher than a
@@ -207,6 +211,7 @@ def _grads(model, loss):
     return out
 
 
+@pytest.mark.slow  # over ~1 s on 2 cores: outside the fast loop
 def test_gradient_routing_and_total_loss():
     model = SynerDetect.from_preset("tiny", **{"model.inversion_steps": 3})
     perturb_trainables(model)
@@ -234,6 +239,7 @@ def test_gradient_routing_and_total_loss():
     assert not model.unet.training and not model.vae.training
 
 
+@pytest.mark.slow  # over ~0.5 s on 2 cores: outside the fast loop
 def test_label_agnostic_inversion_and_predict(monkeypatch):
     import inspect
 
@@ -254,6 +260,7 @@ def test_label_agnostic_inversion_and_predict(monkeypatch):
 
 
 # ---------------------------------------------------------------- Eq. 10
+@pytest.mark.slow  # over ~1 s on 2 cores: outside the fast loop
 def test_predict_equation_10(tiny_model):
     model = copy.deepcopy(tiny_model)
     perturb_trainables(model, seed=4)
@@ -279,6 +286,7 @@ def test_predict_equation_10(tiny_model):
 @pytest.mark.parametrize(
     "ablation", ["no_cmid", "no_ot_dcl", "no_pot", "fixed_prompts", "tuner_no_global", "tuner_no_local"]
 )
+@pytest.mark.slow  # over ~1 s on 2 cores: outside the fast loop
 def test_ablations_run(ablation):
     from synerdetect.presets import ABLATIONS
 
@@ -296,6 +304,7 @@ def test_ablations_run(ablation):
         torch.testing.assert_close(zt[0], zt[1])
 
 
+@pytest.mark.slow  # over ~0.5 s on 2 cores: outside the fast loop
 def test_adapter_noise_input_trains():
     model = SynerDetect.from_preset("tiny", **{"model.noise_encoder_input": "adapter", "model.inversion_steps": 2})
     L = model.compute_losses(*batch(4))
@@ -336,6 +345,7 @@ def test_config_dimension_mismatch_is_reported_before_building():
         SynerDetect.from_preset("tiny", **{"model.not_a_key": 1})
 
 
+@pytest.mark.slow  # over ~1 s on 2 cores: outside the fast loop
 def test_bf16_frozen_models_train_with_fp32_trainables():
     model = SynerDetect.from_preset("tiny", **{"model.dtype": "bfloat16", "model.inversion_steps": 3})
     assert next(model.unet.parameters()).dtype == torch.bfloat16
@@ -361,6 +371,7 @@ def test_dimension_mismatch_is_found_before_weights_load(monkeypatch):
         SynerDetect.from_preset("tiny", **{"model.clip_size": 224})
 
 
+@pytest.mark.slow  # over ~1 s on 2 cores: outside the fast loop
 def test_gradient_checkpointing_gives_the_same_gradients():
     grads = []
     for ckpt in (False, True):
@@ -375,6 +386,7 @@ def test_gradient_checkpointing_gives_the_same_gradients():
         torch.testing.assert_close(grads[0][k], grads[1][k], atol=1e-5, rtol=1e-4, msg=k)
 
 
+@pytest.mark.slow  # over ~1 s on 2 cores: outside the fast loop
 def test_sd_size_off_the_unets_native_size_warns(caplog):
     """The tiny UNet's sample_size is 8 latents x VAE factor 8 = 64 px; 128 px runs it off its resolution."""
     import logging
@@ -442,6 +454,7 @@ def _lora_dropouts(model: torch.nn.Module) -> list[torch.nn.Module]:
     ]
 
 
+@pytest.mark.slow  # over ~0.5 s on 2 cores: outside the fast loop
 def test_lora_dropout_reaches_peft(tiny_model):
     model = SynerDetect.from_preset("tiny", **{"model.lora_dropout": 0.5, "model.inversion_steps": 1})
     drops = _lora_dropouts(model)

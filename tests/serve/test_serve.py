@@ -119,6 +119,7 @@ def _metric(text: str, name: str, **labels) -> float:
 
 
 # ----------------------------------------------------------------------------- endpoints
+@pytest.mark.slow  # over ~0.5 s on 2 cores: outside the fast loop
 def test_health_ready_model_page_and_docs(tiny_model):
     with serving(tiny_model, provenance=True) as (c, app):
         assert c.get("/healthz").json() == {"status": "ok"}
@@ -147,6 +148,7 @@ def test_health_ready_model_page_and_docs(tiny_model):
         assert c.get("/redoc").status_code == 200
 
 
+@pytest.mark.slow  # over ~1 s on 2 cores: outside the fast loop
 def test_detect_scores_each_file_and_reports_bad_ones_separately(tiny_model):
     good, other = _png(1), _png(2, size=(96, 72))
     with serving(tiny_model, provenance=True) as (c, app):
@@ -182,6 +184,7 @@ def test_detect_scores_each_file_and_reports_bad_ones_separately(tiny_model):
         assert octet.status_code == 200
 
 
+@pytest.mark.slow  # over ~0.5 s on 2 cores: outside the fast loop
 def test_errors_are_json_with_the_right_status(tiny_model):
     good = _png(3)
     with serving(
@@ -234,6 +237,7 @@ def test_errors_are_json_with_the_right_status(tiny_model):
         _assert_json_error(c.get("/v1/detect"), 405)
 
 
+@pytest.mark.slow  # over ~0.5 s on 2 cores: outside the fast loop
 def test_internal_errors_are_json_without_details(tiny_model):
     m = GatedModel(tiny_model)
     with serving(m) as (c, app):
@@ -245,6 +249,7 @@ def test_internal_errors_are_json_without_details(tiny_model):
         assert _metric(c.get("/metrics").text, "synerdetect_errors_total", kind="internal") == 1
 
 
+@pytest.mark.slow  # over ~1 s on 2 cores: outside the fast loop
 def test_api_key(tiny_model, tmp_path):
     keyfile = tmp_path / "keys"
     keyfile.write_text("# keys\n\nsecret-key-1\nsecret-key-2\n")
@@ -324,6 +329,7 @@ def test_api_keys_are_compared_in_constant_time(monkeypatch):
     assert not limits.api_key_ok(keys, None, None) and limits.api_key_ok((), None, None)
 
 
+@pytest.mark.slow  # over ~0.5 s on 2 cores: outside the fast loop
 def test_cors_is_off_unless_an_origin_is_named(tiny_model):
     origin = {"Origin": "https://app.example.org"}
     preflight = {**origin, "Access-Control-Request-Method": "POST"}
@@ -339,6 +345,7 @@ def test_cors_is_off_unless_an_origin_is_named(tiny_model):
         ServeSettings(cors_origins=("*",))
 
 
+@pytest.mark.slow  # over ~1 s on 2 cores: outside the fast loop
 def test_only_bound_host_names_are_answered(tiny_model):
     from synerdetect.serve.limits import bound_host_names
 
@@ -368,6 +375,7 @@ def test_only_bound_host_names_are_answered(tiny_model):
         ServeSettings(allowed_hosts=("evil*.example",))
 
 
+@pytest.mark.slow  # over ~1 s on 2 cores: outside the fast loop
 def test_no_filesystem_path_reaches_a_client(tiny_model, tmp_path):
     from synerdetect.serve.service import public_info
 
@@ -383,6 +391,7 @@ def test_no_filesystem_path_reaches_a_client(tiny_model, tmp_path):
     assert public_info(doc) == {"clip": "openai/clip-vit-base-patch32", "a": "final", "b": ["ckpt"], "c": "sd", "n": 3}
 
 
+@pytest.mark.slow  # over ~0.5 s on 2 cores: outside the fast loop
 def test_a_client_that_disconnects_mid_upload_is_not_an_internal_error(tiny_model, caplog):
     import asyncio
 
@@ -423,6 +432,7 @@ def test_a_client_that_disconnects_mid_upload_is_not_an_internal_error(tiny_mode
         assert c.post("/v1/detect", content=_png(2)).status_code == 200  # nothing left broken
 
 
+@pytest.mark.slow  # over ~1 s on 2 cores: outside the fast loop
 def test_client_file_names_are_never_used_as_paths(tiny_model, tmp_path):
     target = tmp_path / "written.png"
     names = [str(target), "../../" + str(tmp_path.name) + "/written.png"]
@@ -434,6 +444,7 @@ def test_client_file_names_are_never_used_as_paths(tiny_model, tmp_path):
     assert not target.exists() and list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow  # over ~1 s on 2 cores: outside the fast loop
 def test_api_results_equal_offline_predict_on_the_same_checkpoint(tiny_model, tmp_path):
     ckpt = tiny_model.save_pretrained(tmp_path / "ckpt")
     paths = []
@@ -475,6 +486,7 @@ def _wait(cond, timeout=30.0):
         time.sleep(0.005)
 
 
+@pytest.mark.slow  # over ~1 s on 2 cores: outside the fast loop
 def test_full_queue_answers_429_with_retry_after(tiny_model):
     m = GatedModel(tiny_model)
     with serving(m, max_batch=1, max_queue=1, max_wait_ms=0) as (c, app):
@@ -497,6 +509,7 @@ def test_full_queue_answers_429_with_retry_after(tiny_model):
         assert _metric(text, "synerdetect_requests_total", endpoint="/v1/detect", method="POST", status="429") == 1
 
 
+@pytest.mark.slow  # over ~0.5 s on 2 cores: outside the fast loop
 def test_too_many_requests_in_flight_answers_429(tiny_model):
     m = GatedModel(tiny_model)
     with serving(m, max_inflight=1) as (c, app):
@@ -510,6 +523,7 @@ def test_too_many_requests_in_flight_answers_429(tiny_model):
         assert out["a"].status_code == 200
 
 
+@pytest.mark.slow  # over ~1 s on 2 cores: outside the fast loop
 def test_request_timeout_is_503_and_the_abandoned_image_is_never_scored(tiny_model):
     m = GatedModel(tiny_model)
     with serving(m, max_batch=1, request_timeout_s=1.0, max_wait_ms=0) as (c, app):
@@ -528,6 +542,7 @@ def test_request_timeout_is_503_and_the_abandoned_image_is_never_scored(tiny_mod
         assert m.calls == [1]  # request b's image was dropped from the queue, not scored for nobody
 
 
+@pytest.mark.slow  # over ~1 s on 2 cores: outside the fast loop
 def test_concurrent_requests_share_forward_passes(tiny_model):
     m = GatedModel(tiny_model)
     # deterministic: the worker is held on the first request while five more queue up, then one pass takes them all
@@ -568,6 +583,7 @@ def test_concurrent_requests_share_forward_passes(tiny_model):
         assert sum(m2.calls) == 4 and len(m2.calls) < 4
 
 
+@pytest.mark.slow  # over ~0.5 s on 2 cores: outside the fast loop
 def test_metrics_content(tiny_model):
     with serving(tiny_model) as (c, app):
         c.post("/v1/detect", files=[("files", ("a.png", _png(40))), ("files", ("b.txt", b"plain text"))])
@@ -660,6 +676,7 @@ def _read_to_close(s: socket.socket, t0: float, limit_s: float) -> tuple[bytes, 
     return data, float("inf")
 
 
+@pytest.mark.slow  # over ~1 s on 2 cores: outside the fast loop
 def test_http_layer_bounds_header_size_and_time(tiny_model):
     head_s = 2.0
     with real_server(tiny_model, header_timeout_s=head_s, max_connections=5) as port:
@@ -758,6 +775,7 @@ def test_http_layer_bounds_header_size_and_time(tiny_model):
         assert _metric(metrics().split("\r\n\r\n", 1)[1], "synerdetect_errors_total", kind="internal") == 0
 
 
+@pytest.mark.slow  # over ~0.5 s on 2 cores: outside the fast loop
 def test_shutdown_does_not_wait_for_a_decode_in_progress():
     # the process must end at once although a decode thread is busy (a ThreadPoolExecutor's thread held it to the
     # end of its work: it is joined at interpreter exit) and queued decodes are cancelled, not run
