@@ -24,6 +24,8 @@ from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
 
+from ..utils import trim_heap
+
 __all__ = ["DaemonPool", "MicroBatcher", "QueueFull", "ShuttingDown"]
 
 log = logging.getLogger(__name__)
@@ -164,6 +166,8 @@ class MicroBatcher:
                 self._run_batch(jobs)
             finally:
                 self.busy = False
+                if self.depth == 0:  # idle: give the memory of this batch's decodes back (not under load)
+                    trim_heap()
 
     def _run_batch(self, jobs: list[_Job]) -> None:
         start = time.monotonic()
