@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import json
 import math
 import os
@@ -184,12 +185,20 @@ def trim_heap() -> bool:
     A decoded 9400 x 9400 image is freed after its batch, but glibc keeps freed heap memory in its arenas, so a
     server's RSS would stay at the peak of the largest image it ever decoded. ``malloc_trim(0)`` returns the free
     pages of every arena. No Python library exposes it, hence ctypes; elsewhere (musl, macOS) this is a no-op."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.malloc_trim(0)  # its result only says whether anything was released
-        return True
-    except (OSError, AttributeError):
+    malloc_trim = _malloc_trim()
+    if malloc_trim is None:
         return False
+    malloc_trim(0)  # its result only says whether anything was released
+    return True
+
+
+@functools.cache
+def _malloc_trim() -> Any:
+    """libc's ``malloc_trim``, looked up once (the batcher calls :func:`trim_heap` after every idle batch)."""
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
 
 
 def one_line(text: object, limit: int = 300) -> str:

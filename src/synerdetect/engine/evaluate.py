@@ -149,8 +149,10 @@ def evaluate(
     harm = parse_harmonize_spec(harmonize) if harmonize else None
     if out_dir is not None and rank_world()[0] == 0:
         check_output_dir(out_dir, "--out")
-    how: dict[str, Any] = {"mode": mode, "cascade_band": cascade_band_of(calibration, mode)}
-    scoring: dict[str, Any] = dict(image_size=image_size, batch_size=batch_size, num_workers=num_workers, **how)
+    band = cascade_band_of(calibration, mode)
+    scoring: dict[str, Any] = dict(
+        image_size=image_size, batch_size=batch_size, num_workers=num_workers, mode=mode, cascade_band=band
+    )
     tau = _model_tau(model)
     t0 = time.time()
 
