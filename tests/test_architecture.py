@@ -17,14 +17,14 @@ SRC = Path(synerdetect.__file__).resolve().parent
 
 #: Bottom to top. A module's layer is that of the longest prefix listed here.
 LAYERS: list[tuple[str, ...]] = [
-    ("synerdetect.version", "synerdetect.utils", "synerdetect.config", "synerdetect.imageformats"),
+    ("synerdetect.version", "synerdetect.utils", "synerdetect.config", "synerdetect.imageformats", "synerdetect.hub"),
     ("synerdetect.presets",),
     ("synerdetect.data", "synerdetect.losses", "synerdetect.provenance"),
     ("synerdetect.model",),
     ("synerdetect.methods",),
     ("synerdetect.cache",),
     ("synerdetect.engine",),
-    ("synerdetect.bench", "synerdetect.serve"),
+    ("synerdetect.bench", "synerdetect.serve", "synerdetect.api"),
     ("synerdetect.demo",),
     ("synerdetect.cli", "synerdetect.__main__", "synerdetect"),
 ]

@@ -62,10 +62,27 @@ def _quiet(args: argparse.Namespace) -> None:
         quiet_libraries()
 
 
+def _resolve_checkpoint(args: argparse.Namespace) -> None:
+    """``--checkpoint org/name[@revision]`` (a Hugging Face Hub repo id) -> the downloaded folder, for every command
+    that takes one; a local folder stays as it is."""
+    spec = getattr(args, "checkpoint", None)
+    if not spec:
+        return
+    from ..hub import is_repo_id, resolve_checkpoint
+
+    if is_repo_id(spec) and args.command == "calibrate":  # it writes calibration.json into the checkpoint
+        raise ValueError(
+            f"--checkpoint {spec}: calibrate writes calibration.json into the checkpoint folder; download a copy "
+            f"first (hf download {spec.split('@')[0]} --local-dir DIR) and calibrate DIR"
+        )
+    args.checkpoint = str(resolve_checkpoint(spec))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     _quiet(args)
     try:
+        _resolve_checkpoint(args)
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -29,7 +29,11 @@ def add_command(
 
 def add_checkpoint_options(p: argparse.ArgumentParser, *, required: bool = True) -> None:
     """The detector to load and where: predict, serve, evaluate, calibrate."""
-    p.add_argument("--checkpoint", required=required, help="a trained detector (save_pretrained / final/ folder)")
+    p.add_argument(
+        "--checkpoint",
+        required=required,
+        help="a trained detector: a save_pretrained / final/ folder, or a Hugging Face Hub repo id org/name[@revision]",
+    )
     p.add_argument("--device", default=None, help="cuda | cuda:N | cpu (default: cuda when available)")
     p.add_argument("--image-size", type=int, default=None, help="loader size (default: the checkpoint's)")
 

@@ -365,9 +365,12 @@ class Scorer:
         cls, checkpoint: str | os.PathLike, *, device: str | torch.device | None = None, **kwargs: Any
     ) -> Scorer:
         """Load a ``save_pretrained`` folder (and its ``calibration.json`` when present) onto ``device``
-        (default: cuda when available, else cpu)."""
+        (default: cuda when available, else cpu). ``checkpoint`` may also be a Hub repo id ``org/name[@revision]``
+        (:func:`synerdetect.hub.resolve_checkpoint`)."""
+        from ..hub import resolve_checkpoint
         from ..methods import load_detector
 
+        checkpoint = resolve_checkpoint(checkpoint)
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         if "calibration" not in kwargs:

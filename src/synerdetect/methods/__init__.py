@@ -65,9 +65,12 @@ def build_detector(cfg: ExperimentConfig) -> Detector:
 
 def load_detector(folder: str | Path, **overrides: Any) -> Detector:
     """The detector saved in ``folder`` (``save_pretrained`` / a training checkpoint), of whichever method its
-    config names; ``overrides`` (dotted keys) as for ``from_pretrained``."""
+    config names; ``overrides`` (dotted keys) as for ``from_pretrained``. ``folder`` may also be a Hugging Face
+    Hub repo id ``org/name[@revision]`` (:func:`synerdetect.hub.resolve_checkpoint`)."""
+    from ..hub import resolve_checkpoint
     from ..model.base import read_checkpoint_config
 
+    folder = resolve_checkpoint(folder)
     cfg = read_checkpoint_config(folder, **overrides)
     return get_method(cfg.method).from_pretrained(folder, **overrides)
 

@@ -166,9 +166,7 @@ class ReferenceMethod(Detector):
         return {"total": total, "ce": ce, **aux, "cr": zero, "dcl": zero, "pot": zero, "ot_dcl": zero}
 
     @torch.no_grad()
-    def predict(
-        self, images: torch.Tensor, *, cached: CachedBatch | None = None, mode: str = "full"
-    ) -> dict[str, torch.Tensor]:
+    def predict(self, images: Any, *, cached: CachedBatch | None = None, mode: str = "full") -> dict[str, torch.Tensor]:
         """The head's decision per image, in SynerDetect's contract: ``logit = tau * classifier_logit`` so that
         ``prob_fake = sigmoid(logit / tau)``; ``s_real = -logit / 2``, ``s_fake = logit / 2``; ``sim_*`` NaN."""
         if mode not in ("full", "perceptual"):
@@ -178,6 +176,7 @@ class ReferenceMethod(Detector):
                 f"method {self.method_name!r} has no perceptual-only path (mode 'perceptual' and the cascade need a "
                 "decision from the CLIP branch alone: methods synerdetect and unifd); use mode 'full'"
             )
+        images = self.as_input(images)  # PIL images and paths are preprocessed here
         self.check_inputs(images)
         was_training = self.training
         if was_training:

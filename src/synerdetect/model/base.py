@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import os
 from collections.abc import Callable, Iterable
 from dataclasses import asdict
 from pathlib import Path
@@ -421,6 +422,38 @@ class Detector(nn.Module):
             if bad:
                 raise InputError(f"labels must be 0 (real) or 1 (fake), got {sorted(bad)}")
 
+    def as_input(self, images: Any) -> torch.Tensor | Views:
+        """What :meth:`predict` scores: a tensor batch or :class:`Views` as they are; a PIL image, an image path or a
+        list of them decoded with the loaders' rules (EXIF orientation, alpha on white, pixel caps) and preprocessed
+        with this detector's own evaluation transform (the one :class:`~synerdetect.engine.scoring.Scorer` uses), on
+        the model's device. An unreadable file is an :class:`InputError` naming it."""
+        if isinstance(images, torch.Tensor | Views):
+            return images
+        from PIL import Image
+
+        from ..data.imageio import UnreadableImage, load_image, pil_to_rgb8
+        from ..data.transforms import stack_images
+
+        items = list(images) if isinstance(images, list | tuple) else [images]
+        if not items:
+            raise InputError("no images to score")
+        transform = view_transform(self.cfg, train=False)
+        views = []
+        for i, item in enumerate(items):
+            try:
+                if isinstance(item, Image.Image):
+                    img = pil_to_rgb8(item, str(getattr(item, "filename", "") or f"image-{i}"))
+                elif isinstance(item, str | os.PathLike):
+                    img = load_image(item)
+                else:
+                    raise InputError(
+                        f"item {i}: give a PIL image, an image path or a tensor batch, got {type(item).__name__}"
+                    )
+            except UnreadableImage as e:
+                raise InputError(str(e)) from None
+            views.append(transform(img))
+        return stack_images(views).to(next(self.parameters()).device)
+
     # ------------------------------------------------------------------ shared stages
     def clip_pixels(self, images: torch.Tensor | Views) -> torch.Tensor:
         """E_v's and CConv's input at clip_size: the clip view as it is, or a plain tensor resized (shorter side,
@@ -510,9 +543,7 @@ class Detector(nn.Module):
     ) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
-    def predict(
-        self, images: torch.Tensor, *, cached: CachedBatch | None = None, mode: str = "full"
-    ) -> dict[str, torch.Tensor]:
+    def predict(self, images: Any, *, cached: CachedBatch | None = None, mode: str = "full") -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
     def cache_features(self, images: torch.Tensor) -> CachedBatch:
@@ -584,7 +615,11 @@ class Detector(nn.Module):
     def from_pretrained(cls, folder: str | Path, **overrides: Any) -> Self:
         """Load a detector of this class saved by :meth:`save_pretrained`. Base-model paths relative to the folder
         are resolved against it; ``overrides`` (dotted keys) may point them elsewhere. A folder of another method
-        is a :class:`CheckpointError` (:func:`synerdetect.methods.load_detector` loads any method)."""
+        is a :class:`CheckpointError` (:func:`synerdetect.methods.load_detector` loads any method). ``folder`` may
+        also be a Hugging Face Hub repo id ``org/name[@revision]`` (:func:`synerdetect.hub.resolve_checkpoint`)."""
+        from ..hub import resolve_checkpoint
+
+        folder = resolve_checkpoint(folder)
         cfg = read_checkpoint_config(folder, **overrides)
         if cfg.method != cls.method_name:
             raise CheckpointError(f"{folder}: {_wrong_class(cfg.method, cls)}")

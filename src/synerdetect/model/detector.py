@@ -322,9 +322,7 @@ class SynerDetect(Detector):
         return torch.einsum("bd,bcd->bc", z_v, z_t), torch.einsum("bd,bcd->bc", z_n, z_t)
 
     @torch.no_grad()
-    def predict(
-        self, images: torch.Tensor, *, cached: CachedBatch | None = None, mode: str = "full"
-    ) -> dict[str, torch.Tensor]:
+    def predict(self, images: Any, *, cached: CachedBatch | None = None, mode: str = "full") -> dict[str, torch.Tensor]:
         """Eq. 10 per image: s_real, s_fake, logit = s_fake - s_real, prob_fake, label (1 = fake), and the two branch
         similarities sim_v_* / sim_n_*. No label is used.
 
@@ -333,6 +331,7 @@ class SynerDetect(Detector):
         inversion."""
         if mode not in ("full", "perceptual"):
             raise InputError(f"mode must be 'full' or 'perceptual', got {mode!r}")
+        images = self.as_input(images)  # PIL images and paths are preprocessed here
         self.check_inputs(images)
         was_training = self.training
         if was_training:  # walking ~20k modules to flip modes costs ~8% of a tiny batch: only when needed
