@@ -133,6 +133,14 @@ class DataConfig:
     # E_v / CConv view: "crop" (a clip_size crop of the image's own pixels) | "resize" (shorter side resized to
     # clip_size first). docs/method.md measures both.
     clip_view: str = "crop"
+    # Evaluation view of E_v: "center" (one clip_size crop) | "tiles" (clip_size tiles over the whole image at native
+    # resolution, data/tiles.py: >= tile_overlap overlap, at most max_tiles; their perceptual logits aggregated by
+    # tile_aggregate = mean | max | topk (mean of the tile_topk highest) before Eq. 10). docs/method.md.
+    eval_view: str = "center"
+    tile_overlap: float = 0.25
+    max_tiles: int = 36
+    tile_aggregate: str = "topk"
+    tile_topk: int = 3
     blur_prob: float = 0.1
     blur_sigma: list[float] = field(default_factory=lambda: [0.0, 3.0])
     jpeg_prob: float = 0.1
@@ -329,6 +337,11 @@ def validate_experiment(cfg: ExperimentConfig) -> None:
         (cfg.optim.schedule in {"constant", "cosine"}, "optim.schedule must be constant or cosine"),
         (cfg.cache.cmid_latents in {"cached", "augmented"}, "cache.cmid_latents must be cached or augmented"),
         (cfg.data.clip_view in {"crop", "resize"}, "data.clip_view must be crop or resize"),
+        (cfg.data.eval_view in {"center", "tiles"}, "data.eval_view must be center or tiles"),
+        (0.25 <= cfg.data.tile_overlap < 1, "data.tile_overlap must be in [0.25, 1)"),
+        (cfg.data.max_tiles >= 1, "data.max_tiles must be >= 1"),
+        (cfg.data.tile_aggregate in {"mean", "max", "topk"}, "data.tile_aggregate must be mean, max or topk"),
+        (cfg.data.tile_topk >= 1, "data.tile_topk must be >= 1"),
         (
             cfg.cache.policy in {"online", "cached-fixed", "cached-refresh"},
             "cache.policy must be online, cached-fixed or cached-refresh",

@@ -36,6 +36,13 @@ def add_checkpoint_options(p: argparse.ArgumentParser, *, required: bool = True)
     )
     p.add_argument("--device", default=None, help="cuda | cuda:N | cpu (default: cuda when available)")
     p.add_argument("--image-size", type=int, default=None, help="loader size (default: the checkpoint's)")
+    p.add_argument(
+        "--view",
+        choices=("center", "tiles"),
+        default=None,
+        help="E_v's view: center (one clip_size crop) or tiles (clip_size tiles over the whole image at native "
+        "resolution, aggregated; docs/usage.md). Default: the checkpoint's data.eval_view",
+    )
 
 
 def add_mode_option(p: argparse.ArgumentParser) -> None:
@@ -123,10 +130,15 @@ def device(requested: str | None) -> Any:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def load_model(checkpoint: str, requested_device: str | None) -> Any:
+def view_overrides(view: str | None) -> dict[str, Any]:
+    """The config override of ``--view`` (none when not given)."""
+    return {"data.eval_view": view} if view else {}
+
+
+def load_model(checkpoint: str, requested_device: str | None, view: str | None = None) -> Any:
     from ..methods import load_detector
 
-    model = load_detector(checkpoint)
+    model = load_detector(checkpoint, **view_overrides(view))
     return model.to(device(requested_device)).eval().enable_fast_path()
 
 

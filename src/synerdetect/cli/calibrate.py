@@ -79,7 +79,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     init_dist_if_launched()
     _validation_set(args)
     check_not_test_set(args.data, args.split, args.config)  # before the model is loaded
-    model = load_model(args.checkpoint, args.device)
+    model = load_model(args.checkpoint, args.device, args.view)
     cal = calibrate_checkpoint(
         args.checkpoint,
         args.data,

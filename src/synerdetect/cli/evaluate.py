@@ -65,6 +65,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         generators=args.generators,
         device=device(args.device),  # under torchrun: this rank's own GPU
         mode=args.mode,
+        view=args.view,
         image_size=args.image_size,
         batch_size=args.batch_size,
         num_workers=args.workers,

@@ -64,7 +64,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         return 2
     calibration = Calibration.load(args.checkpoint)
     check_mode(args.mode, calibration)  # before the model loads
-    model = load_model(args.checkpoint, args.device)
+    model = load_model(args.checkpoint, args.device, args.view)
     rows, errors = predict_paths(
         model,
         paths,

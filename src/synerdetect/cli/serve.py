@@ -124,6 +124,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             max_pixels=settings.max_pixels,
             max_bytes=settings.max_file_bytes,
             mode=args.mode,
+            view=args.view,
         ).result()
     config = uvicorn_config(
         create_app(scorer, settings), settings, host=args.host, port=args.port, log_level=args.log_level

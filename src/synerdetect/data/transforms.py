@@ -75,6 +75,7 @@ import torch
 from PIL import Image, ImageFilter
 
 from .imageio import open_image
+from .tiles import short_side_to as _short_side_to
 
 __all__ = ["MAX_RESIZE_ASPECT", "EvalTransform", "RngLike", "TrainTransform", "pil_to_tensor"]
 
@@ -116,15 +117,6 @@ def pil_to_tensor(img: Image.Image) -> torch.Tensor:
         img = img.convert("RGB")
     arr = np.array(img, dtype=np.uint8, copy=True)  # HxWx3, writable
     return torch.from_numpy(arr).permute(2, 0, 1).contiguous().to(torch.float32).div_(255.0)
-
-
-def _short_side_to(w: int, h: int, size: int) -> tuple[int, int]:
-    """Size of a ``w x h`` image resized so that its shorter side is ``size`` (aspect ratio kept)."""
-    if min(w, h) == size:
-        return w, h
-    if w <= h:
-        return size, max(size, int(round(h * size / w)))
-    return max(size, int(round(w * size / h))), size
 
 
 def _center_offset(n: int, size: int) -> int:
@@ -344,8 +336,8 @@ class Views:
 
 
 def stack_images(items: Sequence[Any]) -> Any:
-    """``torch.stack`` for tensors, :meth:`Views.stack` for views."""
-    return Views.stack(items) if items and isinstance(items[0], Views) else torch.stack(list(items))
+    """``torch.stack`` for tensors, the views' own ``stack`` for views (:class:`Views` or a subclass)."""
+    return type(items[0]).stack(items) if items and isinstance(items[0], Views) else torch.stack(list(items))
 
 
 class ViewTransform:

@@ -341,6 +341,7 @@ def evaluate_from_config(
     cache_dir: str | Path | None = None,
     progress: bool = True,
     model: Any = None,
+    view: str | None = None,
 ) -> dict[str, Any]:
     """``synerdetect evaluate`` as a function: the checkpoint (with its ``calibration.json``) on ``data``, or on
     the ``data.test`` of the experiment YAML ``config``, results written into ``out``.
@@ -368,7 +369,8 @@ def evaluate_from_config(
         from ..methods import load_detector
 
         dev = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        model = load_detector(checkpoint).to(dev).eval().enable_fast_path()
+        model = load_detector(checkpoint, **({"data.eval_view": view} if view else {}))
+        model = model.to(dev).eval().enable_fast_path()
     size = image_size or model.cfg.data.image_size
     samples = load_labelled(data, layout, split, None if generators is None else list(generators))
     cf = None
@@ -405,6 +407,7 @@ def evaluate_from_config(
             "dtype": mcfg.dtype,
             "compile_unet": mcfg.compile_unet,
             "mode": mode,
+            "view": model.cfg.data.eval_view,
             "feature_cache": None if cf is None else {"dir": str(cache_dir), "key": cf.key},
         },
     )

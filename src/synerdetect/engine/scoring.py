@@ -375,7 +375,9 @@ class Scorer:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         if "calibration" not in kwargs:
             kwargs["calibration"] = Calibration.load(Path(checkpoint))
-        model = load_detector(Path(checkpoint)).to(torch.device(device)).eval().enable_fast_path()
+        view = kwargs.pop("view", None)  # data.eval_view override: center | tiles
+        model = load_detector(Path(checkpoint), **({"data.eval_view": view} if view else {}))
+        model = model.to(torch.device(device)).eval().enable_fast_path()
         scorer = cls(model, **kwargs)
         scorer.checkpoint = str(checkpoint)
         return scorer

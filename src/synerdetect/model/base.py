@@ -113,13 +113,21 @@ class VisionEncoder(nn.Module):
 
 
 def view_transform(
-    cfg: ExperimentConfig, *, train: bool, clip_view: str | None = None, image_size: int | None = None
+    cfg: ExperimentConfig,
+    *,
+    train: bool,
+    clip_view: str | None = None,
+    image_size: int | None = None,
+    tiles: bool | None = None,
 ) -> Any:
     """The data transform a detector of ``cfg`` reads files with (training, evaluation, prediction, the feature
     cache, the service): by default two views (:class:`Views`) of one decode, E_v's a crop of the image's own
     pixels. ``image_size`` (default ``data.image_size``) set: the older single view instead, the image resized to
-    ``image_size`` and centre-cropped (random crop in training), which each branch then resamples to its size."""
+    ``image_size`` and centre-cropped (random crop in training), which each branch then resamples to its size.
+    ``tiles`` (default: ``data.eval_view == "tiles"`` outside training) adds the whole-image tiles
+    (:class:`~synerdetect.data.tiled.TiledViews`)."""
     from ..data import EvalTransform, TrainTransform, ViewTransform
+    from ..data.tiled import TiledViewTransform
 
     d = cfg.data
     size = image_size or d.image_size
@@ -132,7 +140,10 @@ def view_transform(
     }
     if size:
         return TrainTransform(size, **kw) if train else EvalTransform(size)
-    return ViewTransform(cfg.model.clip_size, cfg.model.sd_size, train=train, clip_view=clip_view or d.clip_view, **kw)
+    views = ViewTransform(cfg.model.clip_size, cfg.model.sd_size, train=train, clip_view=clip_view or d.clip_view, **kw)
+    if tiles is None:
+        tiles = d.eval_view == "tiles" and not train
+    return TiledViewTransform(views, min_overlap=d.tile_overlap, max_tiles=d.max_tiles) if tiles else views
 
 
 def resize_square(x: torch.Tensor, size: int) -> torch.Tensor:
@@ -523,14 +534,15 @@ class Detector(nn.Module):
         one decode (a ``clip_size`` crop of the image's own pixels for E_v and CConv, the image resized to
         ``sd_size`` for CMID and the inversion). ``train`` draws a random crop and the configured augmentation
         from ``rng``; ``clip_view`` defaults to ``data.clip_view``. Plain tensors still work everywhere."""
-        from ..data import ViewTransform
+        from ..data import ViewTransform, stack_images
+        from ..data.tiled import TiledViewTransform
 
         imgs = [pil_images] if not isinstance(pil_images, (list, tuple)) else list(pil_images)
         if not imgs:
             raise InputError("preprocess needs at least one image")
         t = view_transform(self.cfg, train=train, clip_view=clip_view)
-        assert isinstance(t, ViewTransform)
-        return Views.stack([t(img, rng) for img in imgs])
+        assert isinstance(t, ViewTransform | TiledViewTransform)
+        return stack_images([t(img, rng) for img in imgs])  # TiledViews under data.eval_view: tiles
 
     # ------------------------------------------------------------------ contract (per method)
     def compute_losses(

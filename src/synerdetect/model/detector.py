@@ -226,11 +226,13 @@ class SynerDetect(Detector):
         if cached is None or cached.inverted is None:
             cached = self.inversion_inputs(images, z_t, latents=cached.latents if cached is not None else None)
         if cached.noise_pixels is not None and self.adapter is None:
-            z_n = self.E_d(cached.noise_pixels.to(self.compute_dtype))
+            noise_px = cached.noise_pixels.to(self.compute_dtype)
         else:
             assert cached.inverted is not None  # set just above when it was missing
-            z_n = self.encode_noise(cached.inverted)
+            noise_px = self.noise_pixels(cached.inverted)
+        z_n = self.E_d(noise_px)
         return {
+            "noise_pixels": noise_px,
             "x_clip": x_clip,
             "z_v": z_v,
             "z_t": z_t,
@@ -328,7 +330,20 @@ class SynerDetect(Detector):
 
         ``mode="perceptual"`` computes the CLIP branch only (no VAE, no inversion): s_c = sim(z_v, z_t^c) and the
         generative similarities are NaN. The cascade (engine/cascade.py) uses it to decide which images need the
-        inversion."""
+        inversion. Under ``data.eval_view: tiles`` (images are :class:`~synerdetect.data.tiled.TiledViews`) the z_v
+        term is the aggregate of the tiles' (model/evidence.py)."""
+        return self.predict_with_evidence(images, cached=cached, mode=mode)[0]
+
+    @torch.no_grad()
+    def predict_with_evidence(
+        self, images: torch.Tensor, *, cached: CachedBatch | None = None, mode: str = "full", spatial: bool = False
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """:meth:`predict` and the spatial evidence behind it: ``tile_sim`` (T x 2, the tiles' z_v similarities)
+        when the images carry tiles, and with ``spatial`` (mode full) ``patch_sim`` (B x g x g x 2, E_d's patch
+        tokens against z_t: one more E_d pass). The one code path of Eq. 10."""
+        from ..data.tiled import TiledViews
+        from .evidence import aggregate_tiles, patch_similarities, tile_similarities
+
         if mode not in ("full", "perceptual"):
             raise InputError(f"mode must be 'full' or 'perceptual', got {mode!r}")
         images = self.as_input(images)  # PIL images and paths are preprocessed here
@@ -336,21 +351,33 @@ class SynerDetect(Detector):
         was_training = self.training
         if was_training:  # walking ~20k modules to flip modes costs ~8% of a tiny batch: only when needed
             self.eval()
+        extra: dict[str, torch.Tensor] = {}
         try:
             if mode == "full":
                 f = self.features(images, cached=cached)
-                sim_v, sim_n = self.branch_similarities(f["z_v"], f["z_n"], f["z_t"])
-                s = sim_v + sim_n
+                z_t = f["z_t"]
+                sim_v, sim_n = self.branch_similarities(f["z_v"], f["z_n"], z_t)
+                if spatial:
+                    extra["patch_sim"] = patch_similarities(self.E_d, f["noise_pixels"], z_t)
             else:
                 _, z_v, z_t = self.perceptual(images)
                 sim_v = torch.einsum("bd,bcd->bc", z_v, z_t)
-                sim_n = torch.full_like(sim_v, float("nan"))
-                s = sim_v
+                sim_n = torch.zeros_like(sim_v)  # no generative term; reported as NaN below
+            if isinstance(images, TiledViews):
+                # the tiles replace the centre crop in the z_v term of Eq. 10 under eval_view: tiles; otherwise
+                # they are scored for the evidence map only
+                extra["tile_sim"] = tile_similarities(self, images.tiles, images.owner, z_t)
+                if self.cfg.data.eval_view == "tiles":
+                    d = self.cfg.data
+                    sim_v = aggregate_tiles(extra["tile_sim"], images.owner, len(sim_v), d.tile_aggregate, d.tile_topk)
+            s = sim_v + sim_n
         finally:
             if was_training:
                 self.train(True)
+        if mode != "full":
+            sim_n = torch.full_like(sim_v, float("nan"))
         logit = s[:, 1] - s[:, 0]
-        return {
+        out = {
             "s_real": s[:, 0],
             "s_fake": s[:, 1],
             "logit": logit,
@@ -361,6 +388,7 @@ class SynerDetect(Detector):
             "sim_n_real": sim_n[:, 0],
             "sim_n_fake": sim_n[:, 1],
         }
+        return out, extra
 
 
 __all__ = [
