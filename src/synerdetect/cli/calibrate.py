@@ -52,6 +52,26 @@ def add_parser(sub: Any) -> None:
         help="also fit the cascade band (--mode cascade): the narrowest band of perceptual margins for "
         "which the cascade agrees with full Eq. 10 on this share of the images, e.g. 0.99",
     )
+    c.add_argument(
+        "--guarantee",
+        action="store_true",
+        help="certify the uncertain band by Learn-then-Test: accuracy outside it >= --target-accuracy with "
+        "probability >= 1 - DELTA over the draw of the validation set",
+    )
+    c.add_argument(
+        "--max-fpr",
+        type=float,
+        default=None,
+        metavar="FPR",
+        help="'fake' only above a logit threshold certified to flag at most FPR of real images (e.g. 0.01) with "
+        "confidence 1 - DELTA (Clopper-Pearson on the validation reals); refuses when there are too few reals",
+    )
+    c.add_argument(
+        "--delta",
+        type=float,
+        default=0.05,
+        help="risk of the certificates of --guarantee and --max-fpr (default: 0.05, i.e. 95%% confidence)",
+    )
     add_loader_options(c, batch_size=32, workers=2)
     c.set_defaults(func=cmd_calibrate)
 
@@ -96,9 +116,16 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         image_size=image_size(model, args.image_size),
         model=model,
         cascade_agreement=args.cascade_agreement,
+        guarantee=args.guarantee,
+        max_fpr=args.max_fpr,
+        delta=args.delta,
     )
     if rank() == 0:
         print(format_calibration(cal))
+        if cal.guarantee is not None or cal.max_fpr is not None:
+            from ..engine.guarantees import format_guarantees
+
+            print(format_guarantees(cal.guarantee, cal.max_fpr))
         if cal.cascade is not None and args.cascade_agreement is not None:
             c = cal.cascade
             print(

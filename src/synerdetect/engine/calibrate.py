@@ -28,6 +28,7 @@ from .calibration import (
     fit_calibration,
 )
 from .cascade import fit_cascade_band
+from .guarantees import attach_guarantee, fpr_threshold, reals_needed
 from .inference import both_branches, score_samples
 
 log = logging.getLogger(__name__)
@@ -84,6 +85,9 @@ def calibrate_checkpoint(
     model: Any = None,
     save: bool = True,
     cascade_agreement: float | None = None,
+    guarantee: bool = False,
+    max_fpr: float | None = None,
+    delta: float = 0.05,
 ) -> Calibration:
     """Score the labelled validation ``data`` with the checkpoint, fit a :class:`Calibration`, save it as
     ``calibration.json`` in ``checkpoint_dir`` (keeping a fitted cascade already stored there) and return it.
@@ -95,6 +99,11 @@ def calibrate_checkpoint(
 
     ``cascade_agreement`` (e.g. 0.99) also fits the cascade band on the same data (engine/cascade.py: the
     narrowest band of perceptual margins for which the cascade agrees with full Eq. 10 on that share of images).
+
+    ``guarantee``: the uncertain band is certified by Learn-then-Test instead (accuracy outside it at least
+    ``target_accuracy`` with probability ``1 - delta``); ``max_fpr`` (e.g. 0.01): ``verdict: fake`` also needs the
+    logit above a threshold certified to flag at most that share of reals, with confidence ``1 - delta``
+    (engine/guarantees.py; both refuse with a one-line error when the data cannot certify them).
     """
     if method not in CALIBRATION_METHODS:
         raise CalibrationError(
@@ -116,6 +125,8 @@ def calibrate_checkpoint(
     n_fake = len(samples) - n_real
     if min(n_real, n_fake) < min_per_class:  # refuse before scoring; re-checked on what could be read
         check_fit_inputs(np.zeros(len(samples)), [s.label for s in samples], method, target_accuracy, min_per_class)
+    if max_fpr is not None and n_real < reals_needed(max_fpr, delta):  # refuse before scoring
+        fpr_threshold(np.full(n_real, -1.0), target_fpr=max_fpr, delta=delta)
     if model is None:
         dev = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
         model = load_detector(ckpt).to(dev).eval().enable_fast_path()
@@ -141,6 +152,10 @@ def calibrate_checkpoint(
         min_per_class=min_per_class,
         tau=float(model.mcfg.tau),
     )
+    if guarantee:
+        attach_guarantee(cal, logits, labels, target=target_accuracy, delta=delta)
+    if max_fpr is not None:
+        cal.max_fpr = fpr_threshold(logits[labels == 0], target_fpr=max_fpr, delta=delta)
     cal.fitted_on = {
         "data": str(Path(data).resolve()),
         "layout": layout,

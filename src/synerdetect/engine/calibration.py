@@ -69,6 +69,8 @@ class Calibration:
     fitted_on: dict[str, Any] = field(default_factory=dict)  # data, layout, split, n per class
     metrics: dict[str, Any] = field(default_factory=dict)  # ECE before/after, coverage, selective accuracy, ...
     cascade: dict[str, Any] | None = None  # the cascade band, when fitted (see synerdetect.engine.scoring)
+    guarantee: dict[str, Any] | None = None  # calibrate --guarantee: the certified band (engine/guarantees.py)
+    max_fpr: dict[str, Any] | None = None  # calibrate --max-fpr: the certified fake threshold (engine/guarantees.py)
 
     def prob_fake(self, logit: np.ndarray | float) -> np.ndarray:
         z = self.a * np.asarray(logit, dtype=np.float64) + self.b
@@ -80,6 +82,10 @@ class Calibration:
             return np.zeros(x.shape, dtype=bool)
         lo, hi = self.band
         return (x >= lo) & (x <= hi)
+
+    def fake_threshold(self) -> float:
+        """``verdict: fake`` needs ``logit`` above this: 0 (Eq. 10), or the certified ``max_fpr`` threshold."""
+        return float(self.max_fpr["threshold"]) if self.max_fpr else 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return {"format": CALIBRATION_FORMAT, **asdict(self)}
@@ -115,6 +121,9 @@ def apply_calibration(logit: np.ndarray, tau: float, calibration: Calibration | 
         prob = _sigmoid(x / tau)
         return {"prob_fake": prob, "verdict": label.tolist(), "calibrated": False}
     prob = calibration.prob_fake(x)
+    # With a certified FPR threshold, a fake label at or below it is not flagged: the model leans fake, the
+    # operating point does not vouch for it, so it is "uncertain" (never "real", which the model did not say).
+    label = np.where((x > 0) & (x <= calibration.fake_threshold()), "uncertain", label)
     verdict = np.where(calibration.uncertain(x), "uncertain", label)
     return {"prob_fake": prob, "verdict": verdict.tolist(), "calibrated": True}
 

@@ -20,6 +20,7 @@ from ..data.imageio import open_image
 from ..utils import atomic_write_text, check_output_dir, rank_world
 from .calibration import DEFAULT_TAU, Calibration, apply_calibration, calibration_section
 from .cascade import cascade_band_of
+from .guarantees import operating_markdown, operating_section
 from .inference import score_samples
 from .metrics import ScoreRecord, robustness_table, summarize
 from .perturb import Perturbation, parse_perturb_spec
@@ -179,6 +180,7 @@ def evaluate(
         "records": records,
         "errors": errors,
         "calibration": cal_section,
+        "operating_points": operating_section(records, calibration),  # TPR at FPR, certificates on the test set
         "seconds": time.time() - t0,
         "mode": mode,
     }
@@ -275,6 +277,7 @@ def _write_outputs(
     ex = dict(extra or {})
     ex["unreadable"] = [{"path": p, "reason": r} for p, r in result["errors"]]
     ex["calibration"] = cal_section
+    ex["operating_points"] = result["operating_points"]
     if harmonized is not None:
         ex["harmonized"] = harmonized
         write_scores_jsonl(out / "scores_harmonized.jsonl", result["harmonized_records"])
@@ -284,6 +287,7 @@ def _write_outputs(
     plot_logit_distributions(records, out / "logit_distributions.png", title=title)
     plot_reliability(cal_section, out / "reliability.png", title=title)
     md = markdown_table(summary) + "\n" + calibration_markdown(cal_section)
+    md += "\n" + operating_markdown(result["operating_points"])
     if result["mode"] != "full":
         shares = ", ".join(
             f"{g} {m['inverted_share'] * 100:.1f}%"
