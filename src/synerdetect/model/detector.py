@@ -336,7 +336,7 @@ class SynerDetect(Detector):
 
     @torch.no_grad()
     def predict_with_evidence(
-        self, images: torch.Tensor, *, cached: CachedBatch | None = None, mode: str = "full", spatial: bool = False
+        self, images: Any, *, cached: CachedBatch | None = None, mode: str = "full", spatial: bool = False
     ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """:meth:`predict` and the spatial evidence behind it: ``tile_sim`` (T x 2, the tiles' z_v similarities)
         when the images carry tiles, and with ``spatial`` (mode full) ``patch_sim`` (B x g x g x 2, E_d's patch
@@ -366,10 +366,13 @@ class SynerDetect(Detector):
             if isinstance(images, TiledViews):
                 # the tiles replace the centre crop in the z_v term of Eq. 10 under eval_view: tiles; otherwise
                 # they are scored for the evidence map only
-                extra["tile_sim"] = tile_similarities(self, images.tiles, images.owner, z_t)
+                owner = images.owner
+                if owner is None:  # one image's views, not collated into a batch
+                    raise InputError("tiled views must be stacked into a batch (TiledViews.stack) before predict")
+                extra["tile_sim"] = tile_similarities(self, images.tiles, owner, z_t)
                 if self.cfg.data.eval_view == "tiles":
                     d = self.cfg.data
-                    sim_v = aggregate_tiles(extra["tile_sim"], images.owner, len(sim_v), d.tile_aggregate, d.tile_topk)
+                    sim_v = aggregate_tiles(extra["tile_sim"], owner, len(sim_v), d.tile_aggregate, d.tile_topk)
             s = sim_v + sim_n
         finally:
             if was_training:
