@@ -19,7 +19,7 @@ SRC = Path(synerdetect.__file__).resolve().parent
 LAYERS: list[tuple[str, ...]] = [
     ("synerdetect.version", "synerdetect.utils", "synerdetect.config", "synerdetect.imageformats", "synerdetect.hub"),
     ("synerdetect.presets",),
-    ("synerdetect.data", "synerdetect.losses", "synerdetect.provenance"),
+    ("synerdetect.data", "synerdetect.losses", "synerdetect.provenance", "synerdetect.card", "synerdetect.push"),
     ("synerdetect.model",),
     ("synerdetect.methods",),
     ("synerdetect.cache",),
