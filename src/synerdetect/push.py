@@ -75,7 +75,8 @@ def _upload(root: Path, repo_id: str, *, private: bool, revision: str | None) ->
 
     api = HfApi(library_name="synerdetect", library_version=__version__)
     try:
-        api.create_repo(repo_id, private=private, exist_ok=True)
+        # private=None: the namespace's default visibility (public unless the organisation says otherwise)
+        api.create_repo(repo_id, private=True if private else None, exist_ok=True)
         if revision:
             api.create_branch(repo_id, branch=revision, exist_ok=True)
         info = api.upload_folder(
