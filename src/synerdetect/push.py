@@ -67,9 +67,7 @@ def push_checkpoint(
 
 
 def _upload(root: Path, repo_id: str, *, private: bool, revision: str | None) -> str:
-    import httpx2
     from huggingface_hub import HfApi
-    from huggingface_hub.errors import HfHubHTTPError
 
     from .version import __version__
 
@@ -86,7 +84,7 @@ def _upload(root: Path, repo_id: str, *, private: bool, revision: str | None) ->
             allow_patterns=list(CHECKPOINT_PATTERNS),
             commit_message=f"Upload SynerDetect checkpoint {root.name} (synerdetect {__version__})",
         )
-    except (HfHubHTTPError, httpx2.HTTPError, OSError) as e:
+    except Exception as e:  # noqa: BLE001 - HfHubHTTPError, its HTTP library's errors (httpx / httpx2 by version), OSError
         text = str(e).strip()
         raise HubCheckpointError(
             f"push to {repo_id} failed: {type(e).__name__}: {text.splitlines()[0] if text else ''}"
