@@ -147,11 +147,12 @@ def test_push_dry_run_lists_the_checkpoint_files_and_sends_nothing(checkpoint, c
     before = sorted(p.name for p in ck.rglob("*"))
     assert main(["push", str(ck), "org/name", "--dry-run"]) == 0
     out = capsys.readouterr().out
-    listed = dict(re.findall(r"^(\S+(?: \(would be written\))?)\s+(\d+(?:\.\d)? k?B)$", out, re.M))
+    listed = dict(re.findall(r"^(\S+(?: \(the model card, written first\))?)\s+(\d+(?:\.\d)? k?B|-)$", out, re.M))
     assert set(listed) == {
         "base/clip/config.json", "calibration.json", "lineage.json", "synerdetect_config.json",
-        "trainable.safetensors", "README.md (would be written)",
+        "trainable.safetensors", "README.md (the model card, written first)",
     }  # fmt: skip
+    assert "not uploaded (not part of a published checkpoint): optimizer.safetensors" in out
     assert listed["trainable.safetensors"] == "1.2 kB" and listed["base/clip/config.json"] == "2 B"
     assert "nothing uploaded" in out and sorted(p.name for p in ck.rglob("*")) == before
 

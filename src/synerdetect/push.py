@@ -8,7 +8,7 @@ the credentials and ``HF_ENDPOINT`` a mirror, as for every hub client call.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .card import CARD_NAME, CONFIG_NAME, write_card
@@ -21,9 +21,10 @@ __all__ = ["PushResult", "push_checkpoint", "upload_plan"]
 class PushResult:
     repo_id: str
     revision: str | None
-    files: list[tuple[str, int]]  # (path in the repo, bytes)
+    files: list[tuple[str, int | None]]  # (path in the repo, bytes; None: the card a real push writes first)
     card_written: bool
     url: str | None = None  # the commit, when uploaded
+    left_out: list[str] = field(default_factory=list)  # files of the folder that are not the checkpoint's own
 
 
 def upload_plan(folder: str | Path) -> list[tuple[str, int]]:
@@ -34,6 +35,13 @@ def upload_plan(folder: str | Path) -> list[tuple[str, int]]:
     rel = [p.relative_to(root).as_posix() for p in sorted(root.rglob("*")) if p.is_file()]
     chosen = filter_repo_objects(rel, allow_patterns=list(CHECKPOINT_PATTERNS))
     return [(r, (root / r).stat().st_size) for r in chosen]
+
+
+def left_out(folder: str | Path) -> list[str]:
+    """The folder's files that a push does not upload (optimiser and trainer state, results, figures...)."""
+    root = Path(folder)
+    chosen = {p for p, _ in upload_plan(root)}
+    return [r for p in sorted(root.rglob("*")) if p.is_file() and (r := p.relative_to(root).as_posix()) not in chosen]
 
 
 def push_checkpoint(
@@ -54,16 +62,16 @@ def push_checkpoint(
     if parsed is None or parsed[1] is not None:
         raise ValueError(f"{repo_id!r} is not a Hub repo id org/name (give a branch with --revision)")
     card_missing = not (root / CARD_NAME).is_file()
-    files = upload_plan(root)
+    files: list[tuple[str, int | None]] = list(upload_plan(root))
     if dry_run:
         if card_missing:
-            files = sorted([*files, (CARD_NAME + " (would be written)", 0)])
-        return PushResult(repo_id, revision, files, card_written=False)
+            files = sorted([*files, (CARD_NAME + " (the model card, written first)", None)])
+        return PushResult(repo_id, revision, files, card_written=False, left_out=left_out(root))
     if card_missing:
         write_card(root, results, repo_id=repo_id)
-        files = upload_plan(root)
+        files = list(upload_plan(root))
     url = _upload(root, repo_id, private=private, revision=revision)
-    return PushResult(repo_id, revision, files, card_written=card_missing, url=url)
+    return PushResult(repo_id, revision, files, card_written=card_missing, url=url, left_out=left_out(root))
 
 
 def _upload(root: Path, repo_id: str, *, private: bool, revision: str | None) -> str:

@@ -49,8 +49,10 @@ def cmd_push(args: argparse.Namespace) -> int:
     )
     width = max(len(p) for p, _ in res.files)
     for path, size in res.files:
-        print(f"{path:<{width}}  {_size(size):>9}")
-    total = sum(s for _, s in res.files)
+        print(f"{path:<{width}}  {_size(size) if size is not None else '-':>9}")
+    total = sum(s or 0 for _, s in res.files)
+    if res.left_out:
+        print(f"not uploaded (not part of a published checkpoint): {', '.join(res.left_out)}")
     where = f"{res.repo_id}" + (f" (branch {res.revision})" if res.revision else "")
     if args.dry_run:
         print(f"\ndry run: {len(res.files)} file(s), {_size(total)} would go to {where}; nothing uploaded")
