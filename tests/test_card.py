@@ -161,3 +161,16 @@ def test_push_refuses_a_bad_repo_id(checkpoint, capsys):
     ck, *_ = checkpoint
     assert main(["push", str(ck), "not a repo", "--dry-run"]) == 2
     assert "not a Hub repo id" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # two subprocesses
+def test_card_and_push_dry_run_do_not_import_torch(checkpoint):
+    import subprocess
+    import sys
+
+    ck, ev, *_ = checkpoint
+    code = "import sys\nfrom synerdetect.cli import main\nrc = main(sys.argv[1:])\n"
+    code += "print('TORCH', 'torch' in sys.modules, rc)"
+    for argv in (["card", str(ck), "--results", str(ev)], ["push", str(ck), "org/name", "--dry-run"]):
+        r = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=120)
+        assert "TORCH False 0" in r.stdout, (argv, r.stderr[-1500:])
