@@ -94,6 +94,8 @@ def test_load_applies_calibration_and_provenance_as_predict(calibrated, files, t
     assert rec["verdict"] == ("uncertain" if -0.5 <= rec["logit"] <= 0.5 else rec["label"])
     assert from_bytes["logit"] == pytest.approx(rec["logit"]) and from_bytes["sha256"] == rec["sha256"]
     assert from_pil["logit"] == pytest.approx(rec["logit"], abs=1e-5) and from_pil["error"] is None
+    streamed = list(detector.iter_records(iter([str(files[0]), b"not an image"])))
+    assert streamed[0]["logit"] == pytest.approx(rec["logit"], rel=1e-4) and streamed[1]["error_kind"] == "not_an_image"
 
 
 def test_load_refuses_an_unknown_mode(calibrated):

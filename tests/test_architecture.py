@@ -17,9 +17,16 @@ SRC = Path(synerdetect.__file__).resolve().parent
 
 #: Bottom to top. A module's layer is that of the longest prefix listed here.
 LAYERS: list[tuple[str, ...]] = [
-    ("synerdetect.version", "synerdetect.utils", "synerdetect.config", "synerdetect.imageformats", "synerdetect.hub"),
+    (
+        "synerdetect.version",
+        "synerdetect.utils",
+        "synerdetect.config",
+        "synerdetect.imageformats",
+        "synerdetect.hub",
+        "synerdetect.extras",
+    ),
     ("synerdetect.presets",),
-    ("synerdetect.data", "synerdetect.losses", "synerdetect.provenance"),
+    ("synerdetect.data", "synerdetect.losses", "synerdetect.provenance", "synerdetect.card", "synerdetect.push"),
     ("synerdetect.model",),
     ("synerdetect.methods",),
     ("synerdetect.cache",),

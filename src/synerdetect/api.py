@@ -34,7 +34,7 @@ class LoadedDetector:
         """One record per input, in order (a single input is a list of one)."""
         return self.scorer.score(images)
 
-    def iter(self, images: Any) -> Iterator[dict[str, Any]]:
+    def iter_records(self, images: Any) -> Iterator[dict[str, Any]]:
         """Records one at a time, decoding as it goes (a long list never holds more than a batch in memory)."""
         return self.scorer.iter_score(images)
 

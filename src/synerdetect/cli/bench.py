@@ -108,6 +108,9 @@ def cmd_bench_cascade(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_serve(args: argparse.Namespace) -> int:
+    from ..extras import require_extra
+
+    require_extra("serve", "synerdetect bench serve")
     from ..serve.loadtest import run_serve_bench
 
     lines = run_serve_bench(

@@ -28,6 +28,9 @@ def add_parser(sub: Any) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from ..extras import require_extra
+
+    require_extra("demo", "synerdetect demo")  # the real photographs come from scikit-image
     if args.methods:
         from ..demo.compare import run_comparison
         from ..methods import parse_methods

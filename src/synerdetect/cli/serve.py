@@ -99,6 +99,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import signal
     from concurrent.futures import ThreadPoolExecutor
 
+    from ..extras import require_extra
+
+    require_extra("serve", "synerdetect serve")  # before uvicorn is imported
     import uvicorn
 
     from ..engine.scoring import Scorer

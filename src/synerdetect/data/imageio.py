@@ -97,7 +97,7 @@ DEFAULT_MAX_DECODE_BYTES: int = 1 << 30
 
 #: File extensions treated as images (lower case, with dot).
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
-    {".jpg", ".jpeg", ".jfif", ".png", ".webp", ".avif", ".bmp", ".tif", ".tiff", ".gif"}
+    {".jpg", ".jpeg", ".jfif", ".png", ".webp", ".avif", ".bmp", ".tif", ".tiff", ".gif", ".heic", ".heif"}
 )
 
 _EXT_TO_FORMAT = {
@@ -113,6 +113,8 @@ _EXT_TO_FORMAT = {
     ".tif": "TIFF",
     ".tiff": "TIFF",
     ".gif": "GIF",
+    ".heic": "HEIF",
+    ".heif": "HEIF",
 }
 
 # Serialises Image.open() while the bomb warning is escalated to an error.

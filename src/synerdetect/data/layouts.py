@@ -94,7 +94,7 @@ silently wrong labels:
   ``"cnndetection"`` loads that layout and warns about the folders it ignores.
 
 Image files are recognised by extension (``jpg jpeg jfif png webp avif bmp tif
-tiff gif``, case-insensitive); hidden files/folders (``.name``) and
+tiff gif heic heif``, case-insensitive); hidden files/folders (``.name``) and
 ``__MACOSX`` are skipped; symlinked folders are followed (with loop protection
 by device and inode).  Folders are walked with an explicit stack, so any depth
 works (a 1200-level tree is scanned in linear time).  An entry with an image

@@ -10,7 +10,11 @@ Typical use::
 See :mod:`synerdetect.serve.app` for the endpoints and :class:`ServeSettings` for the limits.
 """
 
-from .limits import ApiError, ServeSettings, read_api_keys
+from ..extras import require_extra
+
+require_extra("serve", "synerdetect.serve")  # FastAPI, uvicorn, ...: one pip line instead of an ImportError later
+
+from .limits import ApiError, ServeSettings, read_api_keys  # noqa: E402
 
 __all__ = ["ApiError", "ServeSettings", "create_app", "read_api_keys"]
 
