@@ -33,6 +33,7 @@ RECORD_KEYS = {
     "prob_fake",
     "calibrated",
     *SCORE_KEYS,
+    "map",
     "provenance",
     "timings",
     "error",

@@ -31,6 +31,12 @@ def add_parser(sub: Any) -> None:
     add_scoring_options(pr)
     add_provenance_options(pr)
     add_file_outputs(pr, json_help="write predictions to this JSON file", csv_help="write predictions to this CSV file")
+    pr.add_argument(
+        "--maps",
+        metavar="DIR",
+        help="write an evidence map per image into DIR: NAME.map.png (overlay with a colour bar) and NAME.map.npz "
+        "(float32 perceptual, generative, combined at native size); the record gets a 'map' field",
+    )
     add_loader_options(pr, batch_size=16, workers=0)
     pr.set_defaults(func=cmd_predict)
 
@@ -58,6 +64,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from ..provenance import load_trust_anchors
 
     paths = expand_and_check(args.inputs, {"--json": args.json, "--csv": args.csv})
+    if args.maps:
+        from ..utils import check_not_an_input
+
+        check_not_an_input(args.maps, [*args.inputs, *paths], "--maps")  # maps inside an input folder: refused
     anchors = load_trust_anchors(args.c2pa_trust_anchors)  # a bad PEM file: one line, before the model loads
     if not paths:
         print("error: no input files", file=sys.stderr)
@@ -77,6 +87,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         trust_anchors=anchors,
         trust_metadata=args.trust_metadata,
         mode=args.mode,
+        maps=args.maps,
     )
     flat = [{**r, **provenance_summary(r.get("provenance"))} for r in rows]
     print_table(flat, mode=args.mode, provenance=not args.no_provenance)
@@ -93,6 +104,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
             f"prob_fake calibrated ({calibration.method}); verdict 'uncertain' for logits in {calibration.band}",
             file=sys.stderr,
         )
+    if args.maps:
+        print(f"wrote {len(rows)} evidence map(s) (.map.png, .map.npz) to {printable(args.maps)}", file=sys.stderr)
     print(f"\nscored {len(rows)} of {len(paths)} file(s)", file=sys.stderr)
     return 0 if rows else 1
 

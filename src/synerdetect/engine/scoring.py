@@ -29,6 +29,7 @@ A record (all keys always present; the score keys are None for an image with an 
      "decided_by": "full" | "perceptual",      # which path of Eq. 10 decided (mode full / perceptual / cascade)
      "perceptual_logit": float | None,         # the CLIP-branch margin that routed the image (cascade only)
      "sim_v_real", "sim_v_fake", "sim_n_real", "sim_n_fake",   # the two branch similarities of Eq. 10
+     "map": dict | None,                       # with maps: peak [x, y, w, h], area_over_threshold, agreement
      "provenance": dict | None,                # read_provenance(...) when provenance is enabled, else None
      "timings": {"decode_ms", "provenance_ms", "score_ms", "batch_size"},
      "error": None | "one-line reason", "error_kind": None | one of ERROR_KINDS}
@@ -74,6 +75,7 @@ from .calibration import Calibration, apply_calibration
 from .cascade import cascade_band_of, cascade_predict
 from .inference import gather
 from .inputs import expand_inputs  # re-exported: predict's input expansion lives in a torch-free module
+from .maps import batch_maps, map_field, thumbnail
 
 __all__ = [
     "ERROR_KINDS",
@@ -157,6 +159,8 @@ class Prepared:
     error: str | None = None
     error_kind: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    thumbnail: np.ndarray | None = None  # <= 512 px RGB copy, kept when an evidence map is wanted
+    want_map: bool = False
 
     @property
     def ok(self) -> bool:
@@ -196,6 +200,7 @@ class Decoder:
     provenance: bool = False
     trust_anchors_pem: str | None = None
     max_decode_bytes: int | None = DEFAULT_MAX_DECODE_BYTES
+    maps: bool = False  # an evidence map is wanted: keep a thumbnail (the transform then makes tiles)
 
     def with_limits(self, *, max_pixels: int | None, max_bytes: int | None) -> Decoder:
         return replace(self, max_pixels=max_pixels, max_bytes=max_bytes)
@@ -248,6 +253,8 @@ class Decoder:
                     data, name, max_pixels=self.max_pixels, max_decode_bytes=self.max_decode_bytes
                 )
             p.width, p.height, p.format = img.size[0], img.size[1], fmt
+            if self.maps:
+                p.thumbnail, p.want_map = thumbnail(img), True
             try:
                 p.image = self.transform(img)
             except Exception as e:  # noqa: BLE001 - report per image, never crash a batch
@@ -339,6 +346,7 @@ class Scorer:
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
         max_bytes: int | None = None,
         mode: str = "full",
+        maps: bool | str | os.PathLike = False,
     ):
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -359,6 +367,17 @@ class Scorer:
             provenance=self.provenance,
             trust_anchors_pem=load_trust_anchors(trust_anchors),
         )
+        # Evidence maps (engine/maps.py): True keeps the arrays in each record, a folder gets NAME.map.png/.npz;
+        # the service asks per request through map_decoder.
+        self.maps = maps
+        self.map_decoder = None
+        if mode == "full" and not self.image_size and hasattr(model, "predict_with_evidence"):
+            tiled = view_transform(model.cfg, train=False, tiles=True)
+            self.map_decoder = replace(self.decoder, transform=tiled, maps=True)
+        if maps is not False:
+            if self.map_decoder is None:
+                raise ValueError("evidence maps need a SynerDetect checkpoint, mode full and no --image-size")
+            self.decoder = self.map_decoder
 
     @classmethod
     def from_checkpoint(
@@ -396,13 +415,16 @@ class Scorer:
         cascade within this batch), then one record per item, in order. Items with an error get their error
         record without touching the model."""
         ok = [p for p in prepared if p.ok]
-        rows: dict[int, tuple[dict[str, float], str]] = {}
+        rows: dict[int, tuple[dict[str, Any], str]] = {}
         score_ms = None
         if ok:
-            x = stack_images([p.image for p in ok if p.image is not None]).to(self.device)
             t0 = time.perf_counter()
-            for k, out, how in self._outputs(x, list(range(len(ok))), batch_size=len(ok)):
-                rows[k] = (out, how)
+            # items that want an evidence map (tiled views) are scored apart from the others
+            for want in {p.want_map for p in ok}:
+                ids = [k for k, p in enumerate(ok) if p.want_map == want]
+                x = stack_images([ok[k].image for k in ids]).to(self.device)
+                for k, out, how in self._outputs(x, ids, batch_size=len(ids), maps=want):
+                    rows[k] = (out, how)
             score_ms = (time.perf_counter() - t0) * 1e3
         records, j = [], 0
         for p in prepared:
@@ -415,20 +437,29 @@ class Scorer:
         return records
 
     def _outputs(
-        self, x: torch.Tensor, ids: list[Any], *, batch_size: int
-    ) -> Iterator[tuple[Any, dict[str, float], str]]:
-        """``(id, model outputs as floats, decided_by)`` per image of the batch, by ``mode``."""
+        self, x: torch.Tensor, ids: list[Any], *, batch_size: int, maps: bool = False
+    ) -> Iterator[tuple[Any, dict[str, Any], str]]:
+        """``(id, model outputs as floats, decided_by)`` per image of the batch, by ``mode``; with ``maps`` the
+        outputs also hold the image's :class:`~synerdetect.engine.maps.EvidenceMaps` under ``"_map"``."""
         if self.mode == "cascade":
             assert self.cascade_band is not None
             yield from cascade_predict(self.model, [(x, ids)], self.cascade_band, batch_size=batch_size)
             return
-        out = self.model.predict(x, mode=self.mode)
+        evidence: list[Any] = []
+        if maps:
+            out, extra = self.model.predict_with_evidence(x, mode=self.mode, spatial=True)
+            evidence = batch_maps(x, extra)
+        else:
+            out = self.model.predict(x, mode=self.mode)
         values = {k: v.detach().float().cpu().numpy() for k, v in out.items()}
         for i, ident in enumerate(ids):
-            yield ident, {k: float(v[i]) for k, v in values.items()}, self.mode
+            row: dict[str, Any] = {k: float(v[i]) for k, v in values.items()}
+            if evidence:
+                row["_map"] = evidence[i]
+            yield ident, row, self.mode
 
     def _record(
-        self, p: Prepared, out: dict[str, float], decided_by: str, score_ms: float | None, batch_size: int
+        self, p: Prepared, out: dict[str, Any], decided_by: str, score_ms: float | None, batch_size: int
     ) -> dict[str, Any]:
         rec = self._base_record(p)
         rec.update({k: (None if np.isnan(out[k]) else out[k]) for k in SCORE_KEYS})
@@ -446,6 +477,8 @@ class Scorer:
         )
         if "perceptual_logit" in out:
             rec["perceptual_logit"] = out["perceptual_logit"]
+        if "_map" in out:
+            rec["map"] = map_field(out["_map"], p.name, p.thumbnail, self.maps)
         if self.trust_metadata:
             from ..provenance import trusted_ai_decision
 
@@ -473,6 +506,7 @@ class Scorer:
         }
         rec.update(dict.fromkeys(SCORE_KEYS))
         rec.update(
+            map=None,  # the evidence map's summary when one was asked for (engine/maps.py)
             provenance=p.provenance if self.provenance else None,
             timings=dict(p.timings),
             error=p.error,
@@ -597,6 +631,7 @@ def predict_paths(
     trust_anchors=None,
     trust_metadata: bool = False,
     mode: str = "full",
+    maps: str | os.PathLike | None = None,
 ) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
     """Score unlabelled files through :class:`~synerdetect.engine.scoring.Scorer`: one dict per scored image (its
     record with ``path`` for ``name``: label, verdict, prob_fake, calibrated, logit, s_real, s_fake, the branch
@@ -611,6 +646,7 @@ def predict_paths(
         trust_anchors=trust_anchors,
         trust_metadata=trust_metadata,
         mode=mode,
+        maps=maps if maps is not None else False,  # a folder: NAME.map.png / .npz written there
     )
     rows: list[dict[str, Any]] = []
     errors: list[tuple[str, str]] = []

@@ -72,6 +72,18 @@ def public_info(value: Any) -> Any:
     return value
 
 
+def wants_maps(value: str | None, available: bool) -> bool:
+    """The ``maps`` query parameter: true / 1 / yes asks for the evidence map of every image (400 when the
+    service cannot make one: mode other than full, or a reference method)."""
+    if value is None or value.strip().lower() in ("", "false", "0", "no"):
+        return False
+    if value.strip().lower() not in ("true", "1", "yes"):
+        raise ApiError(400, "bad_request", f"maps must be true or false, got {value[:20]!r}")
+    if not available:
+        raise ApiError(400, "maps_unavailable", "this service cannot make evidence maps (it needs --mode full)")
+    return True
+
+
 class DetectService:
     """The service's state and request handling (see the module docstring). Call :meth:`start` and :meth:`stop`
     around serving (the app's lifespan does)."""
@@ -80,6 +92,9 @@ class DetectService:
         self.scorer = scorer
         self.settings = s = settings or ServeSettings()
         self.decoder = scorer.decoder.with_limits(max_pixels=s.max_pixels, max_bytes=s.max_file_bytes)
+        # ?maps=true: the evidence map's decoder (tiles + thumbnail); None when the scorer cannot make maps
+        md = scorer.map_decoder
+        self.map_decoder = md.with_limits(max_pixels=s.max_pixels, max_bytes=s.max_file_bytes) if md else None
         self.metrics = Metrics()
         self.batcher = MicroBatcher(
             scorer.forward,
@@ -192,8 +207,9 @@ class DetectService:
         except TimeoutError:
             timeout = self.settings.request_timeout_s
             raise ApiError(408, "request_timeout", f"the request body did not arrive within {timeout:g} s") from None
+        maps = wants_maps(request.query_params.get("maps"), self.map_decoder is not None)
         try:
-            prepared = await self._decode(uploads, deadline)
+            prepared = await self._decode(uploads, deadline, maps)
         finally:
             for obj in to_close:
                 closed = obj.close()
@@ -294,8 +310,9 @@ class DetectService:
         name = request.query_params.get("name") or request.headers.get("x-filename") or "image"
         return [Upload(name[:255], spool, n)], [spool]
 
-    def prepare(self, upload: Upload, index: int) -> Prepared:
-        """Decode one upload (on a decode thread): a :class:`Prepared` image, or its error."""
+    def prepare(self, upload: Upload, index: int, maps: bool = False) -> Prepared:
+        """Decode one upload (on a decode thread): a :class:`Prepared` image, or its error. ``maps``: with what the
+        evidence map needs."""
         limit = self.settings.max_file_bytes
         if upload.size is not None and upload.size > limit:
             return Prepared(
@@ -305,13 +322,14 @@ class DetectService:
                 error=f"file too large: {upload.size} bytes exceeds the {limit} byte limit",
             )
         upload.file.seek(0)
-        return self.decoder((upload.name, upload.file), index)
+        decoder = self.map_decoder if maps and self.map_decoder is not None else self.decoder
+        return decoder((upload.name, upload.file), index)
 
-    async def _decode(self, uploads: list[Upload], deadline: float) -> list[Prepared]:
+    async def _decode(self, uploads: list[Upload], deadline: float, maps: bool = False) -> list[Prepared]:
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout_at(deadline):
-                jobs = (loop.run_in_executor(self._pool, self.prepare, u, i) for i, u in enumerate(uploads))
+                jobs = (loop.run_in_executor(self._pool, self.prepare, u, i, maps) for i, u in enumerate(uploads))
                 return list(await asyncio.gather(*jobs))
         except TimeoutError:
             raise ApiError(503, "timeout", "timed out decoding the images", headers=self.retry) from None
