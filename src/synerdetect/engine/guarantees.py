@@ -303,6 +303,20 @@ def attach_guarantee(cal: Any, logits: Any, labels: Any, *, target: float, delta
     )
 
 
+def attach_max_fpr(cal: Any, logits: Any, labels: Any, *, target_fpr: float, delta: float) -> None:
+    """Store the certified threshold of :func:`fpr_threshold` (fitted on the reals) in ``cal.max_fpr`` and
+    recount the validation coverage: fake labels at or below the threshold are now ``uncertain`` too."""
+    from .metrics import selective_metrics
+
+    x = np.asarray(logits, dtype=np.float64).reshape(-1)
+    y = np.asarray(labels).reshape(-1).astype(int)
+    cal.max_fpr = fpr_threshold(x[y == 0], target_fpr=target_fpr, delta=delta)
+    sel = selective_metrics(y, x, cal.uncertain(x))
+    cal.metrics.update(
+        coverage=sel["coverage"], selective_accuracy=sel["selective_accuracy"], n_uncertain=sel["n_uncertain"]
+    )
+
+
 def tpr_at_fpr(labels: Any, logits: Any, fpr: float) -> float | None:
     """The highest TPR of a threshold whose FPR on these reals is at most ``fpr`` (``sklearn.metrics.roc_curve``;
     an oracle threshold per set: a property of the ranking, not of the stored operating point)."""
