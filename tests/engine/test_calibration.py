@@ -436,3 +436,7 @@ def test_evaluate_with_a_chain_and_certificates(model, bench, tmp_path):
     md = (tmp_path / "out" / "results.md").read_text()
     assert "**Chains**" in md and "| phone-share | resize:0.5+jpeg:85 |" in md and "**Operating points**" in md
     assert "at most 5% of real photos are flagged" in md
+    for g, v in op["real_flagged"].items():
+        reals = [r for r in recs if r.generator == g and r.label == 0]
+        assert v["fpr"] == pytest.approx(np.mean([r.verdict == "fake" for r in reals]))
+        assert v["fpr"] == pytest.approx(np.mean([r.logit > 0.0005 and not -0.001 <= r.logit <= 0.001 for r in reals]))

@@ -341,8 +341,15 @@ def operating_section(records: Any, calibration: Any) -> dict[str, Any]:
     for gen in dict.fromkeys(g.tolist()):
         idx = g == gen
         per[gen] = {"tpr_at_fpr_1": tpr_at_fpr(y[idx], x[idx], 0.01), "tpr_at_fpr_5": tpr_at_fpr(y[idx], x[idx], 0.05)}
+    flagged: dict[str, Any] = {}  # what users see: the share of each source's reals given the verdict "fake"
+    for gen in dict.fromkeys(g.tolist()):
+        reals = [r for r in recs if r.generator == gen and r.label == 0]
+        if reals:
+            fpr = sum(r.verdict == "fake" for r in reals) / len(reals) if reals[0].verdict is not None else None
+            flagged[gen] = {"n_real": len(reals), "fpr": fpr}
     return {
         "generators": per,
+        "real_flagged": flagged,
         "guarantee": check_guarantee(getattr(calibration, "guarantee", None), x, y),
         "max_fpr": check_max_fpr(getattr(calibration, "max_fpr", None), x, y, g),
         "promise": promise_text(getattr(calibration, "guarantee", None), getattr(calibration, "max_fpr", None)),
@@ -360,6 +367,11 @@ def operating_markdown(sec: dict[str, Any]) -> str:
     for gen, m in sec["generators"].items():
         lines.append(f"| {gen} | {pct(m['tpr_at_fpr_1'])} | {pct(m['tpr_at_fpr_5'])} |")
     lines += ["", f"Promise of the calibration: {sec['promise']}."]
+    if sec.get("real_flagged"):
+        lines.append(
+            "- reals given the verdict fake, per source: "
+            + ", ".join(f"{s} {pct(v['fpr'])}% of {v['n_real']}" for s, v in sec["real_flagged"].items())
+        )
     mf = sec.get("max_fpr")
     if mf:
         held = {True: "held", False: "NOT held", None: "not measurable (no real image)"}[mf["held"]]
