@@ -158,7 +158,7 @@ def ltt_band(
         return out
     n_out, err = best["n_out"], best["err"]
     out.update(
-        band=[-best["w"], best["w"]],
+        band=[-best["w"] or 0.0, best["w"]],  # no "-0" for the empty band
         half_width=best["w"],
         certified_accuracy=target,
         clopper_pearson_lower=cp_lower(n_out - err, n_out, delta),
