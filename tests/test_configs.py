@@ -141,10 +141,16 @@ def test_robustness_and_ablations_train_like_aigcdetect():
 
 
 def test_robustness_comment_names_the_evaluate_command():
+    import re
+
+    from synerdetect.engine.perturb import parse_perturb_spec
+
     text = (CONFIGS / "robustness.yaml").read_text()
-    assert "synerdetect evaluate" in text
-    for kind in ("blur", "crop", "jpeg", "noise"):
-        assert f"--perturb {kind}" in text
+    assert "synerdetect evaluate" in text and "Frank et al." in text  # the protocol's source is named
+    specs = re.findall(r"--perturb ([\w:.+-]+)", text)
+    assert "table4" in specs and "legacy" in specs
+    kinds = {p.kind for s in specs for p in parse_perturb_spec(s)}  # every spec the comment shows parses
+    assert {"blur", "crop", "jpeg", "noise", "chain"} <= kinds
 
 
 @pytest.mark.parametrize(

@@ -406,3 +406,37 @@ def test_cli_calibrate_then_evaluate(ckpt, bench, tmp_path, capsys):
         == 2
     )
     assert "expected jpeg:QUALITY" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # an evaluate pass with a chain: ~3 s on 2 cores
+def test_evaluate_with_a_chain_and_certificates(model, bench, tmp_path):
+    from synerdetect.data import load_labelled
+    from synerdetect.engine.calibration import Calibration
+    from synerdetect.engine.evaluate import evaluate
+
+    samples = load_labelled(str(bench / "test"), "cnndetection", "test")
+    cal = Calibration(
+        band=[-0.001, 0.001],
+        guarantee={"found": True, "band": [-0.001, 0.001], "target": 0.9, "delta": 0.05},
+        max_fpr={"threshold": 0.0005, "target": 0.05, "delta": 0.05},
+    )
+    res = evaluate(
+        model, samples, tmp_path / "out", image_size=64, progress=False, calibration=cal, perturb=["phone-share"]
+    )
+    doc = json.loads((tmp_path / "out" / "results.json").read_text())
+    ch = doc["robustness"]["chains"]["phone-share"]
+    assert ch["spec"] == "resize:0.5+jpeg:85"
+    recs = res["records"]
+    x = np.array([r.logit for r in recs])
+    y = np.array([r.label for r in recs])
+    op = doc["operating_points"]
+    assert op["max_fpr"]["fpr"] == pytest.approx(np.mean(x[y == 0] > 0.0005))
+    outside = np.abs(x) > 0.001
+    assert op["guarantee"]["accuracy_outside"] == pytest.approx(np.mean((x[outside] > 0) == y[outside]))
+    md = (tmp_path / "out" / "results.md").read_text()
+    assert "**Chains**" in md and "| phone-share | resize:0.5+jpeg:85 |" in md and "**Operating points**" in md
+    assert "at most 5% of real photos are flagged" in md
+    for g, v in op["real_flagged"].items():
+        reals = [r for r in recs if r.generator == g and r.label == 0]
+        assert v["fpr"] == pytest.approx(np.mean([r.verdict == "fake" for r in reals]))
+        assert v["fpr"] == pytest.approx(np.mean([r.logit > 0.0005 and not -0.001 <= r.logit <= 0.001 for r in reals]))

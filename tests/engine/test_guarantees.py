@@ -175,3 +175,20 @@ def test_attach_guarantee_replaces_the_band_and_keeps_the_empirical_one_beside_i
     assert cal.uncertain(x).sum() == (~outside).sum()
     with pytest.raises(GuaranteeError, match="no candidate band certifies 99.9% .* 1000 validation images"):
         attach_guarantee(cal, x, y, target=0.999, delta=0.05)
+
+
+def test_attach_max_fpr_recounts_the_coverage():
+    from synerdetect.engine.calibration import fit_calibration
+    from synerdetect.engine.guarantees import attach_max_fpr
+
+    rng = np.random.default_rng(4)
+    y = rng.integers(0, 2, 800)
+    x = SCALE * rng.normal(np.where(y == 1, MU, -MU), SIGMA)
+    cal = fit_calibration(x, y, target_accuracy=0.9)
+    attach_max_fpr(cal, x, y, target_fpr=0.05, delta=0.05)
+    thr, (lo, hi) = cal.max_fpr["threshold"], cal.band
+    unc = ((x > 0) & (x <= thr)) | ((x >= lo) & (x <= hi))
+    assert cal.metrics["n_uncertain"] == unc.sum() and cal.metrics["coverage"] == pytest.approx(1 - unc.mean())
+    verdicts = apply_calibration(x, 0.07, cal)["verdict"]
+    assert [v == "uncertain" for v in verdicts] == unc.tolist()
+    assert all((v == "fake") == (xi > thr and not u) for v, xi, u in zip(verdicts, x, unc, strict=True))

@@ -9,6 +9,9 @@ from PIL import Image
 from synerdetect.engine.perturb import (
     DEFAULT_LEVELS,
     KINDS,
+    LEGACY_LEVELS,
+    NAMED_CHAINS,
+    Chain,
     Perturbation,
     apply,
     image_seed,
@@ -58,7 +61,7 @@ def test_blur_reduces_high_frequency_monotonically():
 def test_jpeg_psnr_decreases_with_quality():
     img = textured_image()
     qs = DEFAULT_LEVELS["jpeg"]
-    assert qs == sorted(qs, reverse=True) and min(qs) >= 30 and max(qs) <= 100
+    assert qs == sorted(qs, reverse=True) and qs == [75, 50, 30, 10]  # Frank et al. 2020: quality 10-75
     values = [psnr(img, apply(img, Perturbation("jpeg", q), 0)) for q in qs]
     assert all(a > b for a, b in zip(values, values[1:])), values
     assert np.isfinite(values[0])  # even q95 is lossy
@@ -148,7 +151,15 @@ def test_parse_spec_defaults_and_custom():
         ("jpeg:", "empty level"),
         ("jpeg:30,,60", "empty level"),
         ("jpeg:abc", "not a number"),
-        ("jpeg:20", "out of range"),
+        ("jpeg:0", "out of range"),
+        ("webp:101", "out of range"),
+        ("resize:1.5", "out of range"),
+        ("fit:8", "out of range"),
+        ("fit:100.5", "integer"),
+        ("resize:0.5+jpeg:85,60", "exactly one level"),
+        ("resize:0.5+sharpen:1", "unknown perturbation kind"),
+        ("noise:legacy2", "not a number"),
+        ("webp:legacy", "no legacy ladder"),
         ("jpeg:101", "out of range"),
         ("jpeg:60.5", "integer"),
         ("blur:0", "out of range"),
@@ -172,3 +183,56 @@ def test_direct_construction_validates():
         Perturbation("noise", 2.0)
     with pytest.raises(TypeError):
         apply(textured_image(), "blur", 0)
+
+
+# ----------------------------------------------------------------------------- resize, webp, chains, protocols
+
+
+def _pillow_roundtrip(img: Image.Image, fmt: str, quality: int) -> Image.Image:
+    import io
+
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, quality=quality)
+    return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+
+
+def test_webp_and_chain_match_pillow_directly():
+    img = textured_image(97, 61)
+    assert apply(img, Perturbation("webp", 80)).tobytes() == _pillow_roundtrip(img, "WEBP", 80).tobytes()
+    (chain,) = parse_perturb_spec("resize:0.5+jpeg:85")
+    assert isinstance(chain, Chain) and chain.name == "chain@resize@f0.5+jpeg@q85"
+    small = img.resize((48, 30), Image.Resampling.LANCZOS, reducing_gap=3.0)  # round(0.5 * 97), round(0.5 * 61)
+    assert apply(img, chain, 0).tobytes() == _pillow_roundtrip(small, "JPEG", 85).tobytes()
+
+
+@pytest.mark.parametrize(("factor", "size"), [(0.5, (50, 40)), (0.25, (25, 20)), (0.33, (33, 26)), (1.0, (100, 80))])
+def test_resize_sizes_and_antialiasing(factor, size):
+    img = textured_image(100, 80)
+    assert apply(img, Perturbation("resize", factor)).size == size
+    # a one-pixel checkerboard halved: an antialiasing filter gives flat grey, point sampling would keep 0 or 255
+    board = ((np.indices((64, 64)).sum(0) % 2) * 255).astype(np.uint8)
+    out = np.asarray(apply(Image.fromarray(board).convert("RGB"), Perturbation("resize", 0.5)), dtype=float)
+    assert np.abs(out[4:-4, 4:-4] - 127.5).max() < 8
+
+
+def test_fit_caps_the_long_side_without_upscaling():
+    img = textured_image(300, 120)
+    assert apply(img, Perturbation("fit", 150)).size == (150, 60)
+    assert apply(img, Perturbation("fit", 1080)).size == (300, 120)
+
+
+def test_named_chains_sets_and_legacy_ladders():
+    chains = parse_perturb_spec("platforms")
+    assert [c.level_label for c in chains] == list(NAMED_CHAINS)
+    assert all(isinstance(c, Chain) and c.spec == NAMED_CHAINS[c.level_label] for c in chains)
+    assert [p.level for p in parse_perturb_spec("jpeg:legacy")] == [95, 80, 60, 30] == LEGACY_LEVELS["jpeg"]
+    table4 = parse_perturb_spec("table4")
+    assert {p.kind for p in table4} == {"blur", "crop", "jpeg", "noise"}
+    assert len(parse_perturb_spec("legacy")) == sum(len(v) for v in LEGACY_LEVELS.values())
+    # the protocol's noise: variance 5, 10, 20 on the 0-255 scale
+    assert DEFAULT_LEVELS["noise"] == pytest.approx([np.sqrt(v) / 255 for v in (5, 10, 20)], abs=1e-4)
+    # a chain's steps get seed, seed + 1: noise twice is not the same draw twice
+    twice = parse_perturb_spec("noise:0.05+noise:0.05")[0]
+    grey = Image.new("RGB", (64, 64), (128, 128, 128))
+    d = np.asarray(apply(grey, twice, 5), dtype=float) - 128
+    assert d.std() == pytest.approx(255 * 0.05 * np.sqrt(2), rel=0.05)

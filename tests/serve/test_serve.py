@@ -29,6 +29,7 @@ pytest.importorskip("httpx")
 from fastapi.testclient import TestClient  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
+from synerdetect.engine.calibration import VERDICTS  # noqa: E402
 from synerdetect.engine.scoring import Scorer  # noqa: E402
 from synerdetect.serve import ServeSettings, create_app, read_api_keys  # noqa: E402
 from synerdetect.serve.loadtest import stop_server  # noqa: E402
@@ -602,6 +603,43 @@ def test_metrics_content(tiny_model):
         assert _metric(text, "synerdetect_batch_duration_seconds_count") == 1
         assert "synerdetect_queue_depth 0.0" in text
         assert _metric(text, "synerdetect_ready") == 1
+        # drift: one scored image -> one logit observation, one verdict, one decision by the full path
+        assert _metric(text, "synerdetect_logit_count", decided_by="full") == 1
+        assert _metric(text, "synerdetect_decided_total", path="full") == 1
+        verdicts = sum(_metric(text, "synerdetect_verdicts_total", verdict=v, source="model") for v in VERDICTS)
+        assert verdicts == 1
+        assert "no certified calibration" in c.get("/v1/model").json()["promise"]
+
+
+@pytest.mark.slow  # over ~0.5 s on 2 cores: outside the fast loop
+def test_drift_metrics_and_promise_with_a_certified_calibration(tiny_model):
+    from synerdetect.engine.calibration import Calibration
+
+    cal = Calibration(
+        band=[-1e-4, 1e-4],
+        max_fpr={"threshold": 0.0, "target": 0.01, "delta": 0.05},
+        metrics={"n_images": 400, "n_uncertain": 30},
+    )
+    app = create_app(Scorer(tiny_model, calibration=cal), ServeSettings())
+    with TestClient(app, base_url=BASE, raise_server_exceptions=False) as c:
+        deadline = time.monotonic() + 60
+        while c.get("/readyz").status_code != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        info = c.get("/v1/model").json()
+        assert info["promise"].startswith("on images like the validation set, at most 1% of real photos are flagged")
+        assert "95% confidence" in info["promise"] and info["calibration"]["max_fpr"]["target"] == 0.01
+        files = [("files", (f"{i}.png", _png(i))) for i in range(3)]
+        recs = c.post("/v1/detect", files=files).json()["results"]
+        text = c.get("/metrics").text
+    logits = [r["logit"] for r in recs]
+    assert _metric(text, "synerdetect_logit_count", decided_by="full") == 3
+    # cumulative buckets: the count at or below 0 is the number of non-positive logits
+    assert _metric(text, "synerdetect_logit_bucket", decided_by="full", le="0.0") == sum(x <= 0 for x in logits)
+    for v in VERDICTS:
+        want = sum(r["verdict"] == v for r in recs)
+        assert _metric(text, "synerdetect_verdicts_total", verdict=v, source="model") == want
+    assert _metric(text, "synerdetect_validation_share", verdict="uncertain") == pytest.approx(30 / 400)
 
 
 # ----------------------------------------------------------------------------- a real server under load

@@ -161,6 +161,8 @@ def test_page_uploads_images_and_renders_verdicts(server, browser, tmp_path):
     assert photo.find_element(By.CSS_SELECTOR, ".prob-value").text == f"{100 * api['prob_fake']:.1f}%"
     assert photo.find_element(By.CSS_SELECTOR, ".logit").text == f"{api['logit']:+.4f}"
     assert "perceptual (CLIP)" in photo.text and "generative (SD inversion)" in photo.text
+    # next to the verdict, the promise of the calibration: this server has none and says so
+    assert "no certified calibration" in photo.find_element(By.CSS_SELECTOR, ".promise").text
     width = photo.find_element(By.CSS_SELECTOR, ".bar-fill").value_of_css_property("width")
     assert float(width.rstrip("px")) > 0 or api["prob_fake"] < 0.01
 

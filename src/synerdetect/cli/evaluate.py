@@ -34,7 +34,10 @@ def add_parser(sub: Any) -> None:
     e.add_argument(
         "--perturb",
         action="append",
-        help="blur | jpeg | crop | noise, or e.g. jpeg:30,60,90 (repeatable): the paper's Table 4",
+        help="blur | jpeg | crop | noise (Table 4 protocol ladders) | resize | fit | webp, or levels e.g. "
+        "jpeg:30,60,90, or kind:legacy (the earlier ladders), a chain e.g. resize:0.5+jpeg:85, a named chain ("
+        "instagram, facebook, x, whatsapp, phone-share: approximations), or a set: table4, legacy, platforms "
+        "(repeatable)",
     )
     e.add_argument(
         "--cache-dir",

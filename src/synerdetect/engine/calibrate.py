@@ -28,7 +28,7 @@ from .calibration import (
     fit_calibration,
 )
 from .cascade import fit_cascade_band
-from .guarantees import attach_guarantee, fpr_threshold, reals_needed
+from .guarantees import attach_guarantee, attach_max_fpr, fpr_threshold, reals_needed
 from .inference import both_branches, score_samples
 
 log = logging.getLogger(__name__)
@@ -155,7 +155,7 @@ def calibrate_checkpoint(
     if guarantee:
         attach_guarantee(cal, logits, labels, target=target_accuracy, delta=delta)
     if max_fpr is not None:
-        cal.max_fpr = fpr_threshold(logits[labels == 0], target_fpr=max_fpr, delta=delta)
+        attach_max_fpr(cal, logits, labels, target_fpr=max_fpr, delta=delta)
     cal.fitted_on = {
         "data": str(Path(data).resolve()),
         "layout": layout,

@@ -77,11 +77,15 @@ class Calibration:
         return _sigmoid(z)
 
     def uncertain(self, logit: np.ndarray | float) -> np.ndarray:
+        """Inside the band, or (with a certified FPR threshold) a fake label at or below the threshold: the model
+        leans fake there but the operating point does not vouch for it, and "real" is not what the model said."""
         x = np.asarray(logit, dtype=np.float64)
+        thr = self.fake_threshold()
+        below = (x > 0) & (x <= thr) if thr > 0 else np.zeros(x.shape, dtype=bool)
         if self.band is None:
-            return np.zeros(x.shape, dtype=bool)
+            return below
         lo, hi = self.band
-        return (x >= lo) & (x <= hi)
+        return below | ((x >= lo) & (x <= hi))
 
     def fake_threshold(self) -> float:
         """``verdict: fake`` needs ``logit`` above this: 0 (Eq. 10), or the certified ``max_fpr`` threshold."""
@@ -121,9 +125,6 @@ def apply_calibration(logit: np.ndarray, tau: float, calibration: Calibration | 
         prob = _sigmoid(x / tau)
         return {"prob_fake": prob, "verdict": label.tolist(), "calibrated": False}
     prob = calibration.prob_fake(x)
-    # With a certified FPR threshold, a fake label at or below it is not flagged: the model leans fake, the
-    # operating point does not vouch for it, so it is "uncertain" (never "real", which the model did not say).
-    label = np.where((x > 0) & (x <= calibration.fake_threshold()), "uncertain", label)
     verdict = np.where(calibration.uncertain(x), "uncertain", label)
     return {"prob_fake": prob, "verdict": verdict.tolist(), "calibrated": True}
 

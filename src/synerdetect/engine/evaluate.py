@@ -23,7 +23,7 @@ from .cascade import cascade_band_of
 from .guarantees import operating_markdown, operating_section
 from .inference import score_samples
 from .metrics import ScoreRecord, robustness_table, summarize
-from .perturb import Perturbation, parse_perturb_spec
+from .perturb import Chain, Perturbation, parse_perturb_spec
 from .report import (
     calibration_markdown,
     harmonized_markdown,
@@ -35,6 +35,7 @@ from .report import (
     write_results,
     write_scores_jsonl,
 )
+from .robustness import chain_section, chains_markdown
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ HARMONIZE_SUGGESTION = (
 
 
 def parse_harmonize_spec(spec: str) -> Perturbation:
-    """``--harmonize jpeg:Q``: one deterministic JPEG re-encoding (quality Q in [30, 100]) applied to every image.
+    """``--harmonize jpeg:Q``: one deterministic JPEG re-encoding (quality Q in [1, 100]) applied to every image.
 
     Only JPEG is accepted: it is deterministic (no per-image seed) and it is what makes real and fake files share
     a format; crop and noise are random per image and blur does not touch the format.
@@ -61,7 +62,7 @@ def parse_harmonize_spec(spec: str) -> Perturbation:
             "re-encoded to JPEG at that quality in memory before scoring)"
         )
     levels = parse_perturb_spec(text)
-    if len(levels) != 1:
+    if len(levels) != 1 or not isinstance(levels[0], Perturbation):
         raise ValueError(f"--harmonize {spec!r}: give one JPEG quality, e.g. {DEFAULT_HARMONIZE}")
     return levels[0]
 
@@ -202,12 +203,17 @@ def evaluate(
     # 4. The robustness sweep: one pass per perturbation level.
     if perturb:
         per: dict[str, dict[str, Any]] = {}
+        chains: dict[str, tuple[str, list[ScoreRecord]]] = {}
         for p in plan:
             recs, _ = score_samples(
                 model, samples, perturbation=p, progress=progress, desc=f"perturb {p.name}", **scoring
             )
             per.setdefault(p.kind, {})[p.level_label] = summarize(recs)
+            if isinstance(p, Chain):  # verdicts too: how many fake verdicts the chain flips
+                chains[p.level_label] = (p.spec, finish_records(recs, tau=tau, calibration=calibration))
         result["robustness"] = robustness_table(per, clean=summary)
+        if chains:
+            result["robustness"]["chains"] = chain_section(records, chains)
 
     # 5. The files a user reads, on rank 0.
     if out_dir is not None and rank_world()[0] == 0:
@@ -305,6 +311,8 @@ def _write_outputs(
         md += "\n" + shortcut_markdown(shortcuts, suggestion)
     if robust is not None:
         md += "\n\n" + robustness_markdown(robust)
+        if robust.get("chains"):
+            md += "\n" + chains_markdown(robust["chains"], summary["generators"])
     atomic_write_text(out / "results.md", md + "\n")
     return md
 

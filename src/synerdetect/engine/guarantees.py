@@ -158,7 +158,7 @@ def ltt_band(
         return out
     n_out, err = best["n_out"], best["err"]
     out.update(
-        band=[-best["w"], best["w"]],
+        band=[-best["w"] or 0.0, best["w"]],  # no "-0" for the empty band
         half_width=best["w"],
         certified_accuracy=target,
         clopper_pearson_lower=cp_lower(n_out - err, n_out, delta),
@@ -303,6 +303,20 @@ def attach_guarantee(cal: Any, logits: Any, labels: Any, *, target: float, delta
     )
 
 
+def attach_max_fpr(cal: Any, logits: Any, labels: Any, *, target_fpr: float, delta: float) -> None:
+    """Store the certified threshold of :func:`fpr_threshold` (fitted on the reals) in ``cal.max_fpr`` and
+    recount the validation coverage: fake labels at or below the threshold are now ``uncertain`` too."""
+    from .metrics import selective_metrics
+
+    x = np.asarray(logits, dtype=np.float64).reshape(-1)
+    y = np.asarray(labels).reshape(-1).astype(int)
+    cal.max_fpr = fpr_threshold(x[y == 0], target_fpr=target_fpr, delta=delta)
+    sel = selective_metrics(y, x, cal.uncertain(x))
+    cal.metrics.update(
+        coverage=sel["coverage"], selective_accuracy=sel["selective_accuracy"], n_uncertain=sel["n_uncertain"]
+    )
+
+
 def tpr_at_fpr(labels: Any, logits: Any, fpr: float) -> float | None:
     """The highest TPR of a threshold whose FPR on these reals is at most ``fpr`` (``sklearn.metrics.roc_curve``;
     an oracle threshold per set: a property of the ranking, not of the stored operating point)."""
@@ -327,8 +341,15 @@ def operating_section(records: Any, calibration: Any) -> dict[str, Any]:
     for gen in dict.fromkeys(g.tolist()):
         idx = g == gen
         per[gen] = {"tpr_at_fpr_1": tpr_at_fpr(y[idx], x[idx], 0.01), "tpr_at_fpr_5": tpr_at_fpr(y[idx], x[idx], 0.05)}
+    flagged: dict[str, Any] = {}  # what users see: the share of each source's reals given the verdict "fake"
+    for gen in dict.fromkeys(g.tolist()):
+        reals = [r for r in recs if r.generator == gen and r.label == 0]
+        if reals:
+            fpr = sum(r.verdict == "fake" for r in reals) / len(reals) if reals[0].verdict is not None else None
+            flagged[gen] = {"n_real": len(reals), "fpr": fpr}
     return {
         "generators": per,
+        "real_flagged": flagged,
         "guarantee": check_guarantee(getattr(calibration, "guarantee", None), x, y),
         "max_fpr": check_max_fpr(getattr(calibration, "max_fpr", None), x, y, g),
         "promise": promise_text(getattr(calibration, "guarantee", None), getattr(calibration, "max_fpr", None)),
@@ -346,6 +367,11 @@ def operating_markdown(sec: dict[str, Any]) -> str:
     for gen, m in sec["generators"].items():
         lines.append(f"| {gen} | {pct(m['tpr_at_fpr_1'])} | {pct(m['tpr_at_fpr_5'])} |")
     lines += ["", f"Promise of the calibration: {sec['promise']}."]
+    if sec.get("real_flagged"):
+        lines.append(
+            "- reals given the verdict fake, per source: "
+            + ", ".join(f"{s} {pct(v['fpr'])}% of {v['n_real']}" for s, v in sec["real_flagged"].items())
+        )
     mf = sec.get("max_fpr")
     if mf:
         held = {True: "held", False: "NOT held", None: "not measurable (no real image)"}[mf["held"]]

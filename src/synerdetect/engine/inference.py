@@ -22,13 +22,13 @@ from ..model.detector import view_transform
 from ..utils import rank_world
 from .cascade import CascadeError, cascade_predict
 from .metrics import ScoreRecord
-from .perturb import Perturbation, apply
+from .perturb import Chain, Perturbation, apply
 
 
 class PerturbedTransform:
     """Apply a robustness perturbation to the PIL image (seeded per image), then the eval transform."""
 
-    def __init__(self, base: Callable, perturbation: Perturbation, seed: int = 0):
+    def __init__(self, base: Callable, perturbation: Perturbation | Chain, seed: int = 0):
         self.base, self.perturbation, self.seed = base, perturbation, seed
 
     def __call__(self, img, rng):
@@ -53,7 +53,7 @@ def iter_scores(
     image_size: int | None,
     batch_size: int = 32,
     num_workers: int = 0,
-    perturbation: Perturbation | None = None,
+    perturbation: Perturbation | Chain | None = None,
     progress: bool = True,
     desc: str = "scoring",
     errors: list | None = None,
@@ -132,7 +132,7 @@ def score_samples(
     image_size: int | None,
     batch_size: int = 32,
     num_workers: int = 0,
-    perturbation: Perturbation | None = None,
+    perturbation: Perturbation | Chain | None = None,
     progress: bool = True,
     desc: str = "scoring",
     feature_lookup: Callable | None = None,

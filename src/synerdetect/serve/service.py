@@ -31,6 +31,7 @@ from ..engine.scoring import Prepared, Scorer
 from .batcher import DaemonPool, MicroBatcher, QueueFull, ShuttingDown
 from .limits import ERROR_NAMES, STATUS_BY_KIND, ApiError, ServeSettings, api_key_ok
 from .metrics import Metrics
+from .promise import promise_of, validation_shares
 
 __all__ = ["DetectService", "public_info"]
 
@@ -105,6 +106,8 @@ class DetectService:
         )
         self.metrics.bind_queue_depth(lambda: self.batcher.depth)
         info = {**scorer.info(), "max_pixels": self.decoder.max_pixels, "max_bytes": self.decoder.max_bytes}
+        info["promise"] = promise_of(scorer.calibration)  # the page shows it next to the verdict
+        self.metrics.set_validation_shares(validation_shares(scorer.calibration))
         self.info = public_info(info)  # a client never sees a filesystem path
         self.retry = {"Retry-After": str(s.retry_after_s)}
         self.inflight = 0
@@ -361,6 +364,7 @@ class DetectService:
         except ShuttingDown:
             raise shutting_down from None
         self.metrics.images.labels("scored").inc(len(ok))
+        self.metrics.on_records([rec for rec, _, _ in outs])
         return outs
 
     def _answer(self, prepared: list[Prepared], outs: list[tuple[dict, float, int]], total_ms: float) -> JSONResponse:
