@@ -87,7 +87,7 @@ def run_seed(out: Path, seed: int, px: int, n_train: int, n_test: int, loc_root:
     comp = accuracies(logits_by_view(model, loc_samples))
     loc = measure_localisation(model, loc_samples, loc_root / "masks", progress=False)
     maps = {
-        k: {m: v[k][m] for m in ("pixel_auc", "iou_best")}
+        k: {m: v[k][m] for m in ("pixel_auc", "pixel_auc_per_image", "iou_best")}
         for g, v in loc["per_generator"].items()
         for k in ("perceptual", "generative", "combined")
     }
@@ -125,8 +125,9 @@ def main() -> None:
         )
     for k in ("perceptual", "generative", "combined"):
         auc = [r["maps"][k]["pixel_auc"] for r in runs]
+        auc_i = [r["maps"][k]["pixel_auc_per_image"] for r in runs]
         iou = [r["maps"][k]["iou_best"] for r in runs]
-        print(f"map {k}: pixel-AUC {ms(auc)} %, IoU (best threshold) {ms(iou)} %")
+        print(f"map {k}: pixel-AUC {ms(auc)} % pooled, {ms(auc_i)} % per image; IoU (best threshold) {ms(iou)} %")
 
 
 if __name__ == "__main__":

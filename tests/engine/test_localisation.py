@@ -72,6 +72,7 @@ def test_evaluate_with_masks_reports_every_map(ckpt, tiny_model, tmp_path):
     g = loc["per_generator"]["gan_upsample"]
     for k in ("perceptual", "generative", "combined"):
         assert 0.0 <= g[k]["pixel_auc"] <= 1.0 and 0.0 < g[k]["iou_best"] <= 1.0
+        assert 0.0 <= g[k]["pixel_auc_per_image"] <= 1.0
     assert json.loads((out / "results.json").read_text())["localisation"]["per_generator"] == loc["per_generator"]
     assert "## Localisation" in (out / "results.md").read_text()
     assert (out / "localisation_examples.png").stat().st_size > 0

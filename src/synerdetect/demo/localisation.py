@@ -89,8 +89,12 @@ def run_localisation(out: Path, model: Any, *, n: int = 24, progress: bool = Fal
         for k in ("perceptual", "generative", "combined"):
             m = g[k]
             auc = "n/a" if m["pixel_auc"] is None else f"{m['pixel_auc']:.3f}"
+            auc_i = "n/a" if m.get("pixel_auc_per_image") is None else f"{m['pixel_auc_per_image']:.3f}"
             iou = "n/a" if m["iou_best"] is None else f"{m['iou_best']:.3f}"
-            print(f"               {gen} {k:<10} pixel-AUC {auc}, IoU at the best threshold {iou}")
+            print(
+                f"               {gen} {k:<10} pixel-AUC {auc} pooled, {auc_i} per image; "
+                f"IoU at the best threshold {iou}"
+            )
     for view, a in acc.items():
         print(
             f"               whole image, {view:<6}: accuracy {a['acc'] * 100:.1f}% "
