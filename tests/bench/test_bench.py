@@ -35,6 +35,11 @@ EXPECTED = {
     "sharded_build_seconds_1proc",
     "sharded_build_seconds_2proc",
     "sharded_build_speedup",
+    "tiles_per_image",
+    "predict_center_1024_s_per_img",
+    "predict_tiles_1024_s_per_img",
+    "tiles_vs_center_predict",
+    "tiles_transform_vs_center",
 }
 FIELDS = {"name", "value", "unit", "device", "preset", "steps", "resolution", "dtype", "torch", "date"}
 
@@ -68,6 +73,8 @@ def test_run_bench_tiny(tmp_path, capsys):
     assert by["cached_epoch_speedup"]["steps"] == 2 and by["cached_epoch_speedup_3steps"]["steps"] == 3
     assert by["cached_epoch_speedup_3steps_latents_only"]["steps"] == 3
     assert by["predict_vs_roofline"]["unit"] == "ratio"
+    # 1024 px at 64 px tiles: 21 x 21 uncapped, cap 36 -> sqrt(36 / 441) x 21 = 6 per axis (data/tiles.py)
+    assert by["tiles_per_image"]["value"] == 36 and by["tiles_vs_center_predict"]["unit"] == "ratio"
     # Printed as JSON lines and written to --out.
     printed = [json.loads(s) for s in capsys.readouterr().out.splitlines() if s.startswith("{")]
     assert [p["name"] for p in printed] == names

@@ -166,6 +166,24 @@ def test_page_uploads_images_and_renders_verdicts(server, browser, tmp_path):
     width = photo.find_element(By.CSS_SELECTOR, ".bar-fill").value_of_css_property("width")
     assert float(width.rstrip("px")) > 0 or api["prob_fake"] < 0.01
 
+    # the evidence map: a toggle lays the API's overlay over the preview and takes it away again
+    toggle = photo.find_element(By.CSS_SELECTOR, ".map-toggle")
+    overlay = photo.find_element(By.CSS_SELECTOR, ".map-overlay")
+    assert toggle.get_attribute("aria-pressed") == "false" and not overlay.is_displayed()
+    toggle.click()
+    assert toggle.get_attribute("aria-pressed") == "true" and overlay.is_displayed()
+    assert overlay.get_attribute("src").startswith("data:image/png;base64,")
+    assert browser.execute_script("return arguments[0].naturalWidth", overlay) == 128  # native size of photo.png
+    api_map = httpx.post(
+        server + "/v1/detect?maps=true", files=[("files", ("photo.png", files["photo.png"].read_bytes()))], timeout=60
+    ).json()["results"][0]["map"]
+    assert (
+        f"{100 * api_map['area_over_threshold']:.1f}% of the area"
+        in photo.find_element(By.CSS_SELECTOR, ".map-info").text
+    )
+    toggle.click()
+    assert toggle.get_attribute("aria-pressed") == "false" and not overlay.is_displayed()
+
     broken = cards["broken.jpg"]
     assert broken.get_attribute("data-state") == "error"
     assert "not an image" in broken.find_element(By.CSS_SELECTOR, ".error-msg").text

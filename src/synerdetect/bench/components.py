@@ -15,6 +15,9 @@ Measurements (``s/img`` = seconds per image at the bench batch size):
   ``predict_s_per_img`` / ``predict_throughput`` (end to end, ``SynerDetect.predict``);
   ``predict_vs_roofline`` = roofline / measured (1.0 = no overhead beyond the components; target >= 0.9);
 - ``inversion_throughput`` (``steps`` DDIM inversion steps);
+- the whole-image view at 1024 px (bench/tiles.py): ``tiles_per_image``, ``predict_center_1024_s_per_img``,
+  ``predict_tiles_1024_s_per_img``, ``tiles_vs_center_predict`` (the per-image cost ratio) and
+  ``tiles_transform_vs_center``;
 - ``train_step_throughput`` (``compute_losses`` + backward + optimiser step; batch 64 on GPU for ``paper``) and on
   GPU ``train_step_peak_memory``;
 - ``cache_build_s_per_img`` (latents + inverted + E_d input); ``cached_epoch_speedup`` = time of one training
@@ -47,6 +50,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from .tiles import measure_tiles
 
 DEFAULTS = {
     # preset: (bench batch, train batch, epoch images, shard images, repeats)
@@ -432,6 +437,8 @@ def run_bench(preset: str = "tiny", device: str = "cpu", **options: Any) -> list
         roof = _measure_components(model, x, bc, emit)
         # 3. End to end: predict (eager, then compiled), inversion throughput.
         _measure_predict(model, x, roof, bc, emit)
+        # 3b. The whole-image view at 1024 px: tiles against the centre crop (bench/tiles.py).
+        measure_tiles(model, bc, emit, lambda fn: _timeit(fn, dev, bc.repeats_, bc.warmup))
         # 4. One training step.
         _measure_train_step(model, image_size, bc, emit)
         with tempfile.TemporaryDirectory(prefix="synerdetect-bench-") as tmp:

@@ -50,6 +50,12 @@ def add_parser(sub: Any) -> None:
         help="also score every image, real and fake, re-encoded to JPEG "
         "quality Q in memory (e.g. jpeg:96) and report both results side by side: a format-fair check",
     )
+    e.add_argument(
+        "--masks",
+        metavar="DIR",
+        help="masks of partly generated images (one per image, matched by file stem; non-zero = generated): "
+        "report the evidence maps' pixel-AUC and IoU per generator (results.md, localisation_examples.png)",
+    )
     add_loader_options(e, batch_size=32, workers=2)
     e.set_defaults(func=cmd_evaluate)
 
@@ -69,6 +75,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         device=device(args.device),  # under torchrun: this rank's own GPU
         mode=args.mode,
         view=args.view,
+        masks=args.masks,
         image_size=args.image_size,
         batch_size=args.batch_size,
         num_workers=args.workers,

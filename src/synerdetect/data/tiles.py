@@ -61,7 +61,8 @@ def _capped(nx: int, ny: int, lx: int, ly: int, size: int, cap: int) -> tuple[in
     if nx * ny <= cap:
         return nx, ny
     f = math.sqrt(cap / (nx * ny))
-    cx, cy = max(1, min(nx, math.floor(nx * f))), max(1, min(ny, math.floor(ny * f)))
+    # (+1e-9: 21 * sqrt(36 / 441) is 6 in exact arithmetic and must floor to 6)
+    cx, cy = max(1, min(nx, math.floor(nx * f + 1e-9))), max(1, min(ny, math.floor(ny * f + 1e-9)))
     while cx * cy > cap:  # only when one axis was held at 1 and the other must shrink
         if cx >= cy:
             cx -= 1

@@ -162,6 +162,12 @@ def run_demo(out_dir: str | Path = "demo_out", *, quick: bool = False, progress:
         f"{model.mcfg.inversion_steps} inversion steps (curve: cascade_curve.png)"
     )
 
+    # 5b. Localisation (demo/localisation.py): the evidence maps against the masks of pasted seen-family regions.
+    from ..engine.localisation import write_localisation
+    from .localisation import run_localisation
+
+    write_localisation(out, run_localisation(out, model, n=12 if quick else 24, progress=progress)["_loc"])
+
     # 6. demo_summary.json and where to go next.
     _write_summary(out, round(time.time() - t0, 1), summary, res, cal, band, ct)
     print(

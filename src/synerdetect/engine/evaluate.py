@@ -22,6 +22,7 @@ from .calibration import DEFAULT_TAU, Calibration, apply_calibration, calibratio
 from .cascade import cascade_band_of
 from .guarantees import operating_markdown, operating_section
 from .inference import score_samples
+from .localisation import find_masks, measure_localisation, write_localisation
 from .metrics import ScoreRecord, robustness_table, summarize
 from .perturb import Chain, Perturbation, parse_perturb_spec
 from .report import (
@@ -354,6 +355,7 @@ def evaluate_from_config(
     progress: bool = True,
     model: Any = None,
     view: str | None = None,
+    masks: str | Path | None = None,
 ) -> dict[str, Any]:
     """``synerdetect evaluate`` as a function: the checkpoint (with its ``calibration.json``) on ``data``, or on
     the ``data.test`` of the experiment YAML ``config``, results written into ``out``.
@@ -370,6 +372,8 @@ def evaluate_from_config(
     from ..utils import check_not_an_input
 
     data, layout, split = test_set_from_config(data, layout, split, config)
+    if masks:
+        find_masks(masks)  # a bad --masks folder is refused before the model loads
     check_not_an_input(out, [data], "--out")
     if rank_world()[0] == 0:
         check_output_dir(out, "--out")
@@ -423,6 +427,9 @@ def evaluate_from_config(
             "feature_cache": None if cf is None else {"dir": str(cache_dir), "key": cf.key},
         },
     )
+    if masks:  # --masks: the evidence maps against the masks (engine/localisation.py)
+        loc = measure_localisation(model, samples, masks, batch_size=batch_size, progress=progress)
+        res["localisation"] = write_localisation(out, loc) if rank_world()[0] == 0 else None
     res["data"] = str(data)
     res["feature_cache"] = (
         None if cf is None else {"dir": str(cache_dir), "key": cf.key, "hits": cf.hits, "misses": cf.misses}

@@ -615,6 +615,7 @@ class Scorer:
             "trust_metadata": self.trust_metadata,
             "max_pixels": self.decoder.max_pixels,
             "max_bytes": self.decoder.max_bytes,
+            "maps": self.map_decoder is not None,  # evidence maps on request (POST /v1/detect?maps=true)
         }
 
 
