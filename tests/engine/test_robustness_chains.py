@@ -36,4 +36,5 @@ def test_flips_counted_by_hand():
     assert sec["x"]["generators"]["h"]["flips"]["flipped"] == 0.0
     # generator g after the chain: a wrong (logit < 0 for a fake), b right, c wrong -> acc 1/3
     assert sec["x"]["generators"]["g"]["acc"] == pytest.approx(1 / 3)
-    assert "| x | resize:0.5+jpeg:85 | g | 33.3 |" in chains_markdown(sec)
+    # AP of g after the chain: ranked c (real, 0.2), b (fake), a (fake): precisions 1/2 and 2/3 -> 58.3
+    assert "| x | resize:0.5+jpeg:85 | g | 33.3 | 58.3 | 3 | 33.3 | 33.3 |" in chains_markdown(sec)

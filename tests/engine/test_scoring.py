@@ -201,6 +201,10 @@ def test_calibration_json_is_applied(tiny_model, ckpt, images, tmp_path):
     recs = Scorer(tiny_model, calibration=cal).score(paths)
     assert recs[2]["verdict"] == "uncertain" and recs[2]["label"] in ("real", "fake")
     assert all(r["verdict"] == r["label"] for i, r in enumerate(recs) if abs(r["logit"] - target) > 1e-4)
+    # a certified FPR threshold at the largest logit: nothing is "fake", a fake label below it is "uncertain"
+    top = max(abs(r["logit"]) for r in raw)
+    recs = Scorer(tiny_model, calibration=Calibration(max_fpr={"threshold": top})).score(paths)
+    assert [r["verdict"] for r in recs] == ["uncertain" if r0["logit"] > 0 else "real" for r0 in raw]
 
 
 @pytest.mark.slow  # over ~1 s on 2 cores: outside the fast loop

@@ -101,9 +101,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
         write_predictions_csv(args.csv, flat)
     if calibration is not None:
         print(
-            f"prob_fake calibrated ({calibration.method}); verdict 'uncertain' for logits in {calibration.band}",
+            f"prob_fake calibrated ({calibration.method}); verdict 'uncertain' for logits in {calibration.band}"
+            + (f" and in (0, {calibration.fake_threshold():.6g}]" if calibration.max_fpr else ""),
             file=sys.stderr,
         )
+        from ..engine.guarantees import promise_text
+
+        print(f"promise: {promise_text(calibration.guarantee, calibration.max_fpr)}", file=sys.stderr)
     if args.maps:
         print(f"wrote {len(rows)} evidence map(s) (.map.png, .map.npz) to {printable(args.maps)}", file=sys.stderr)
     print(f"\nscored {len(rows)} of {len(paths)} file(s)", file=sys.stderr)

@@ -39,6 +39,8 @@ from typing import Any
 
 import numpy as np
 
+from .metrics import selective_metrics
+
 #: Half-widths of the candidate bands, widest first: 2 (every logit) down by 2^(1/4) a step to 2^-10 ~ 0.001, then 0 (no
 #: band): 46 candidates. Fixed in advance: the validity of the p-values needs a grid chosen without the data. A
 #: finer grid gives each candidate less of delta; on the simulation of the tests 2^(1/4) covered more than 2^(1/2)
@@ -306,8 +308,6 @@ def attach_guarantee(cal: Any, logits: Any, labels: Any, *, target: float, delta
 def attach_max_fpr(cal: Any, logits: Any, labels: Any, *, target_fpr: float, delta: float) -> None:
     """Store the certified threshold of :func:`fpr_threshold` (fitted on the reals) in ``cal.max_fpr`` and
     recount the validation coverage: fake labels at or below the threshold are now ``uncertain`` too."""
-    from .metrics import selective_metrics
-
     x = np.asarray(logits, dtype=np.float64).reshape(-1)
     y = np.asarray(labels).reshape(-1).astype(int)
     cal.max_fpr = fpr_threshold(x[y == 0], target_fpr=target_fpr, delta=delta)

@@ -61,8 +61,8 @@ def chains_markdown(section: Mapping[str, Any], clean: Mapping[str, Any] | None 
         "**Chains** (accuracy and AP per generator; of the images whose clean verdict is fake, the share that the "
         "chain turns into real or uncertain)",
         "",
-        "| chain | steps | generator | acc | AP | fake -> real | fake -> uncertain |",
-        "|---|---|---|---:|---:|---:|---:|",
+        "| chain | steps | generator | acc | AP | fake verdicts (clean) | fake -> real | fake -> uncertain |",
+        "|---|---|---|---:|---:|---:|---:|---:|",
     ]
     for label, c in section.items():
         rows = list(c["generators"].items()) + [("**all**", {**c["mean"], "flips": c["flips"]})]
@@ -73,7 +73,7 @@ def chains_markdown(section: Mapping[str, Any], clean: Mapping[str, Any] | None 
                 clean_acc = f" ({_pct(clean[g].get('acc'))})"
             lines.append(
                 f"| {label} | {c['spec']} | {g} | {_pct(m['acc'])}{clean_acc} | {_pct(m['ap'])} | "
-                f"{_pct(f['to_real'])} | {_pct(f['to_uncertain'])} |"
+                f"{f['n_fake_verdicts']} | {_pct(f['to_real'])} | {_pct(f['to_uncertain'])} |"
             )
     lines += [
         "",
