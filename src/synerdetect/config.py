@@ -115,6 +115,9 @@ class TrainConfig:
     checkpoint_every: int = 200  # steps between resumable checkpoints
     keep_checkpoints: int = 2
     output_dir: str = "runs/synerdetect"
+    # K training images (half real, half fake) copied into final/replay/ for `synerdetect adapt
+    # --replay-from-checkpoint` (engine/replay.py: images, not features; at most 64 MiB); 0 = none
+    replay_memory: int = 0
 
 
 @dataclass

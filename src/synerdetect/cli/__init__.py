@@ -1,4 +1,4 @@
-"""Command line: ``synerdetect COMMAND`` (demo, train, evaluate, calibrate, predict, serve, card, push, ...).
+"""Command line: ``synerdetect COMMAND`` (demo, train, adapt, evaluate, calibrate, predict, serve, card, push, ...).
 
 One module per command, each with ``add_parser(sub)`` (its options, help and an example) and its ``cmd_*``
 handler; the options several commands share are built once in :mod:`._common`. The command line only parses
@@ -14,11 +14,11 @@ import os
 import sys
 
 from ..version import __version__
-from . import bench, cache, calibrate, card, data, demo, evaluate, inspect, predict, presets, push, serve, train
+from . import adapt, bench, cache, calibrate, card, data, demo, evaluate, inspect, predict, presets, push, serve, train
 from .bench import MODES_HINT
 
 #: In the order ``synerdetect --help`` lists them.
-COMMANDS = (demo, presets, train, evaluate, calibrate, predict, serve, inspect, data, cache, bench, card, push)
+COMMANDS = (demo, presets, train, adapt, evaluate, calibrate, predict, serve, inspect, data, cache, bench, card, push)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -34,6 +34,7 @@ from ..model.detector import view_transform
 from ..utils import atomic_write_json, atomic_write_text, check_output_dir, is_main_process
 from .checkpoint import FINAL_STATE, find_resumable, load_optimizer, read_state, save_checkpoint, save_final
 from .evaluate import evaluate
+from .replay import write_replay_memory
 
 log = logging.getLogger("synerdetect.train")
 
@@ -132,11 +133,16 @@ def train(
     on_step: Callable[[int, dict], None] | None = None,
     model=None,
     accelerator: Accelerator | None = None,
+    batch_sampler: Callable[[list, int, int, int], Any] | None = None,
+    on_validate: Callable[[int, dict], bool] | None = None,
 ) -> dict[str, Any]:
     """Train a detector as configured. ``resume``: "auto" (latest good checkpoint in the run folder, if any; a
     finished run is extended when more steps are asked for), "never", or a checkpoint folder.
     ``on_step(global_step, losses)`` is called after each optimiser step. ``accelerator``: an
-    ``accelerate.Accelerator`` to train with (one is built from ``train.mixed_precision`` otherwise)."""
+    ``accelerate.Accelerator`` to train with (one is built from ``train.mixed_precision`` otherwise).
+    Hooks of ``synerdetect adapt`` (engine/adapt.py): ``batch_sampler(samples, per_rank, world, rank)`` builds the
+    resumable batch sampler (class-balanced batches otherwise); ``on_validate(step, record)`` sees each periodic
+    validation and stops the run (early stopping) by returning True."""
 
     # 1. Check the request before any work: data, output folder, config of an existing run.
     if not cfg.data.train:
@@ -155,7 +161,10 @@ def train(
     per_rank = t.batch_size // world
     samples = load_labelled(cfg.data.train, cfg.data.train_layout, cfg.data.train_split, cfg.data.train_generators)
     ds = ImageDataset(samples, view_transform(cfg, train=True), seed=t.seed)
-    sampler = BalancedBatchSampler(ds.labels, per_rank, seed=t.seed, num_replicas=world, rank=rank)
+    if batch_sampler is not None:
+        sampler = batch_sampler(samples, per_rank, world, rank)
+    else:
+        sampler = BalancedBatchSampler(ds.labels, per_rank, seed=t.seed, num_replicas=world, rank=rank)
     loader = DataLoader(ds, batch_sampler=sampler, collate_fn=collate, num_workers=t.num_workers)
     steps_per_epoch = len(sampler)
     total_steps = t.max_steps if t.max_steps is not None else steps_per_epoch * t.epochs
@@ -189,8 +198,9 @@ def train(
     running: dict[str, float] = {}
     t0 = time.time()
     skipped_files = 0
+    stop = False  # set by on_validate (early stopping)
     for epoch in range(state.epoch, math.ceil(total_steps / steps_per_epoch)):
-        if state.global_step >= total_steps:
+        if state.global_step >= total_steps or stop:
             break
         # position the data (and the cache) at this epoch; skip what a resumed run has done already
         first = state.batch_in_epoch if epoch == state.epoch else 0
@@ -203,7 +213,7 @@ def train(
             state.cache_key = schedule.key
         model.train()
         for b_idx, batch in enumerate(loader, start=first):
-            if state.global_step >= total_steps:
+            if state.global_step >= total_steps or stop:
                 break
             # one optimiser step; a batch that lost a class to unreadable files makes none (on every rank together)
             skipped_files += len(batch["errors"])
@@ -234,14 +244,19 @@ def train(
             if t.checkpoint_every and state.global_step % t.checkpoint_every == 0 and state.global_step < total_steps:
                 _checkpoint(acc, model, optimizer, state, out / "checkpoints", t.keep_checkpoints)
             if t.val_every and cfg.data.val and state.global_step % t.val_every == 0:
-                _validate(cfg, model, val_samples, out, state.global_step, progress)
-        if cfg.data.val and not t.val_every and state.global_step < total_steps:
-            _validate(cfg, model, val_samples, out, state.global_step, progress)
+                rec = _validate(cfg, model, val_samples, out, state.global_step, progress)
+                stop = on_validate is not None and on_validate(state.global_step, rec)
+        if cfg.data.val and not t.val_every and state.global_step < total_steps and not stop:
+            rec = _validate(cfg, model, val_samples, out, state.global_step, progress)
+            stop = on_validate is not None and on_validate(state.global_step, rec)
     bar.close()
 
     # 5. Final weights (with optimiser state, so the run can be extended later) and the summary.
     run = {"seconds": round(time.time() - t0, 2), "steps_per_epoch": steps_per_epoch, "skipped_files": skipped_files}
-    return _finish(cfg, acc, model, optimizer, state, out, run, running, schedule, val_samples, progress)
+    summary = _finish(cfg, acc, model, optimizer, state, out, run, running, schedule, val_samples, progress)
+    if t.replay_memory and acc.is_main_process:  # earlier data for `synerdetect adapt` (engine/replay.py)
+        summary["replay_memory"] = write_replay_memory(samples, out / "final", t.replay_memory, t.seed)
+    return summary
 
 
 def _finish(
