@@ -51,6 +51,16 @@ def test_every_command_help_shows_one_real_example():
         parse_args(example)
 
 
+def test_no_rest_markup_reaches_the_help():
+    """Docstrings use reST (``code``, :mod:`x`); the help a person reads must not show it."""
+    import re
+
+    parsers = {"synerdetect": build_parser(), **_all_commands()}
+    for name, p in parsers.items():
+        text = p.format_help()
+        assert not re.search(r"``|:(mod|func|class|meth|attr|ref):`", text), (name, text)
+
+
 def test_scoring_options_are_shared_by_predict_serve_and_evaluate():
     cmds = _all_commands()
 

@@ -24,7 +24,7 @@ COMMANDS = (demo, presets, train, adapt, evaluate, calibrate, predict, serve, in
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="synerdetect",
-        description=__doc__.splitlines()[0],
+        description="detect AI-generated images with SynerDetect (CLIP + frozen Stable Diffusion, CMID + OT-DCL)",
         epilog="example:\n  synerdetect predict photos/ --checkpoint runs/x/final\n\n"
         "`synerdetect COMMAND --help` shows a command's options and an example.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
