@@ -34,7 +34,8 @@ def add_parser(sub: Any) -> None:
         "--target-accuracy",
         type=float,
         default=0.95,
-        help="accuracy wanted outside the uncertain band on the validation set (default: 0.95)",
+        help="accuracy wanted outside the uncertain band on the validation set; with --guarantee, the accuracy "
+        "certified on images like it (default: 0.95)",
     )
     c.add_argument(
         "--method",
