@@ -27,7 +27,7 @@ def add_parser(sub: Any) -> None:
         help="mix in the replay memory the checkpoint carries (written by training with train.replay_memory=K)",
     )
     a.add_argument("--shots", type=int, default=None, help="use N fakes and N reals of --data (default: all)")
-    a.add_argument("--steps", type=int, default=None, help="optimiser steps at most (default: 30, docs/method.md)")
+    a.add_argument("--steps", type=int, default=None, help="optimiser steps at most (default: 20, docs/method.md)")
     a.add_argument("--lr", type=float, default=None, help="learning rate (default: 3e-3, docs/method.md)")
     a.add_argument("--replay-ratio", type=float, default=None, help="share of each batch from replay (default 0.5)")
     a.add_argument("--seed", type=int, default=0, help="seed of the subset, the split and the batches (default 0)")

@@ -24,6 +24,12 @@ def add_parser(sub: Any) -> None:
         help="compare methods instead (paper Table 5a / Figure 3): train and evaluate each, e.g. "
         "synerdetect,unifd,dire or all; writes comparison.json, comparison.md and comparison_logits.png",
     )
+    d.add_argument(
+        "--adapt",
+        action="store_true",
+        help="one adaptation to an unseen family (synerdetect adapt, 32 shots, with replay), reusing --out's "
+        "demo checkpoint when there is one",
+    )
     d.set_defaults(func=cmd_demo)
 
 
@@ -37,6 +43,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
         run_comparison(args.out, parse_methods(args.methods), quick=args.quick, progress=not args.no_progress)
         return 0
+    if args.adapt:
+        from ..demo.adapt import run_adapt_demo
+
+        return run_adapt_demo(args.out, progress=not args.no_progress)
     from ..demo.run import run_demo
 
     return run_demo(args.out, quick=args.quick, progress=not args.no_progress)

@@ -39,7 +39,7 @@ from .train import train
 log = logging.getLogger(__name__)
 
 #: Defaults measured on the demo (docs/method.md, "Adapting to a new generator").
-DEFAULT_STEPS = 30
+DEFAULT_STEPS = 20
 DEFAULT_LR = 3e-3
 DEFAULT_REPLAY_RATIO = 0.5
 DEFAULT_REPLAY_SIZE = 128  # images taken from --replay OLD_DATA (half real, half fake)
