@@ -326,6 +326,8 @@ def test_quick_demo_leaves_results_figure_and_checkpoint(tmp_path):
     res = json.loads((tmp_path / "demo" / "results.json").read_text())
     assert set(res["generators"]) == {"gan_upsample", "gan_spectral", "diffusion_latent", "diffusion_noise"}
     assert res["seen_families"] == ["gan_upsample"]
+    loc = res["localisation"]["per_generator"]["gan_upsample"]  # the maps measured against the composites' masks
+    assert loc["n_images"] == 12 and 0.0 <= loc["combined"]["pixel_auc"] <= 1.0
     assert (tmp_path / "demo" / "logit_distributions.png").stat().st_size > 1000
     SynerDetect.from_pretrained(tmp_path / "demo" / "checkpoint")  # the checkpoint reloads on its own
 

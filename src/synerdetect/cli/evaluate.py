@@ -90,6 +90,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if cf is not None:
         print(f"feature cache {cf['key']}: {cf['hits']} batch hit(s), {cf['misses']} miss(es) (misses were computed)")
     print(res.get("markdown", ""))
+    if res.get("localisation"):
+        from ..engine.localisation import localisation_markdown
+
+        print("\n" + localisation_markdown(res["localisation"], None))
     if res["errors"]:
         print(f"\n{len(res['errors'])} unreadable file(s) skipped:")
         for p, r in res["errors"]:
@@ -97,5 +101,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print(
         f"\nwrote {args.out}/results.json, results.csv, scores.jsonl, logit_distributions.png, reliability.png"
         + (", scores_harmonized.jsonl" if args.harmonize else "")
+        + (", localisation_examples.png" if res.get("localisation") else "")
     )
     return 0
