@@ -42,6 +42,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--replay-ratio", nargs="+", type=float, default=[0.5])
     p.add_argument("--no-baseline", action="store_true", help="skip the runs without replay")
     p.add_argument("--plot", default=None, help="PNG of the shots curve")
+    p.add_argument("--report-only", action="store_true", help="no new runs: the table and plot of sweep.json")
     return p.parse_args()
 
 
@@ -92,7 +93,7 @@ def main() -> int:
     store = out / "sweep.json"
     results: dict[str, Any] = json.loads(store.read_text()) if store.is_file() else {}
     seen = SEEN[0]
-    for family in args.families:
+    for family in [] if args.report_only else args.families:
         data, manifest = family_data(ref, out, family, max(args.shots))
         before = None
         for lr in args.lr:
@@ -128,14 +129,13 @@ def main() -> int:
                             )
     print(table(results, seen))
     if args.plot:
-        plot(results, seen, Path(args.plot))
+        plot(results, seen, Path(args.plot), args.lr[0], args.replay_ratio[0])
     return 0
 
 
 def _ms(values: list[float]) -> str:
     m = statistics.mean(values) * 100
-    s = statistics.stdev(values) * 100 if len(values) > 1 else 0.0
-    return f"{m:.1f} ± {s:.1f}"
+    return f"{m:.1f} ± {statistics.stdev(values) * 100:.1f}" if len(values) > 1 else f"{m:.1f}"
 
 
 def groups(results: dict[str, Any]) -> dict[tuple, list[dict]]:
@@ -148,9 +148,9 @@ def groups(results: dict[str, Any]) -> dict[tuple, list[dict]]:
 
 def table(results: dict[str, Any], seen: str) -> str:
     lines = [
-        "| new family | shots | replay | lr | new acc before | new acc after | seen acc before | seen acc after | "
-        "seen val acc after | new val acc (best) | s / run |",
-        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| new family | shots | seeds | replay | lr | new acc before | new acc after | seen acc before | "
+        "seen acc after | seen val acc after | new val acc (best) | s / run |",
+        "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for (family, shots, replay, lr, ratio), runs in sorted(groups(results).items()):
 
@@ -158,15 +158,16 @@ def table(results: dict[str, Any], seen: str) -> str:
             return _ms([r["acc"][g][i] for r in runs])
 
         lines.append(
-            f"| {family} | {shots} | {f'yes ({ratio:g})' if replay else 'no'} | {lr:g} | {col(family, 0)} | "
-            f"{col(family, 1)} | {col(seen, 0)} | {col(seen, 1)} | {col('val:' + seen, 1)} | "
+            f"| {family} | {shots} | {len(runs)} | {f'yes ({ratio:g})' if replay else 'no'} | {lr:g} | "
+            f"{col(family, 0)} | {col(family, 1)} | {col(seen, 0)} | {col(seen, 1)} | {col('val:' + seen, 1)} | "
             f"{_ms([r['new_val_acc'] for r in runs])} | "
             f"{statistics.mean(r['cost']['wall_seconds'] for r in runs):.0f} |"
         )
     return "\n".join(lines)
 
 
-def plot(results: dict[str, Any], seen: str, path: Path) -> None:
+def plot(results: dict[str, Any], seen: str, path: Path, lr: float, ratio: float) -> None:
+    """Accuracy after adapting against shots, with and without replay, at one lr and replay share."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -177,7 +178,9 @@ def plot(results: dict[str, Any], seen: str, path: Path) -> None:
     fig, axes = plt.subplots(1, len(families), figsize=(4 * len(families), 3.4), sharey=True, squeeze=False)
     for ax, family in zip(axes[0], families, strict=True):
         for replay, style in ((1, "-"), (0, "--")):
-            keys = sorted(k for k in g if k[0] == family and k[2] == replay)
+            keys = sorted(
+                k for k in g if k[0] == family and k[2] == replay and k[3] == lr and k[4] == (ratio if replay else 0)
+            )
             if not keys:
                 continue
             shots = [k[1] for k in keys]
@@ -193,15 +196,15 @@ def plot(results: dict[str, Any], seen: str, path: Path) -> None:
                     capsize=3,
                     label=f"{name}, {'replay' if replay else 'no replay'}",
                 )
-            before = statistics.mean(g[keys[0]][0]["acc"][family][0] for _ in [0]) * 100
-            ax.axhline(before, color="C0", lw=0.8, ls=":")
+            ax.axhline(g[keys[0]][0]["acc"][family][0] * 100, color="C0", lw=0.8, ls=":")
+            ax.axhline(g[keys[0]][0]["acc"][seen][0] * 100, color="C1", lw=0.8, ls=":")
         ax.set_title(f"new: {family}")
         ax.set_xscale("log", base=2)
         ax.set_xticks([16, 32, 64], ["16", "32", "64"])
         ax.set_xlabel("shots (fakes; as many reals)")
     axes[0][0].set_ylabel("test accuracy after adapt (%)")
     axes[0][-1].legend(fontsize=7, loc="lower right")
-    fig.suptitle("synerdetect adapt on the demo (dotted: new family before)", fontsize=9)
+    fig.suptitle("synerdetect adapt on the demo (mean ± std over seeds; dotted: before)", fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
