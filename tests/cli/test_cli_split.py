@@ -227,3 +227,12 @@ def test_main_module_of_the_cli_package_runs():
         [sys.executable, "-m", "synerdetect.cli", "presets"], capture_output=True, text=True, timeout=120, env=env
     )
     assert r.returncode == 0 and "tiny:" in r.stdout
+
+
+def test_demo_runs_on_one_thread_unless_told():
+    """The demo pins torch's thread count (its numbers move with it); a count below 1 is refused in one line."""
+    from synerdetect.cli.demo import cmd_demo
+
+    assert parse_args(["demo"]).threads == 1 and parse_args(["demo", "--threads", "2"]).threads == 2
+    with pytest.raises(ValueError, match="--threads must be at least 1"):
+        cmd_demo(parse_args(["demo", "--threads", "0"]))

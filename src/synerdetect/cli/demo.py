@@ -19,6 +19,14 @@ def add_parser(sub: Any) -> None:
     d.add_argument("--quick", action="store_true", help="fewer images and steps (smoke test)")
     d.add_argument("--no-progress", action="store_true", help="no progress bar")
     d.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        metavar="N",
+        help="CPU threads for torch (default: 1, so that the demo's numbers do not depend on the machine's core "
+        "count: summation order changes with the thread count and moves a tiny model's results)",
+    )
+    d.add_argument(
         "--methods",
         default=None,
         help="compare methods instead (paper Table 5a / Figure 3): train and evaluate each, e.g. "
@@ -37,6 +45,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from ..extras import require_extra
 
     require_extra("demo", "synerdetect demo")  # the real photographs come from scikit-image
+    if args.threads < 1:
+        raise ValueError(f"--threads must be at least 1, got {args.threads}")
+    import torch
+
+    torch.set_num_threads(args.threads)
     if args.methods:
         from ..demo.compare import run_comparison
         from ..methods import parse_methods
