@@ -86,6 +86,7 @@ def test_cli_refusal_is_one_line(bench, tmp_path, capsys):
     )
     err = capsys.readouterr().err.strip()
     assert code == 2 and "\n" not in err
+    assert not (tmp_path / "o").exists()  # refused before anything is written
     assert err.startswith("error: the new data holds 4 real and 4 fake image(s); adapt needs at least 8 of each")
 
 

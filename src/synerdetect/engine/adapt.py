@@ -94,10 +94,10 @@ def adapt(
     t0 = time.time()
     parent, out = Path(checkpoint), Path(out)
 
-    # 1. The request: output folder, the new data split into train / validation, the replay memory.
-    _check_out(out, [parent, data, *([replay] if replay else []), *o.eval_sets])
+    # 1. The request: the new data split into train / validation, the replay memory, the output folder.
     new_train, new_val = split_new_data(load_labelled(str(data)), o.shots, o.seed)
     memory = _replay_samples(parent, replay, replay_from_checkpoint, o)
+    _check_out(out, [parent, data, *([replay] if replay else []), *o.eval_sets])
     ratio = o.replay_ratio if memory else 0.0
     model = load_detector(parent)
     parent_cfg = model.cfg

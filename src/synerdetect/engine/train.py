@@ -48,6 +48,7 @@ _EXTENDABLE = {
     "train.val_every",
     "train.checkpoint_every",
     "train.keep_checkpoints",
+    "train.replay_memory",
     "data.val",
     "data.val_layout",
     "data.val_split",
