@@ -143,7 +143,9 @@ def evaluate(
     the same mode.
 
     ``calibration``: the checkpoint's :class:`~synerdetect.engine.calibration.Calibration` (``Calibration.load``),
-    applied to every record (``prob_fake`` calibrated, ``verdict`` with the uncertain band, ``calibrated``).
+    applied to every record the full Eq. 10 decided (``prob_fake`` calibrated, ``verdict`` with the uncertain band,
+    ``calibrated``; a perceptual decision keeps its raw probability and label, as in ``predict``). Its certificates
+    are checked, and its promise stated, only for the mode and view it was fitted on (engine/guarantees.py).
     results.json gets a ``calibration`` section either way (ECE, Brier, NLL, coverage and selective accuracy; on
     the raw probabilities with ``"calibrated": false`` without one) and ``reliability.png`` is drawn.
 
