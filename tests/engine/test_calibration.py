@@ -233,6 +233,7 @@ def test_calibrate_checkpoint_fits_saves_and_keeps_the_cascade(ckpt, model, benc
     assert back.fitted_on["n_real"] == 24 and back.fitted_on["n_fake"] == 24
     assert back.fitted_on["layout"] == "cnndetection" and back.fitted_on["split"] == "test"
     assert back.fitted_on["data"] == str((bench / "test").resolve())
+    assert back.fitted_on["mode"] == "full" and back.fitted_on["view"] == model.cfg.data.eval_view == "center"
     # the fit is the one of the independently scored logits
     recs, _ = score_samples(
         model, load_labelled(str(bench / "test"), "cnndetection", "test"), image_size=64, progress=False

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from scipy.stats import binomtest, norm
 
-from synerdetect.engine.calibration import Calibration, apply_calibration, search_band
+from synerdetect.engine.calibration import Calibration, apply_calibration, calibration_section, search_band
+from synerdetect.engine.evaluate import finish_records
 from synerdetect.engine.guarantees import (
     BAND_GRID,
     GuaranteeError,
@@ -18,10 +19,13 @@ from synerdetect.engine.guarantees import (
     cp_upper,
     fpr_threshold,
     ltt_band,
+    operating_section,
+    promise_for,
     promise_text,
     reals_needed,
     tpr_at_fpr,
 )
+from synerdetect.engine.metrics import ScoreRecord
 
 # ----------------------------------------------------------------------------- exact bounds
 
@@ -97,6 +101,60 @@ def test_promise_text_says_there_is_none_without_certificates():
     assert "no certified calibration" in promise_text(None, None)
     t = promise_text(None, {"target": 0.01, "delta": 0.05})
     assert "at most 1% of real photos are flagged" in t and "95% confidence" in t
+
+
+CERTIFIED = {
+    "guarantee": {"found": True, "band": [-0.05, 0.05], "half_width": 0.05, "target": 0.9, "delta": 0.05},
+    "max_fpr": {"threshold": 0.2, "target": 0.01, "delta": 0.05},
+}
+
+
+def test_the_band_alone_is_certified_when_the_threshold_widens_uncertain():
+    t = promise_text(**CERTIFIED)
+    # LTT certified |logit| > 0.05 by the Eq. 10 label; the threshold makes (0, 0.2] "uncertain" on top of it
+    assert "outside the certified band (|logit| > 0.05), the Eq. 10 label is right on at least 90%" in t
+    assert "certified for the band alone" in t and "(0, 0.2]" in t
+    assert "verdicts are right" not in t
+    t0 = promise_text(CERTIFIED["guarantee"], {**CERTIFIED["max_fpr"], "threshold": 0.0})
+    assert "band alone" not in t0  # the threshold adds no uncertain logit outside the band
+
+
+def test_the_promise_covers_the_fitted_mode_and_view_only():
+    old = Calibration(**CERTIFIED)  # a file from before fitted_on held mode and view: center, full
+    assert promise_for(old) == promise_for(old, mode="full", view="center") == promise_text(**CERTIFIED)
+    for mode in ("cascade", "perceptual"):
+        t = promise_for(old, mode=mode, view="center")
+        assert t.startswith("no promise") and f"not under --mode {mode}" in t and "at most 1%" not in t
+        assert "certified for --mode full on the center view" in t
+    t = promise_for(old, view="tiles")
+    assert t.startswith("no promise") and "none for the tiles view" in t
+    tiles = Calibration(**CERTIFIED, fitted_on={"mode": "full", "view": "tiles"})
+    assert promise_for(tiles, view="tiles") == promise_text(**CERTIFIED)
+    assert "none for the center view" in promise_for(tiles, view="center")
+    # no certificate: nothing to withdraw, the usual statement
+    assert promise_for(Calibration(band=[-0.1, 0.1]), mode="cascade") == promise_text(None, None)
+
+
+def _rec(logit: float, label: int, decided_by: str | None) -> ScoreRecord:
+    return ScoreRecord("p", "g", label, 0.0, logit, logit, 0.5, decided_by=decided_by)
+
+
+def test_evaluate_calibrates_only_what_the_full_eq10_decided_like_predict():
+    """Under the cascade, a perceptual margin is on another scale: bare label and sigmoid(logit / tau), as the
+    Scorer does; the certificates are not checked on the mixed logits and the promise says it does not apply."""
+    cal = Calibration(a=2.0, **CERTIFIED)
+    recs = [_rec(0.1, 1, "perceptual"), _rec(0.1, 1, "full"), _rec(-0.3, 0, "perceptual"), _rec(0.01, 0, "full")]
+    out = finish_records(recs, tau=0.07, calibration=cal)
+    assert [r.verdict for r in out] == ["fake", "uncertain", "real", "uncertain"]
+    assert [r.calibrated for r in out] == [False, True, False, True]
+    assert out[0].prob_fake == pytest.approx(1 / (1 + np.exp(-0.1 / 0.07)))
+    assert out[1].prob_fake == pytest.approx(1 / (1 + np.exp(-0.2)))
+    sec = calibration_section(out, tau=0.07, calibration=cal)  # the section counts what the records report
+    assert sec["n_uncertain"] == 2 and sec["coverage"] == pytest.approx(0.5)
+    op = operating_section(out, cal, mode="cascade", view="center")
+    assert op["max_fpr"] is None and op["guarantee"] is None and "not under --mode cascade" in op["promise"]
+    full = operating_section(out, cal, mode="full", view="center")
+    assert full["max_fpr"]["n_real"] == 2 and full["promise"] == promise_text(**CERTIFIED)
 
 
 # ----------------------------------------------------------------------------- simulation

@@ -207,6 +207,35 @@ def test_calibration_json_is_applied(tiny_model, ckpt, images, tmp_path):
     assert [r["verdict"] for r in recs] == ["uncertain" if r0["logit"] > 0 else "real" for r0 in raw]
 
 
+CERTIFIED = dict(
+    band=[-1e-4, 1e-4],
+    max_fpr={"threshold": 0.0, "target": 0.01, "delta": 0.05},
+    cascade={"band": [-0.5, 0.5]},
+)
+
+
+def test_the_promise_follows_the_scorers_mode_and_view(tiny_model, monkeypatch, caplog):
+    """The certificates hold for --mode full on the view calibrate scored (center for files that do not say):
+    under the cascade or on the tiles view the scorer says there is no promise, and warns once."""
+    cal = Calibration(**CERTIFIED)
+    with caplog.at_level("WARNING", logger="synerdetect.engine.guarantees"):
+        assert Scorer(tiny_model, calibration=cal).promise().startswith("on images like the validation set, at most 1%")
+        assert not caplog.records
+        cascade = Scorer(tiny_model, calibration=cal, mode="cascade").promise()
+        assert cascade.startswith("no promise") and "not under --mode cascade" in cascade
+        assert len(caplog.records) == 1 and "--mode cascade" in caplog.text
+        caplog.clear()
+        monkeypatch.setattr(tiny_model.cfg.data, "eval_view", "tiles")
+        tiles = Scorer(tiny_model, calibration=cal)
+        assert tiles.promise().startswith("no promise") and "none for the tiles view" in tiles.promise()
+        assert tiles.info()["view"] == "tiles"
+        assert len(caplog.records) == 1 and "fitted on the center view" in caplog.text
+        caplog.clear()
+        fitted_on_tiles = Calibration(**CERTIFIED, fitted_on={"mode": "full", "view": "tiles"})
+        assert Scorer(tiny_model, calibration=fitted_on_tiles).promise().startswith("on images like the validation")
+        assert not caplog.records
+
+
 @pytest.mark.slow  # over ~1 s on 2 cores: outside the fast loop
 def test_trust_metadata_lets_a_trusted_manifest_decide_the_verdict_not_the_score(tiny_model, tmp_path):
     pytest.importorskip("c2pa")

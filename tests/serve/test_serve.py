@@ -642,6 +642,22 @@ def test_drift_metrics_and_promise_with_a_certified_calibration(tiny_model):
     assert _metric(text, "synerdetect_validation_share", verdict="uncertain") == pytest.approx(30 / 400)
 
 
+def test_model_info_has_no_promise_outside_the_certified_mode_and_view(tiny_model, monkeypatch):
+    """/v1/model's promise (shown by the page next to every verdict) follows the service's mode and view: a
+    calibration certified for --mode full on the center view promises nothing under the cascade or on tiles."""
+    from synerdetect.engine.calibration import Calibration
+    from synerdetect.serve.service import DetectService
+
+    cal = Calibration(max_fpr={"threshold": 0.0, "target": 0.01, "delta": 0.05}, cascade={"band": [-0.5, 0.5]})
+    info = DetectService(Scorer(tiny_model, calibration=cal)).info
+    assert info["promise"].startswith("on images like the validation set, at most 1%") and info["view"] == "center"
+    info = DetectService(Scorer(tiny_model, calibration=cal, mode="cascade")).info
+    assert info["promise"].startswith("no promise") and "not under --mode cascade" in info["promise"]
+    monkeypatch.setattr(tiny_model.cfg.data, "eval_view", "tiles")
+    info = DetectService(Scorer(tiny_model, calibration=cal)).info
+    assert info["promise"].startswith("no promise") and "none for the tiles view" in info["promise"]
+
+
 # ----------------------------------------------------------------------------- a real server under load
 def _free_port() -> int:
     with socket.socket() as s:

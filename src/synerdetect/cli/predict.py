@@ -102,12 +102,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if calibration is not None:
         print(
             f"prob_fake calibrated ({calibration.method}); verdict 'uncertain' for logits in {calibration.band}"
-            + (f" and in (0, {calibration.fake_threshold():.6g}]" if calibration.max_fpr else ""),
+            + (f" and in (0, {calibration.fake_threshold():.6g}]" if calibration.max_fpr else "")
+            + (" (images the full Eq. 10 decided; the others keep their label)" if args.mode != "full" else ""),
             file=sys.stderr,
         )
-        from ..engine.guarantees import promise_text
+        from ..engine.guarantees import promise_for
 
-        print(f"promise: {promise_text(calibration.guarantee, calibration.max_fpr)}", file=sys.stderr)
+        promise = promise_for(calibration, mode=args.mode, view=model.cfg.data.eval_view)
+        print(f"promise: {promise}", file=sys.stderr)
     if args.maps:
         print(f"wrote {len(rows)} evidence map(s) (.map.png, .map.npz) to {printable(args.maps)}", file=sys.stderr)
     print(f"\nscored {len(rows)} of {len(paths)} file(s)", file=sys.stderr)

@@ -165,6 +165,9 @@ def calibrate_checkpoint(
         "n_fake": int((labels == 1).sum()),
         "n_unreadable": len(errors),
         "image_size": int(size) if size else None,
+        # what the logits were scored with: the certificates hold for this mode and view only (guarantees.py)
+        "mode": "full",
+        "view": str(model.cfg.data.eval_view),
         "protocol_config": str(protocol_config) if isinstance(protocol_config, (str, Path)) else None,
     }
     if cascade_agreement is not None:

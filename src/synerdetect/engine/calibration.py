@@ -116,6 +116,14 @@ class Calibration:
             raise CalibrationError(f"{path}: {e}") from None
 
 
+def calibration_applies(decided_by: str | None) -> bool:
+    """The calibration was fitted on full Eq. 10 logits: it turns into ``prob_fake`` and ``verdict`` only the logits
+    of images the full Eq. 10 decided (``decided_by`` ``"full"``, or None: no routing). A perceptual-branch margin
+    (``--mode perceptual``, or the cascade's confident images) is on another scale and keeps
+    ``sigmoid(logit / tau)`` and its bare label. One rule for ``predict``, the service and ``evaluate``."""
+    return decided_by in (None, "full")
+
+
 def apply_calibration(logit: np.ndarray, tau: float, calibration: Calibration | None) -> dict[str, Any]:
     """Per-image ``prob_fake``, ``verdict`` and ``calibrated`` for the Eq. 10 logits (the one place that turns a
     logit into what a user reads)."""
@@ -394,8 +402,10 @@ def calibration_section(
     raw = _sigmoid(x / tau)
     if calibration is None:
         prob, unc = raw, np.zeros(x.shape, dtype=bool)
-    else:
-        prob, unc = calibration.prob_fake(x), calibration.uncertain(x)
+    else:  # what the records report: calibrated where calibration_applies (full Eq. 10 decisions)
+        full = np.array([calibration_applies(getattr(r, "decided_by", None)) for r in recs])
+        prob = np.where(full, calibration.prob_fake(x), raw)
+        unc = full & calibration.uncertain(x)
     sec: dict[str, Any] = {"calibrated": calibration is not None, "tau": float(tau)}
     if calibration is not None:
         sec.update(

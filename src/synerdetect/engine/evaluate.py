@@ -18,9 +18,9 @@ import numpy as np
 from ..data import Sample
 from ..data.imageio import open_image
 from ..utils import atomic_write_text, check_output_dir, rank_world
-from .calibration import DEFAULT_TAU, Calibration, apply_calibration, calibration_section
+from .calibration import DEFAULT_TAU, Calibration, apply_calibration, calibration_applies, calibration_section
 from .cascade import cascade_band_of
-from .guarantees import operating_markdown, operating_section
+from .guarantees import operating_markdown, operating_section, warn_scope
 from .inference import score_samples
 from .localisation import find_masks, measure_localisation, write_localisation
 from .metrics import ScoreRecord, robustness_table, summarize
@@ -91,12 +91,16 @@ def finish_records(
 ) -> list[ScoreRecord]:
     """Records with what a user reads: ``prob_fake`` / ``verdict`` / ``calibrated`` from
     :func:`~synerdetect.engine.calibration.apply_calibration` (raw ``sigmoid(logit / tau)`` without a
-    calibration), plus ``size`` from ``sizes`` (by path) and, when given, the format ``fmt``."""
+    calibration, or for an image the perceptual branch decided: the rule of
+    :func:`~synerdetect.engine.calibration.calibration_applies`, as in ``predict``), plus ``size`` from ``sizes``
+    (by path) and, when given, the format ``fmt``."""
     if not records:
         return []
-    cal = apply_calibration(np.array([r.logit for r in records], dtype=np.float64), tau, calibration)
+    x = np.array([r.logit for r in records], dtype=np.float64)
+    fitted, raw = apply_calibration(x, tau, calibration), apply_calibration(x, tau, None)
     out = []
     for i, r in enumerate(records):
+        cal = fitted if calibration_applies(r.decided_by) else raw
         changes: dict[str, Any] = {
             "prob_fake": float(cal["prob_fake"][i]),
             "verdict": cal["verdict"][i],
@@ -139,7 +143,9 @@ def evaluate(
     the same mode.
 
     ``calibration``: the checkpoint's :class:`~synerdetect.engine.calibration.Calibration` (``Calibration.load``),
-    applied to every record (``prob_fake`` calibrated, ``verdict`` with the uncertain band, ``calibrated``).
+    applied to every record the full Eq. 10 decided (``prob_fake`` calibrated, ``verdict`` with the uncertain band,
+    ``calibrated``; a perceptual decision keeps its raw probability and label, as in ``predict``). Its certificates
+    are checked, and its promise stated, only for the mode and view it was fitted on (engine/guarantees.py).
     results.json gets a ``calibration`` section either way (ECE, Brier, NLL, coverage and selective accuracy; on
     the raw probabilities with ``"calibrated": false`` without one) and ``reliability.png`` is drawn.
 
@@ -153,6 +159,8 @@ def evaluate(
     if out_dir is not None and rank_world()[0] == 0:
         check_output_dir(out_dir, "--out")
     band = cascade_band_of(calibration, mode)
+    view = getattr(getattr(getattr(model, "cfg", None), "data", None), "eval_view", None)
+    warn_scope(calibration, mode=mode, view=view)  # once: another view or mode than the calibration's
     scoring: dict[str, Any] = dict(
         image_size=image_size, batch_size=batch_size, num_workers=num_workers, mode=mode, cascade_band=band
     )
@@ -182,7 +190,8 @@ def evaluate(
         "records": records,
         "errors": errors,
         "calibration": cal_section,
-        "operating_points": operating_section(records, calibration),  # TPR at FPR, certificates on the test set
+        # TPR at FPR; the certificates checked on the test set when they cover this mode and view
+        "operating_points": operating_section(records, calibration, mode=mode, view=view),
         "seconds": time.time() - t0,
         "mode": mode,
     }

@@ -34,12 +34,15 @@ depends on ``n``, the target and ``delta`` only, never on the scores. Zero false
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any
 
 import numpy as np
 
 from .metrics import selective_metrics
+
+log = logging.getLogger(__name__)
 
 #: Half-widths of the candidate bands, widest first: 2 (every logit) down by 2^(1/4) a step to 2^-10 ~ 0.001, then 0 (no
 #: band): 46 candidates. Fixed in advance: the validity of the p-values needs a grid chosen without the data. A
@@ -262,7 +265,8 @@ def check_max_fpr(max_fpr: dict[str, Any] | None, logits: Any, labels: Any, sour
 
 
 def promise_text(guarantee: dict[str, Any] | None, max_fpr: dict[str, Any] | None) -> str:
-    """The promise in words (the web page and ``predict`` show it next to the verdict)."""
+    """The promise in words (the web page and ``predict`` show it next to the verdict), as certified at calibration
+    time; :func:`promise_for` adds whether it covers the verdicts of a given mode and view."""
     parts = []
     if max_fpr:
         parts.append(
@@ -270,13 +274,96 @@ def promise_text(guarantee: dict[str, Any] | None, max_fpr: dict[str, Any] | Non
             f"as fake, with {100 * (1 - max_fpr['delta']):g}% confidence"
         )
     if guarantee and guarantee.get("found"):
-        parts.append(
-            f"outside the uncertain band, at least {100 * guarantee['target']:g}% of verdicts are right on images "
-            f"like the validation set, with {100 * (1 - guarantee['delta']):g}% confidence"
+        w = guarantee.get("half_width")
+        where = "outside the certified band" + (f" (|logit| > {w:.4g})" if w is not None else "")
+        text = (
+            f"{where}, the Eq. 10 label is right on at least {100 * guarantee['target']:g}% of images like the "
+            f"validation set, with {100 * (1 - guarantee['delta']):g}% confidence"
         )
+        thr = float(max_fpr.get("threshold", 0.0)) if max_fpr else 0.0
+        if thr > (w or 0.0):  # LTT certified the band alone: (w, thr] is counted there by its (fake) label
+            text += (
+                f" (certified for the band alone: logits in (0, {thr:.4g}] get 'uncertain' from the FPR threshold "
+                "but are counted there by their label)"
+            )
+        parts.append(text)
     if not parts:
-        return "no certified calibration: these verdicts carry no stated error guarantee"
+        return NO_PROMISE
     return "; ".join(parts)
+
+
+#: The promise when there is none (no certificate, or verdicts outside what was certified).
+NO_PROMISE = "no certified calibration: these verdicts carry no stated error guarantee"
+#: What a calibration.json without ``fitted_on.mode`` / ``fitted_on.view`` was fitted on (files from before they
+#: were recorded: calibrate always scored full Eq. 10 on the checkpoint's view, ``center`` then).
+DEFAULT_FITTED = {"mode": "full", "view": "center"}
+
+
+def fitted_scope(calibration: Any) -> tuple[str, str]:
+    """``(mode, view)`` the calibration was fitted on (:data:`DEFAULT_FITTED` for older files)."""
+    f = getattr(calibration, "fitted_on", None) or {}
+    return str(f.get("mode") or DEFAULT_FITTED["mode"]), str(f.get("view") or DEFAULT_FITTED["view"])
+
+
+def has_certificates(calibration: Any) -> bool:
+    g = getattr(calibration, "guarantee", None)
+    return bool(getattr(calibration, "max_fpr", None) or (g and g.get("found")))
+
+
+def scope_mismatch(calibration: Any, *, mode: str = "full", view: str | None = None) -> str | None:
+    """The one rule on what a calibration covers: its certificates (and its fit) hold for the mode and view it was
+    fitted on. ``None`` when verdicts scored under ``mode`` and ``view`` (None: the fitted view) match them, else
+    the mismatch in words ("not under --mode cascade", "none for the tiles view")."""
+    if calibration is None:
+        return None
+    f_mode, f_view = fitted_scope(calibration)
+    why = []
+    if mode != f_mode:
+        why.append(f"not under --mode {mode}")
+    if view is not None and view != f_view:
+        why.append(f"none for the {view} view")
+    if not why:
+        return None
+    return f"certified for --mode {f_mode} on the {f_view} view; " + ", and ".join(why)
+
+
+def promise_for(calibration: Any, *, mode: str = "full", view: str | None = None) -> str:
+    """The promise that covers verdicts scored under ``mode`` and ``view``: :func:`promise_text` when they match
+    what the calibration was fitted on, otherwise the statement that there is none and why. Used by the service,
+    ``predict`` and ``evaluate`` alike."""
+    if calibration is None or not has_certificates(calibration):
+        return NO_PROMISE
+    why = scope_mismatch(calibration, mode=mode, view=view)
+    if why is not None:
+        return f"no promise for these verdicts: the calibration is {why}"
+    return promise_text(getattr(calibration, "guarantee", None), getattr(calibration, "max_fpr", None))
+
+
+def warn_scope(calibration: Any, *, mode: str = "full", view: str | None = None) -> str | None:
+    """Log one warning when a calibration is used outside what it was fitted on: another view (its probabilities,
+    band and thresholds are applied as they are, uncertified), or, with certificates, another mode. Returns the
+    mismatch (None: none)."""
+    why = scope_mismatch(calibration, mode=mode, view=view)
+    if why is None:
+        return None
+    f_mode, f_view = fitted_scope(calibration)
+    if view is not None and view != f_view:
+        log.warning(
+            "calibration.json was fitted on the %s view but these images are scored on the %s view: its "
+            "probabilities, band and thresholds are applied as they are, and no promise holds (calibrate with "
+            "--view %s to get one)",
+            f_view,
+            view,
+            view,
+        )
+    elif has_certificates(calibration):
+        log.warning(
+            "calibration.json certifies verdicts of --mode %s only: under --mode %s its promise does not hold (the "
+            "calibration applies to the images the full Eq. 10 decides; the others keep their bare label)",
+            f_mode,
+            mode,
+        )
+    return why
 
 
 # ----------------------------------------------------------------------------- workflow hooks
@@ -330,9 +417,11 @@ def tpr_at_fpr(labels: Any, logits: Any, fpr: float) -> float | None:
     return float(t[ok].max()) if ok.any() else 0.0
 
 
-def operating_section(records: Any, calibration: Any) -> dict[str, Any]:
+def operating_section(records: Any, calibration: Any, *, mode: str = "full", view: str | None = None) -> dict[str, Any]:
     """The ``operating_points`` part of results.json: TPR at FPR 1 % and 5 % per generator, and, when the
-    calibration holds them, whether the certified band and FPR threshold held on these (test) records."""
+    calibration holds them and they cover ``mode`` and ``view`` (:func:`scope_mismatch`), whether the certified
+    band and FPR threshold held on these (test) records (otherwise ``None``: under the cascade the logits mix two
+    scales, and another view was never certified)."""
     recs = list(records)
     x = np.array([r.logit for r in recs], dtype=np.float64)
     y = np.array([r.label for r in recs], dtype=int)
@@ -347,12 +436,13 @@ def operating_section(records: Any, calibration: Any) -> dict[str, Any]:
         if reals:
             fpr = sum(r.verdict == "fake" for r in reals) / len(reals) if reals[0].verdict is not None else None
             flagged[gen] = {"n_real": len(reals), "fpr": fpr}
+    covered = scope_mismatch(calibration, mode=mode, view=view) is None
     return {
         "generators": per,
         "real_flagged": flagged,
-        "guarantee": check_guarantee(getattr(calibration, "guarantee", None), x, y),
-        "max_fpr": check_max_fpr(getattr(calibration, "max_fpr", None), x, y, g),
-        "promise": promise_text(getattr(calibration, "guarantee", None), getattr(calibration, "max_fpr", None)),
+        "guarantee": check_guarantee(getattr(calibration, "guarantee", None), x, y) if covered else None,
+        "max_fpr": check_max_fpr(getattr(calibration, "max_fpr", None), x, y, g) if covered else None,
+        "promise": promise_for(calibration, mode=mode, view=view),
     }
 
 

@@ -71,8 +71,9 @@ from ..model.detector import view_transform
 from ..provenance import load_trust_anchors
 from ..utils import one_line, rank_world
 from ..version import __version__
-from .calibration import Calibration, apply_calibration
+from .calibration import Calibration, apply_calibration, calibration_applies
 from .cascade import cascade_band_of, cascade_predict
+from .guarantees import promise_for, warn_scope
 from .inference import gather
 from .inputs import expand_inputs  # re-exported: predict's input expansion lives in a torch-free module
 from .maps import batch_maps, map_field, thumbnail
@@ -353,6 +354,8 @@ class Scorer:
         self.cascade_band = cascade_band_of(calibration, mode)
         self.mode = mode
         self.model = model
+        self.view = str(model.cfg.data.eval_view)  # the E_v view the logits come from (center | tiles)
+        warn_scope(calibration, mode=mode, view=self.view)  # once: another view or mode than the calibration's
         self.image_size = image_size or model.cfg.data.image_size
         self.batch_size = int(batch_size)
         self.calibration = calibration
@@ -464,7 +467,8 @@ class Scorer:
         rec = self._base_record(p)
         rec.update({k: (None if np.isnan(out[k]) else out[k]) for k in SCORE_KEYS})
         # The calibration was fitted on full Eq. 10 logits: a perceptual-only decision keeps the raw softmax.
-        cal = apply_calibration(np.array([out["logit"]]), self.tau, self.calibration if decided_by == "full" else None)
+        use = self.calibration if calibration_applies(decided_by) else None
+        cal = apply_calibration(np.array([out["logit"]]), self.tau, use)
         verdict = str(cal["verdict"][0])
         rec.update(
             label="fake" if out["logit"] > 0 else "real",
@@ -591,6 +595,10 @@ class Scorer:
         self.forward([p])
         return (time.perf_counter() - t0) * 1e3
 
+    def promise(self) -> str:
+        """The certified promise that covers this scorer's verdicts (its mode and view), or why there is none."""
+        return promise_for(self.calibration, mode=self.mode, view=self.view)
+
     def info(self) -> dict[str, Any]:
         """What is loaded: preset, base models, loader size, tau, calibration, package version, device."""
         cfg = self.model.cfg
@@ -611,6 +619,7 @@ class Scorer:
             "tau": self.tau,
             "device": str(self.device),
             "calibration": self.calibration.to_dict() if self.calibration is not None else None,
+            "view": self.view,
             "provenance": self.provenance,
             "trust_metadata": self.trust_metadata,
             "max_pixels": self.decoder.max_pixels,

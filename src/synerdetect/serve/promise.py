@@ -5,16 +5,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..engine.guarantees import promise_text
+from ..engine.guarantees import promise_for
 
 __all__ = ["promise_of", "validation_shares"]
 
 
-def promise_of(calibration: Any) -> str:
-    """The certified promise in words, or the statement that there is none (engine.guarantees.promise_text)."""
-    if calibration is None:
-        return promise_text(None, None)
-    return promise_text(getattr(calibration, "guarantee", None), getattr(calibration, "max_fpr", None))
+def promise_of(calibration: Any, *, mode: str = "full", view: str | None = None) -> str:
+    """The certified promise in words for verdicts scored under ``mode`` and ``view``, or the statement that there
+    is none (engine.guarantees.promise_for)."""
+    return promise_for(calibration, mode=mode, view=view)
 
 
 def validation_shares(calibration: Any) -> dict[str, float | None]:

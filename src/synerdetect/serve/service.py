@@ -106,7 +106,8 @@ class DetectService:
         )
         self.metrics.bind_queue_depth(lambda: self.batcher.depth)
         info = {**scorer.info(), "max_pixels": self.decoder.max_pixels, "max_bytes": self.decoder.max_bytes}
-        info["promise"] = promise_of(scorer.calibration)  # the page shows it next to the verdict
+        # the page shows it next to the verdict; none when the scorer's mode or view is not what was certified
+        info["promise"] = promise_of(scorer.calibration, mode=scorer.mode, view=scorer.view)
         self.metrics.set_validation_shares(validation_shares(scorer.calibration))
         self.info = public_info(info)  # a client never sees a filesystem path
         self.retry = {"Retry-After": str(s.retry_after_s)}
