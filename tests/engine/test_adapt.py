@@ -69,6 +69,25 @@ def test_too_few_images_are_refused_with_how_many_are_needed():
     assert not {s.path for s in train} & {s.path for s in val}
 
 
+def test_the_adapted_folder_leaves_out_what_describes_the_parent(tmp_path):
+    from synerdetect.engine.adapt import _write_checkpoint
+
+    parent, run = tmp_path / "parent", tmp_path / "run"
+    kept = ["synerdetect_config.json", "base/clip/config.json", "replay/manifest.csv", "base/README.md"]
+    dropped = ["README.md", ".synerdetect-demo", ".synerdetect-adapt", "calibration.json", "lineage.json",
+               "optimizer.safetensors", "trainer_state.json"]  # fmt: skip
+    for name in [*kept, *dropped, "trainable.safetensors"]:
+        (parent / name).parent.mkdir(parents=True, exist_ok=True)
+        (parent / name).write_text(f"parent {name}")
+    (run / "adapted").mkdir(parents=True)
+    (run / "adapted" / "trainable.safetensors").write_text("adapted")
+    ckpt = _write_checkpoint(parent, tmp_path / "out" / "checkpoint", run)
+    files = sorted(str(p.relative_to(ckpt)) for p in ckpt.rglob("*") if p.is_file())
+    assert files == sorted([*kept, "trainable.safetensors"])
+    assert all((ckpt / n).read_text() == f"parent {n}" for n in kept)  # nested README.md: not the card, kept
+    assert (ckpt / "trainable.safetensors").read_text() == "adapted"
+
+
 @pytest.mark.slow  # imports the model libraries through the CLI: seconds on 2 cores
 def test_cli_refusal_is_one_line(bench, tmp_path, capsys):
     from synerdetect.cli import main

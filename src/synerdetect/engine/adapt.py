@@ -412,16 +412,27 @@ class _EarlyStopper:
 
 def _write_checkpoint(parent: Path, ckpt: Path, run: Path) -> Path:
     """A copy of the parent's folder (config, base models, replay memory) whose trainable weights are the adapted
-    ones; the parent's calibration and lineage are not carried over (they describe the parent)."""
+    ones; what describes the parent is not carried over: its calibration, lineage and optimiser state, its model
+    card (README.md: ``push`` would publish the parent's numbers under the adapted weights) and the
+    ``.synerdetect-*`` marker files other commands left in it (demo, adapt)."""
     tmp = ckpt.parent / f".tmp-{ckpt.name}"
     shutil.rmtree(tmp, ignore_errors=True)
-    skip = {"calibration.json", LINEAGE_NAME, "optimizer.json", "optimizer.safetensors", "trainer_state.json"}
-    shutil.copytree(parent, tmp, ignore=lambda d, names: [n for n in names if Path(d) == parent and n in skip])
+    shutil.copytree(parent, tmp, ignore=lambda d, names: [n for n in names if Path(d) == parent and _not_copied(n)])
     shutil.copyfile(run / "adapted" / WEIGHTS_NAME, tmp / WEIGHTS_NAME)
     if ckpt.exists():
         shutil.rmtree(ckpt)
     tmp.replace(ckpt)
     return ckpt
+
+
+#: Files of the parent's folder that describe the parent, not the adapted weights (see :func:`_write_checkpoint`).
+NOT_COPIED = frozenset(
+    {"calibration.json", LINEAGE_NAME, "optimizer.json", "optimizer.safetensors", "trainer_state.json", "README.md"}
+)
+
+
+def _not_copied(name: str) -> bool:
+    return name in NOT_COPIED or name.startswith(".synerdetect-")
 
 
 def _refit_calibration(ckpt, parent, parent_cfg, model, new_val, out, o, progress) -> dict[str, Any]:
