@@ -15,7 +15,6 @@ calibration, the report.
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import logging
 import shutil
@@ -33,6 +32,7 @@ from ..utils import atomic_write_json, atomic_write_text, check_not_an_input, ch
 from .calibrate import calibrate_checkpoint
 from .calibration import Calibration, CalibrationError
 from .evaluate import evaluate
+from .lineage import LINEAGE_NAME, WEIGHTS_NAME, build_lineage, family_rows
 from .replay import ReplayBatchSampler, ReplayError, pick_balanced, read_replay_memory, replay_split
 from .train import train
 
@@ -48,9 +48,7 @@ MIN_VAL_PER_CLASS = 4
 MIN_TRAIN_PER_CLASS = 4
 PATIENCE = 3  # validations without improvement before stopping
 
-LINEAGE_NAME = "lineage.json"
 STAMP = ".synerdetect-adapt"
-WEIGHTS_NAME = "trainable.safetensors"  # model/base.py's; the folder layout every loader reads
 
 
 class AdaptError(ValueError):
@@ -160,27 +158,25 @@ def adapt(
         "new_images_seen": st["steps_done"] * n_new,
         "replay_images_seen": st["steps_done"] * n_rep,
     }
-    lineage = {
-        "parent": {"path": str(parent.resolve()), "sha256": weights_sha256(parent)},
-        "adapted_on": {
-            "train": data_fingerprint(new_train),
-            "validation": data_fingerprint(new_val),
-            "replay": data_fingerprint(memory) | {"source": _replay_source(replay, replay_from_checkpoint)},
-            "source": str(Path(data).resolve()),
-        },
-        "steps": {
-            "requested": o.steps,
-            "done": st["steps_done"],
-            "best_step": st["best_step"],
-            "stopped_early": st["stopped_early"],
-            "val_every": o.val_every,
-            "patience": o.patience,
-        },
-        "optim": {"lr": o.lr, "replay_ratio": ratio, "batch": {"new": n_new, "replay": n_rep}, "seed": o.seed},
-        "calibration": cal_info,
-        "cost": cost,
-        "table": rows,
-    }
+    lineage = build_lineage(
+        parent=parent,
+        data=data,
+        new_train=new_train,
+        new_val=new_val,
+        memory=memory,
+        replay_source=_replay_source(replay, replay_from_checkpoint),
+        steps=stopper.state,
+        requested_steps=o.steps,
+        val_every=o.val_every,
+        patience=o.patience,
+        lr=o.lr,
+        seed=o.seed,
+        ratio=ratio,
+        batch=(n_new, n_rep),
+        calibration=cal_info,
+        cost=cost,
+        table=rows,
+    )
     atomic_write_json(ckpt / LINEAGE_NAME, lineage)
     report = {
         "checkpoint": str(ckpt),
@@ -471,55 +467,7 @@ def _refit_calibration(ckpt, parent, parent_cfg, model, new_val, out, o, progres
     return {"refitted": True, "band": cal.band, "fitted_on": cal.fitted_on}
 
 
-# ---------------------------------------------------------------------------------------------- lineage, report
-def weights_sha256(folder: str | Path) -> str:
-    """sha256 of a checkpoint's weights file (its trainable weights; the frozen ones are named by its config)."""
-    h = hashlib.sha256()
-    with (Path(folder) / WEIGHTS_NAME).open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def data_fingerprint(samples: list[Sample]) -> dict[str, Any]:
-    """Counts per class and generator and one sha256 over the sorted sha256 of each file's bytes (names and
-    folders do not matter)."""
-    digests = sorted(hashlib.sha256(Path(s.path).read_bytes()).hexdigest() for s in samples)
-    counts: dict[str, dict[str, int]] = {}
-    for s in samples:
-        c = counts.setdefault(s.generator, {"real": 0, "fake": 0})
-        c["fake" if s.label == 1 else "real"] += 1
-    return {
-        "n_real": sum(1 for s in samples if s.label == 0),
-        "n_fake": sum(1 for s in samples if s.label == 1),
-        "by_generator": counts,
-        "sha256": hashlib.sha256("\n".join(digests).encode()).hexdigest(),
-    }
-
-
-def family_rows(before: dict[str, Any], after: dict[str, Any], new_families: list[str]) -> list[dict[str, Any]]:
-    """One row per family: accuracy and AP before / after; forgetting (the accuracy drop) on old families."""
-    rows = []
-    for g in sorted(set(before["generators"]) | set(after["generators"]), key=lambda g: (g not in new_families, g)):
-        b, a = before["generators"].get(g, {}), after["generators"].get(g, {})
-        acc_b, acc_a = b.get("acc"), a.get("acc")
-        drop = None if acc_b is None or acc_a is None else acc_b - acc_a
-        rows.append(
-            {
-                "family": g,
-                "role": "new" if g in new_families else "old",
-                "n_images": (a.get("n_real") or 0) + (a.get("n_fake") or 0),
-                "acc_before": acc_b,
-                "acc_after": acc_a,
-                "ap_before": b.get("ap"),
-                "ap_after": a.get("ap"),
-                "gain": None if drop is None else -drop,
-                "forgetting": None if g in new_families or drop is None else drop,
-            }
-        )
-    return rows
-
-
+# ---------------------------------------------------------------------------------------------- report
 def _pct(v: float | None) -> str:
     return "n/a" if v is None else f"{v * 100:.1f}"
 
