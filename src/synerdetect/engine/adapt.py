@@ -28,6 +28,7 @@ import numpy as np
 
 from ..config import merge
 from ..data import Sample, load_labelled
+from ..hub import hub_ref, resolve_checkpoint
 from ..utils import atomic_write_json, atomic_write_text, check_not_an_input, check_output_dir
 from .calibrate import calibrate_checkpoint
 from .calibration import Calibration, CalibrationError
@@ -90,11 +91,11 @@ def adapt(
 
     o = options or AdaptOptions()
     t0 = time.time()
-    parent, out = Path(checkpoint), Path(out)
+    parent, out = resolve_checkpoint(checkpoint), Path(out)  # a folder, or a Hub repo id like every entry point
 
-    # 1. The request: the new data split into train / validation, the replay memory, the output folder.
-    new_train, new_val = split_new_data(load_labelled(str(data)), o.shots, o.seed)
+    # 1. The request: the replay memory, the new data split into train / validation, the output folder.
     memory = _replay_samples(parent, replay, replay_from_checkpoint, o)
+    new_train, new_val = split_new_data(load_labelled(str(data)), o.shots, o.seed)
     _check_out(out, [parent, data, *([replay] if replay else []), *o.eval_sets])
     ratio = o.replay_ratio if memory else 0.0
     model = load_detector(parent)
@@ -233,7 +234,13 @@ def _replay_samples(parent: Path, replay: str | Path | None, from_checkpoint: bo
         try:
             return read_replay_memory(parent)
         except ReplayError as e:
-            raise AdaptError(str(e)) from None
+            ref = hub_ref(parent)
+            if ref is None:
+                raise AdaptError(str(e)) from None
+            raise AdaptError(  # hub.py's CHECKPOINT_PATTERNS: replay/ holds training images, never published
+                f"{ref} carries no replay memory: a published (pushed) checkpoint never does, since its training "
+                "images are kept out of public uploads on purpose; pass --replay OLD_DATA (earlier training data)"
+            ) from None
     if replay is None:
         return []
     memory = pick_balanced(load_labelled(str(replay)), o.replay_size, o.seed)
@@ -475,10 +482,11 @@ def _pct(v: float | None) -> str:
 def format_report(report: dict[str, Any]) -> str:
     lin = report["lineage"]
     cost, steps = lin["cost"], lin["steps"]
+    parent = lin["parent"].get("repo") or lin["parent"]["path"]
     lines = [
         "# Adaptation report",
         "",
-        f"Parent `{lin['parent']['path']}` (weights sha256 `{lin['parent']['sha256'][:16]}...`) adapted on "
+        f"Parent `{parent}` (weights sha256 `{lin['parent']['sha256'][:16]}...`) adapted on "
         f"{lin['adapted_on']['train']['n_fake']} fake + {lin['adapted_on']['train']['n_real']} real images "
         f"({lin['adapted_on']['validation']['n_fake']} + {lin['adapted_on']['validation']['n_real']} held out for "
         f"early stopping), replay ratio {lin['optim']['replay_ratio']}, lr {lin['optim']['lr']}.",

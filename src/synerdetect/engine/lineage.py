@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..data import Sample
+from ..hub import hub_ref
 
 LINEAGE_NAME = "lineage.json"
 WEIGHTS_NAME = "trainable.safetensors"  # model/base.py's; the folder layout every loader reads
@@ -35,11 +36,15 @@ def build_lineage(
     cost: dict[str, Any],
     table: list[dict[str, Any]],
 ) -> dict[str, Any]:
-    """The ``lineage.json`` of an adapted checkpoint: the parent (its folder and weights hash), the data it was
-    adapted on (fingerprints), the steps (``steps``: the early stopper's state), the optimiser settings, the
-    calibration refit, the cost and the before/after ``table`` (:func:`family_rows`)."""
+    """The ``lineage.json`` of an adapted checkpoint: the parent (its folder, or ``repo: org/name@commit`` when it
+    came from the Hub, and its weights hash), the data it was adapted on (fingerprints), the steps (``steps``: the
+    early stopper's state), the optimiser settings, the calibration refit, the cost and the before/after ``table``
+    (:func:`family_rows`)."""
     return {
-        "parent": {"path": str(parent.resolve()), "sha256": weights_sha256(parent)},
+        # a parent from the Hub is named by what anyone can fetch again (org/name@commit), not by this machine's
+        # cache folder
+        "parent": ({"repo": ref} if (ref := hub_ref(parent)) else {"path": str(parent.resolve())})
+        | {"sha256": weights_sha256(parent)},
         "adapted_on": {
             "train": data_fingerprint(new_train),
             "validation": data_fingerprint(new_val),
