@@ -33,6 +33,7 @@ from ..utils import atomic_write_json, atomic_write_text, check_not_an_input, ch
 from .calibrate import calibrate_checkpoint
 from .calibration import Calibration, CalibrationError
 from .evaluate import evaluate
+from .guarantees import DEFAULT_DELTA, GuaranteeError, fpr_threshold
 from .lineage import LINEAGE_NAME, WEIGHTS_NAME, build_lineage, family_rows
 from .replay import ReplayBatchSampler, ReplayError, pick_balanced, read_replay_memory, replay_split
 from .train import train
@@ -441,13 +442,19 @@ def _not_copied(name: str) -> bool:
 def _refit_calibration(ckpt, parent, parent_cfg, model, new_val, out, o, progress) -> dict[str, Any]:
     """The calibration (and its band, and the cascade band when the parent had one) refitted on the old
     validation sets plus the new validation split; when that is too little data, the adapted checkpoint has
-    none (the parent's describes other logits) and the reason is returned."""
-    if not o.refit_calibration:
-        return {"refitted": False, "reason": "not asked for"}
+    none (the parent's describes other logits) and the reason is returned. The parent's certificates (calibrate
+    ``--guarantee`` / ``--max-fpr``) are never carried over; each is refitted with the parent's target and delta, and
+    what became of it (its outcome or the refusal's message) is returned under ``certificates``."""
     try:
         old = Calibration.load(parent)
     except CalibrationError:
         old = None
+    wanted = _parent_certificates(old)
+    certs: dict[str, Any] = {k: {**v, "carried_over": False, "why": CERTS_NOT_CARRIED} for k, v in wanted.items()}
+    if not o.refit_calibration:
+        for c in certs.values():
+            c.update(refitted=False, reason="the calibration was not refitted (--no-calibration)")
+        return {"refitted": False, "reason": "not asked for", "certificates": certs}
     samples = list(new_val)
     for where, layout, split, gens in _old_validation_sets(parent, parent_cfg):
         try:
@@ -455,23 +462,89 @@ def _refit_calibration(ckpt, parent, parent_cfg, model, new_val, out, o, progres
         except (OSError, ValueError):
             continue
     csv_path = _write_manifest(out / "data" / "calibration.csv", samples)
-    try:
-        cal = calibrate_checkpoint(
-            ckpt,
-            csv_path,
-            layout="manifest",
-            method=old.method if old else "temperature",
-            target_accuracy=(old.target_accuracy or 0.95) if old else 0.95,
-            model=model,
-            batch_size=o.batch_size,
-            progress=progress,
-            protocol_config=parent_cfg,
-            cascade_agreement=(old.cascade or {}).get("target_agreement", 0.99) if old and old.cascade else None,
+    pending = _certificates_to_refit(wanted, certs, sum(1 for s in samples if s.label == 0))
+    while True:
+        try:
+            cal = calibrate_checkpoint(
+                ckpt,
+                csv_path,
+                layout="manifest",
+                method=old.method if old else "temperature",
+                target_accuracy=(old.target_accuracy or 0.95) if old else 0.95,
+                model=model,
+                batch_size=o.batch_size,
+                progress=progress,
+                protocol_config=parent_cfg,
+                cascade_agreement=(old.cascade or {}).get("target_agreement", 0.99) if old and old.cascade else None,
+                guarantee="guarantee" in pending,
+                max_fpr=pending["max_fpr"]["target"] if "max_fpr" in pending else None,
+                delta=next(iter(pending.values()))["delta"] if pending else DEFAULT_DELTA,
+            )
+            break
+        except GuaranteeError as e:  # adapt goes on without that certificate, and says why
+            # calibrate_checkpoint certifies the band before the FPR threshold, whose usual refusal (too few reals)
+            # _certificates_to_refit already took before any scoring: so with both asked, it is the band's
+            refused = "guarantee" if "guarantee" in pending else "max_fpr"
+            certs[refused].update(refitted=False, reason=str(e))
+            del pending[refused]
+            log.warning("adapt: the parent's %s not refitted: %s", refused, e)
+        except CalibrationError as e:
+            log.warning("calibration not refitted: %s", e)
+            for c in certs.values():
+                c.setdefault("refitted", False)
+                c.setdefault("reason", f"the calibration was not refitted ({e})")
+            return {"refitted": False, "reason": str(e), "certificates": certs}
+    for name in pending:
+        got = getattr(cal, name) or {}
+        keep = ("band", "certified_accuracy", "coverage") if name == "guarantee" else ("threshold", "certified_fpr")
+        certs[name].update(refitted=True, on=CERTS_DATA, **{k: got.get(k) for k in keep})
+    return {"refitted": True, "band": cal.band, "fitted_on": cal.fitted_on, "certificates": certs}
+
+
+#: Why the parent's certificates are not carried over to the adapted checkpoint (lineage.json, adapt.md).
+CERTS_NOT_CARRIED = (
+    "not carried over: it was certified on the parent's logits, and adaptation changed the weights that produce them"
+)
+#: What a refitted certificate stands on, said beside it: the new validation split also chose the best step.
+CERTS_DATA = (
+    "the refit calibration set (the parent's validation sets plus the new validation split, which early stopping "
+    "also used to pick the best step: a mild selection the certificate does not account for; for a strict one, "
+    "rerun calibrate --guarantee / --max-fpr on images adapt never saw)"
+)
+
+
+def _parent_certificates(cal: Calibration | None) -> dict[str, dict[str, Any]]:
+    """The certificates the parent's calibration carried, with their settings (target, delta)."""
+    found = {}
+    for name in ("guarantee", "max_fpr"):
+        c = getattr(cal, name, None) if cal is not None else None
+        if isinstance(c, dict) and c.get("target") is not None:
+            found[name] = {"target": float(c["target"]), "delta": float(c.get("delta", DEFAULT_DELTA))}
+    return found
+
+
+def _certificates_to_refit(
+    wanted: dict[str, dict[str, Any]], certs: dict[str, dict[str, Any]], n_real: int
+) -> dict[str, dict[str, Any]]:
+    """The certificates calibrate_checkpoint can refit here; the others get their refusal in ``certs``: too few
+    reals for the FPR bound (engine/guarantees.py's own message, without scoring anything), or two deltas (the
+    calibration takes one for both)."""
+    pending = dict(wanted)
+    if len(pending) == 2 and pending["guarantee"]["delta"] != pending["max_fpr"]["delta"]:
+        certs["max_fpr"].update(
+            refitted=False,
+            reason=f"the parent's two certificates have different deltas ({pending['guarantee']['delta']:g} and "
+            f"{pending['max_fpr']['delta']:g}) and calibrate takes one for both; the band's was refitted",
         )
-    except CalibrationError as e:
-        log.warning("calibration not refitted: %s", e)
-        return {"refitted": False, "reason": str(e)}
-    return {"refitted": True, "band": cal.band, "fitted_on": cal.fitted_on}
+        del pending["max_fpr"]
+    if "max_fpr" in pending:
+        f = pending["max_fpr"]
+        try:
+            fpr_threshold(np.full(n_real, -1.0), target_fpr=f["target"], delta=f["delta"])  # only counts matter
+        except GuaranteeError as e:
+            certs["max_fpr"].update(refitted=False, reason=str(e))
+            del pending["max_fpr"]
+    return pending
 
 
 # ---------------------------------------------------------------------------------------------- report
@@ -517,5 +590,21 @@ def format_report(report: dict[str, Any]) -> str:
             if lin["calibration"].get("refitted")
             else f"not refitted ({lin['calibration'].get('reason')}); the checkpoint carries none"
         ),
+        "",
+        _certificates_line(lin["calibration"].get("certificates") or {}),
     ]
     return "\n".join(lines) + "\n"
+
+
+def _certificates_line(certs: dict[str, Any]) -> str:
+    if not certs:
+        return "Certificates: the parent's calibration carried none (calibrate --guarantee / --max-fpr)."
+    parts = []
+    for name, c in certs.items():
+        head = f"`{name}` (target {c['target']:g}, delta {c['delta']:g})"
+        if c.get("refitted"):
+            got = ", ".join(f"{k} {v}" for k, v in c.items() if k in ("band", "threshold", "certified_fpr"))
+            parts.append(f"{head} refitted with the parent's settings ({got}) on {c['on']}")
+        else:
+            parts.append(f"{head} not refitted: {c.get('reason')}")
+    return f"Certificates of the parent: {CERTS_NOT_CARRIED}. " + "; ".join(parts) + "."
