@@ -11,7 +11,14 @@ from pathlib import Path
 import pytest
 
 from hub_fixtures import make_hub_cache
-from synerdetect.hub import CHECKPOINT_PATTERNS, HubCheckpointError, is_repo_id, parse_repo_id, resolve_checkpoint
+from synerdetect.hub import (
+    CHECKPOINT_PATTERNS,
+    HubCheckpointError,
+    hub_ref,
+    is_repo_id,
+    parse_repo_id,
+    resolve_checkpoint,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -50,6 +57,20 @@ def test_resolves_from_the_cache_offline(ckpt, hub_cache):
     assert resolve_checkpoint("org/name") == snap
     assert resolve_checkpoint("org/name@v1") == other
     assert (snap / "synerdetect_config.json").read_bytes() == (ckpt / "synerdetect_config.json").read_bytes()
+
+
+def test_adapt_takes_a_repo_id_even_as_a_path_and_says_a_published_checkpoint_has_no_replay(ckpt, hub_cache, tmp_path):
+    from synerdetect.engine.adapt import AdaptError, adapt
+
+    snap = make_hub_cache(hub_cache, "org/my-model", ckpt, commit="c0" * 20)
+    assert hub_ref(snap) == "org/my-model@" + "c0" * 20 and hub_ref(ckpt) is None  # what lineage.json records
+    assert is_repo_id(Path("org/my-model")) and resolve_checkpoint(Path("org/my-model")) == snap
+    with pytest.raises(AdaptError) as e:  # the library call, with a Path, as the CLI does with the id
+        adapt(Path("org/my-model"), tmp_path / "new", tmp_path / "out", replay_from_checkpoint=True, progress=False)
+    msg = str(e.value)
+    assert msg.startswith("org/my-model@c0c0") and "\n" not in msg
+    assert "published (pushed) checkpoint never" in msg and "pass --replay OLD_DATA" in msg
+    assert not (tmp_path / "out").exists()
 
 
 def test_an_existing_local_folder_wins(ckpt, hub_cache, tmp_path, monkeypatch):

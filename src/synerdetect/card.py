@@ -10,6 +10,9 @@ say so instead of inventing a number. The YAML header (``library_name``, ``licen
 Sections of unknown shape (the calibration guarantee, the lineage) are rendered generically: scalars as key/value
 lines, a list of dicts as a table, so that new fields show up without a change here.
 
+Local paths are shown as their folder's base name (a published card must not carry where files lay on one
+machine; see :func:`synerdetect.utils.public_paths`); Hub repo ids stay whole.
+
 Torch-free: ``card`` and ``push --dry-run`` run without loading a model.
 """
 
@@ -23,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from .hub import parse_repo_id
+from .utils import public_paths
 
 __all__ = ["CARD_MARKER", "CARD_NAME", "build_card", "card_text", "read_results", "write_card"]
 
@@ -199,12 +203,17 @@ def build_card(
     doc = _read_json(folder / CONFIG_NAME)
     if doc is None or not isinstance(doc.get("config"), dict):
         raise ValueError(f"{folder} is not a SynerDetect checkpoint (no readable {CONFIG_NAME})")
-    config, extra = doc["config"], doc.get("extra") or {}
-    calibration = _read_json(folder / CALIBRATION_NAME)
-    lineage = _read_json(folder / LINEAGE_NAME)
-    evaluated = [read_results(r) for r in results]
+    # A card is published: every local path the files recorded (data.train, fitted_on.data, lineage.parent.path,
+    # adapted_on.source, ...) is shown as its folder's base name, which still names the data set or parent, while
+    # the rest of the path only tells where it lay on one machine (and whose home it was). Hub repo ids
+    # (``org/name@commit``, as adapt records a Hub parent) are public and resolvable, so they stay whole.
+    named, hub_ids = _base_models(doc["config"])
+    named = {k: v if v.startswith("base/") else public_paths(v) for k, v in named.items()}
+    config, extra = public_paths(doc["config"]), public_paths(doc.get("extra") or {})
+    calibration = public_paths(_read_json(folder / CALIBRATION_NAME))
+    lineage = public_paths(_read_json(folder / LINEAGE_NAME))
+    evaluated = [(n, public_paths(r)) for n, r in (read_results(r) for r in results)]
     name = repo_id or folder.resolve().name
-    named, hub_ids = _base_models(config)
     method = str(config.get("method", "synerdetect"))
     evals = [
         EvalResult(

@@ -24,6 +24,7 @@ __all__ = [
     "CHECKPOINT_PATTERNS",
     "HubCheckpointError",
     "TIMEOUT_S",
+    "hub_ref",
     "is_repo_id",
     "parse_repo_id",
     "resolve_checkpoint",
@@ -32,6 +33,10 @@ __all__ = [
 #: What a published checkpoint consists of (``save_pretrained``: the config and the trainable weights; ``tiny``
 #: base models under ``base/``; the calibration, the model card and the fine-tuning lineage). Nothing else in the
 #: repo is downloaded. ``tests/test_hub.py`` checks these names against :mod:`synerdetect.model.base`.
+#: ``replay/`` (the replay memory ``adapt --replay-from-checkpoint`` mixes in) is left out on purpose, here and by
+#: ``push``: it holds training images, copied byte for byte, which a public upload must not republish (their
+#: licences and the people in them are not the model's to share). So a checkpoint from the Hub is adapted with
+#: ``--replay OLD_DATA``.
 CHECKPOINT_PATTERNS: tuple[str, ...] = (
     "synerdetect_config.json",
     "trainable.safetensors",
@@ -64,8 +69,21 @@ def parse_repo_id(spec: str) -> tuple[str, str | None] | None:
 
 
 def is_repo_id(spec: str | os.PathLike) -> bool:
-    """Whether ``spec`` names a Hub repo rather than an existing local path."""
-    return isinstance(spec, str) and not Path(spec).expanduser().exists() and parse_repo_id(spec) is not None
+    """Whether ``spec`` (a str or a path: ``Path("org/name")`` too) names a Hub repo rather than an existing local
+    path."""
+    s = os.fspath(spec)
+    return isinstance(s, str) and not Path(s).expanduser().exists() and parse_repo_id(s) is not None
+
+
+def hub_ref(folder: str | os.PathLike) -> str | None:
+    """``"org/name@<commit>"`` when ``folder`` is a snapshot of the Hugging Face cache (``models--org--name/
+    snapshots/<commit>``, where :func:`resolve_checkpoint` puts a download; the Hub forbids ``--`` inside names, so
+    the folder name splits back unambiguously); None for any other folder."""
+    p = Path(folder)
+    repo = p.parent.parent.name
+    if p.parent.name != "snapshots" or not repo.startswith("models--") or repo.count("--") != 2:
+        return None
+    return repo.removeprefix("models--").replace("--", "/") + "@" + p.name
 
 
 def _timeout() -> float:
@@ -81,7 +99,7 @@ def resolve_checkpoint(spec: str | os.PathLike) -> Path:
     loader says what is wrong with it as it always did."""
     if not is_repo_id(spec):
         return Path(spec).expanduser()
-    parsed = parse_repo_id(str(spec))
+    parsed = parse_repo_id(str(os.fspath(spec)))
     assert parsed is not None
     repo_id, revision = parsed
     folder = Path(_download(repo_id, revision))

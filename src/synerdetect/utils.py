@@ -208,6 +208,24 @@ def one_line(text: object, limit: int = 300) -> str:
     return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
+_WINDOWS_ABS = re.compile(r"^[A-Za-z]:[\\/]")
+
+
+def public_paths(value: Any) -> Any:
+    """``value`` (any JSON-like value) with every local filesystem path cut to its last component, for what gets
+    published (the model card): ``/home/ann/data/val`` -> ``val``. Names and Hub repo ids (``org/name@commit``, not
+    a local path) are kept. The folder's name still says which data set or parent it was; the rest of the path says
+    only where it lay on one machine (and whose home it was), which no reader can use."""
+    if isinstance(value, Mapping):
+        return {k: public_paths(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [public_paths(v) for v in value]
+    if isinstance(value, str) and ("/" in value or "\\" in value):
+        if value.startswith(("/", "~", "\\")) or _WINDOWS_ABS.match(value) or os.path.exists(value):
+            return Path(value.rstrip("/\\").replace("\\", "/")).name
+    return value
+
+
 def csv_cell(value: Any) -> Any:
     """A CSV cell a spreadsheet will not run: a text starting with ``= + - @``, a tab or a carriage return gets a
     leading ``'`` (the rule of the web page's CSV, serve/static). Numbers, booleans and None are unchanged, so a

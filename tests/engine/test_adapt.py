@@ -4,6 +4,7 @@ move, replay batches hold the stated ratio, too little data is refused in one li
 import csv
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,9 @@ import torch
 from safetensors.torch import load_file
 
 from synerdetect.data import Sample
-from synerdetect.engine.adapt import AdaptError, AdaptOptions, adapt, split_new_data
+from synerdetect.engine.adapt import AdaptError, AdaptOptions, _refit_calibration, adapt, split_new_data
+from synerdetect.engine.calibration import Calibration
+from synerdetect.engine.guarantees import GuaranteeError
 from synerdetect.engine.replay import ReplayBatchSampler, pick_balanced, replay_split
 
 BENCH = {"test_families": ("gan_upsample", "diffusion_latent")}
@@ -67,6 +70,65 @@ def test_too_few_images_are_refused_with_how_many_are_needed():
     train, val = split_new_data(_samples(40, 40), 16, 0)
     assert len(val) == 8 and len(train) == 24  # 16 of each class, a quarter (4) held out
     assert not {s.path for s in train} & {s.path for s in val}
+
+
+def test_the_adapted_folder_leaves_out_what_describes_the_parent(tmp_path):
+    from synerdetect.engine.adapt import _write_checkpoint
+
+    parent, run = tmp_path / "parent", tmp_path / "run"
+    kept = ["synerdetect_config.json", "base/clip/config.json", "replay/manifest.csv", "base/README.md"]
+    dropped = ["README.md", ".synerdetect-demo", ".synerdetect-adapt", "calibration.json", "lineage.json",
+               "optimizer.safetensors", "trainer_state.json"]  # fmt: skip
+    for name in [*kept, *dropped, "trainable.safetensors"]:
+        (parent / name).parent.mkdir(parents=True, exist_ok=True)
+        (parent / name).write_text(f"parent {name}")
+    (run / "adapted").mkdir(parents=True)
+    (run / "adapted" / "trainable.safetensors").write_text("adapted")
+    ckpt = _write_checkpoint(parent, tmp_path / "out" / "checkpoint", run)
+    files = sorted(str(p.relative_to(ckpt)) for p in ckpt.rglob("*") if p.is_file())
+    assert files == sorted([*kept, "trainable.safetensors"])
+    assert all((ckpt / n).read_text() == f"parent {n}" for n in kept)  # nested README.md: not the card, kept
+    assert (ckpt / "trainable.safetensors").read_text() == "adapted"
+
+
+@pytest.mark.parametrize("n_real", [50, 10])
+def test_the_parents_certificates_are_refitted_with_its_settings_or_their_refusal_recorded(
+    tmp_path, monkeypatch, n_real
+):
+    """The calibration code is stubbed (it is tested in tests/engine): what is checked is what adapt asks of it and
+    what it records. The parent: guarantee at 90 % / delta 0.1, FPR <= 5 % / delta 0.1 (45 reals needed)."""
+    import synerdetect.engine.adapt as adapt_mod
+
+    parent = tmp_path / "parent"
+    parent.mkdir()
+    Calibration(
+        band=[-0.1, 0.1],
+        target_accuracy=0.9,
+        guarantee={"target": 0.9, "delta": 0.1, "found": True},
+        max_fpr={"target": 0.05, "delta": 0.1, "threshold": 0.2},
+    ).save(parent)
+    calls = []
+
+    def calibrate(*_args, guarantee, max_fpr, delta, **_kw):
+        calls.append((guarantee, max_fpr, delta))
+        if guarantee:
+            raise GuaranteeError("no candidate band certifies 90% accuracy outside it")
+        return Calibration(band=[-0.2, 0.2], max_fpr={"threshold": 0.3, "certified_fpr": 0.049})
+
+    monkeypatch.setattr(adapt_mod, "calibrate_checkpoint", calibrate)
+    new_val = [Sample(f"r{i}.png", 0, "new") for i in range(n_real)] + [Sample("f.png", 1, "new")]
+    cfg = type("Cfg", (), {"data": type("Data", (), {"val": None})})()
+    info = _refit_calibration(tmp_path / "ck", parent, cfg, None, new_val, tmp_path / "out", AdaptOptions(), False)
+    g, f = info["certificates"]["guarantee"], info["certificates"]["max_fpr"]
+    assert not g["carried_over"] and not f["carried_over"] and "changed the weights" in g["why"]
+    assert not g["refitted"] and g["reason"] == "no candidate band certifies 90% accuracy outside it"
+    if n_real == 50:  # enough reals: both asked with the parent's settings, then the FPR bound alone
+        assert calls == [(True, 0.05, 0.1), (False, 0.05, 0.1)]
+        assert f["refitted"] and (f["threshold"], f["certified_fpr"]) == (0.3, 0.049)
+    else:  # refused before any scoring, with the count it needs
+        assert calls == [(True, None, 0.1), (False, None, 0.05)]
+        assert not f["refitted"] and "10 real image(s) cannot certify" in f["reason"] and "45 reals" in f["reason"]
+    assert info["refitted"] is True  # the calibration itself was refitted without the refused certificates
 
 
 @pytest.mark.slow  # imports the model libraries through the CLI: seconds on 2 cores
@@ -137,6 +199,11 @@ def test_adapted_checkpoint_lineage_frozen_weights_and_loading(bench, parent, ne
     assert sorted(int(r["label"]) for r in rows) == [0] * 4 + [1] * 4
     assert all(Path(parent / "replay" / r["path"]).stat().st_size > 0 for r in rows)
 
+    # the parent as calibrate --guarantee --max-fpr 0.05 --delta 0.1 leaves it (its numbers do not matter here)
+    parent = Path(shutil.copytree(parent, tmp_path / "parent"))
+    certs = {"guarantee": {"target": 0.9, "delta": 0.1, "found": True, "band": [-0.5, 0.5]},
+             "max_fpr": {"target": 0.05, "delta": 0.1, "threshold": 0.2}}  # fmt: skip
+    Calibration(band=[-0.1, 0.1], target_accuracy=0.9, fitted_on={"data": str(bench / "test")}, **certs).save(parent)
     out = tmp_path / "a"
     rep = adapt(parent, new_data, out, replay_from_checkpoint=True, options=_options(bench), progress=False)
     ckpt = out / "checkpoint"
@@ -167,8 +234,18 @@ def test_adapted_checkpoint_lineage_frozen_weights_and_loading(bench, parent, ne
     assert rep["families"] == lin["table"]
     assert json.loads((out / "adapt.json").read_text())["families"] == lin["table"]
     assert "| gan_upsample | old |" in (out / "adapt.md").read_text()
-    # too few images to refit the calibration (20 per class): said so, and no stale calibration carried over
+    # too few images to refit the calibration (20 per class): said so, and no stale calibration carried over;
+    # the parent's certificates are recorded as not carried over, each with why it was not refitted
     assert lin["calibration"]["refitted"] is False and not (ckpt / "calibration.json").exists()
+    got = lin["calibration"]["certificates"]
+    assert {k: (c["target"], c["delta"], c["carried_over"], c["refitted"]) for k, c in got.items()} == {
+        "guarantee": (0.9, 0.1, False, False),
+        "max_fpr": (0.05, 0.1, False, False),
+    }
+    assert "at least 45 reals" in got["max_fpr"]["reason"]  # ceil(log 0.1 / log 0.95) = 45, zero false positives
+    assert "calibration was not refitted" in got["guarantee"]["reason"]
+    md = (out / "adapt.md").read_text()
+    assert "Certificates of the parent: not carried over" in md and "at least 45 reals" in md
 
     # only the trainable weights differ from the parent's; everything else is bit-identical
     a, b = load_detector(parent), load_detector(ckpt)
@@ -177,10 +254,19 @@ def test_adapted_checkpoint_lineage_frozen_weights_and_loading(bench, parent, ne
     assert sa.keys() == sb.keys()
     frozen = [k for k in sa if k not in trainable]
     assert frozen and all(torch.equal(sa[k], sb[k]) for k in frozen)
+    # the kept weights are the best validation step's: the parent's own when no step beat it, else out/best's
     best = lin["steps"]["best_step"]
-    assert best == 0 or any(not torch.equal(sa[k], sb[k]) for k in trainable)
+    hist = json.loads((out / "early_stopping.json").read_text())["history"]
+    assert best == max(hist, key=lambda h: (h["val_acc"], h["val_ap"], -h["step"]))["step"]
+    moved = [k for k in trainable if not torch.equal(sa[k], sb[k])]
     tb = load_file(str(ckpt / "trainable.safetensors"))
     assert set(tb) == trainable
+    if best == 0:
+        assert not moved
+    else:
+        assert moved
+        kept = load_file(str(out / "best" / "trainable.safetensors"))
+        assert all(torch.equal(tb[k], kept[k]) for k in tb)
 
     # it loads and predicts like any checkpoint
     img = str(next((bench / "test" / "gan_upsample" / "1_fake").iterdir()))

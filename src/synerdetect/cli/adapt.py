@@ -17,14 +17,20 @@ def add_parser(sub: Any) -> None:
         "a checkpoint with lineage.json, adapt.md and adapt.json",
         example="adapt --checkpoint runs/x/final --data new_gen/ --replay-from-checkpoint --shots 32 --out adapted/",
     )
-    a.add_argument("--checkpoint", required=True, help="the detector to adapt (a final/ or checkpoint folder)")
+    a.add_argument(
+        "--checkpoint",
+        required=True,
+        help="the detector to adapt: a checkpoint folder (final/ or checkpoints/step-N/) or a Hugging Face Hub repo "
+        "id org/name[@revision]",
+    )
     a.add_argument("--data", required=True, help="the new generator's fakes and real images (folders or manifest)")
     rep = a.add_mutually_exclusive_group()
     rep.add_argument("--replay", metavar="OLD_DATA", help="earlier training data to mix into every batch")
     rep.add_argument(
         "--replay-from-checkpoint",
         action="store_true",
-        help="mix in the replay memory the checkpoint carries (written by training with train.replay_memory=K)",
+        help="mix in the replay memory the checkpoint carries (written by training with train.replay_memory=K; a "
+        "checkpoint from the Hub has none: training images are kept out of public uploads, use --replay)",
     )
     a.add_argument("--shots", type=int, default=None, help="use N fakes and N reals of --data (default: all)")
     a.add_argument("--steps", type=int, default=None, help="optimiser steps at most (default: 20, docs/method.md)")

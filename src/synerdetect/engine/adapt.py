@@ -15,7 +15,6 @@ calibration, the report.
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import logging
 import shutil
@@ -29,10 +28,13 @@ import numpy as np
 
 from ..config import merge
 from ..data import Sample, load_labelled
+from ..hub import hub_ref, resolve_checkpoint
 from ..utils import atomic_write_json, atomic_write_text, check_not_an_input, check_output_dir
 from .calibrate import calibrate_checkpoint
 from .calibration import Calibration, CalibrationError
 from .evaluate import evaluate
+from .guarantees import DEFAULT_DELTA, GuaranteeError, fpr_threshold
+from .lineage import LINEAGE_NAME, WEIGHTS_NAME, build_lineage, family_rows
 from .replay import ReplayBatchSampler, ReplayError, pick_balanced, read_replay_memory, replay_split
 from .train import train
 
@@ -48,9 +50,7 @@ MIN_VAL_PER_CLASS = 4
 MIN_TRAIN_PER_CLASS = 4
 PATIENCE = 3  # validations without improvement before stopping
 
-LINEAGE_NAME = "lineage.json"
 STAMP = ".synerdetect-adapt"
-WEIGHTS_NAME = "trainable.safetensors"  # model/base.py's; the folder layout every loader reads
 
 
 class AdaptError(ValueError):
@@ -92,11 +92,11 @@ def adapt(
 
     o = options or AdaptOptions()
     t0 = time.time()
-    parent, out = Path(checkpoint), Path(out)
+    parent, out = resolve_checkpoint(checkpoint), Path(out)  # a folder, or a Hub repo id like every entry point
 
-    # 1. The request: the new data split into train / validation, the replay memory, the output folder.
-    new_train, new_val = split_new_data(load_labelled(str(data)), o.shots, o.seed)
+    # 1. The request: the replay memory, the new data split into train / validation, the output folder.
     memory = _replay_samples(parent, replay, replay_from_checkpoint, o)
+    new_train, new_val = split_new_data(load_labelled(str(data)), o.shots, o.seed)
     _check_out(out, [parent, data, *([replay] if replay else []), *o.eval_sets])
     ratio = o.replay_ratio if memory else 0.0
     model = load_detector(parent)
@@ -160,27 +160,25 @@ def adapt(
         "new_images_seen": st["steps_done"] * n_new,
         "replay_images_seen": st["steps_done"] * n_rep,
     }
-    lineage = {
-        "parent": {"path": str(parent.resolve()), "sha256": weights_sha256(parent)},
-        "adapted_on": {
-            "train": data_fingerprint(new_train),
-            "validation": data_fingerprint(new_val),
-            "replay": data_fingerprint(memory) | {"source": _replay_source(replay, replay_from_checkpoint)},
-            "source": str(Path(data).resolve()),
-        },
-        "steps": {
-            "requested": o.steps,
-            "done": st["steps_done"],
-            "best_step": st["best_step"],
-            "stopped_early": st["stopped_early"],
-            "val_every": o.val_every,
-            "patience": o.patience,
-        },
-        "optim": {"lr": o.lr, "replay_ratio": ratio, "batch": {"new": n_new, "replay": n_rep}, "seed": o.seed},
-        "calibration": cal_info,
-        "cost": cost,
-        "table": rows,
-    }
+    lineage = build_lineage(
+        parent=parent,
+        data=data,
+        new_train=new_train,
+        new_val=new_val,
+        memory=memory,
+        replay_source=_replay_source(replay, replay_from_checkpoint),
+        steps=stopper.state,
+        requested_steps=o.steps,
+        val_every=o.val_every,
+        patience=o.patience,
+        lr=o.lr,
+        seed=o.seed,
+        ratio=ratio,
+        batch=(n_new, n_rep),
+        calibration=cal_info,
+        cost=cost,
+        table=rows,
+    )
     atomic_write_json(ckpt / LINEAGE_NAME, lineage)
     report = {
         "checkpoint": str(ckpt),
@@ -237,7 +235,13 @@ def _replay_samples(parent: Path, replay: str | Path | None, from_checkpoint: bo
         try:
             return read_replay_memory(parent)
         except ReplayError as e:
-            raise AdaptError(str(e)) from None
+            ref = hub_ref(parent)
+            if ref is None:
+                raise AdaptError(str(e)) from None
+            raise AdaptError(  # hub.py's CHECKPOINT_PATTERNS: replay/ holds training images, never published
+                f"{ref} carries no replay memory: a published (pushed) checkpoint never does, since its training "
+                "images are kept out of public uploads on purpose; pass --replay OLD_DATA (earlier training data)"
+            ) from None
     if replay is None:
         return []
     memory = pick_balanced(load_labelled(str(replay)), o.replay_size, o.seed)
@@ -412,11 +416,12 @@ class _EarlyStopper:
 
 def _write_checkpoint(parent: Path, ckpt: Path, run: Path) -> Path:
     """A copy of the parent's folder (config, base models, replay memory) whose trainable weights are the adapted
-    ones; the parent's calibration and lineage are not carried over (they describe the parent)."""
+    ones; what describes the parent is not carried over: its calibration, lineage and optimiser state, its model
+    card (README.md: ``push`` would publish the parent's numbers under the adapted weights) and the
+    ``.synerdetect-*`` marker files other commands left in it (demo, adapt)."""
     tmp = ckpt.parent / f".tmp-{ckpt.name}"
     shutil.rmtree(tmp, ignore_errors=True)
-    skip = {"calibration.json", LINEAGE_NAME, "optimizer.json", "optimizer.safetensors", "trainer_state.json"}
-    shutil.copytree(parent, tmp, ignore=lambda d, names: [n for n in names if Path(d) == parent and n in skip])
+    shutil.copytree(parent, tmp, ignore=lambda d, names: [n for n in names if Path(d) == parent and _not_copied(n)])
     shutil.copyfile(run / "adapted" / WEIGHTS_NAME, tmp / WEIGHTS_NAME)
     if ckpt.exists():
         shutil.rmtree(ckpt)
@@ -424,16 +429,32 @@ def _write_checkpoint(parent: Path, ckpt: Path, run: Path) -> Path:
     return ckpt
 
 
+#: Files of the parent's folder that describe the parent, not the adapted weights (see :func:`_write_checkpoint`).
+NOT_COPIED = frozenset(
+    {"calibration.json", LINEAGE_NAME, "optimizer.json", "optimizer.safetensors", "trainer_state.json", "README.md"}
+)
+
+
+def _not_copied(name: str) -> bool:
+    return name in NOT_COPIED or name.startswith(".synerdetect-")
+
+
 def _refit_calibration(ckpt, parent, parent_cfg, model, new_val, out, o, progress) -> dict[str, Any]:
     """The calibration (and its band, and the cascade band when the parent had one) refitted on the old
     validation sets plus the new validation split; when that is too little data, the adapted checkpoint has
-    none (the parent's describes other logits) and the reason is returned."""
-    if not o.refit_calibration:
-        return {"refitted": False, "reason": "not asked for"}
+    none (the parent's describes other logits) and the reason is returned. The parent's certificates (calibrate
+    ``--guarantee`` / ``--max-fpr``) are never carried over; each is refitted with the parent's target and delta, and
+    what became of it (its outcome or the refusal's message) is returned under ``certificates``."""
     try:
         old = Calibration.load(parent)
     except CalibrationError:
         old = None
+    wanted = _parent_certificates(old)
+    certs: dict[str, Any] = {k: {**v, "carried_over": False, "why": CERTS_NOT_CARRIED} for k, v in wanted.items()}
+    if not o.refit_calibration:
+        for c in certs.values():
+            c.update(refitted=False, reason="the calibration was not refitted (--no-calibration)")
+        return {"refitted": False, "reason": "not asked for", "certificates": certs}
     samples = list(new_val)
     for where, layout, split, gens in _old_validation_sets(parent, parent_cfg):
         try:
@@ -441,74 +462,92 @@ def _refit_calibration(ckpt, parent, parent_cfg, model, new_val, out, o, progres
         except (OSError, ValueError):
             continue
     csv_path = _write_manifest(out / "data" / "calibration.csv", samples)
-    try:
-        cal = calibrate_checkpoint(
-            ckpt,
-            csv_path,
-            layout="manifest",
-            method=old.method if old else "temperature",
-            target_accuracy=(old.target_accuracy or 0.95) if old else 0.95,
-            model=model,
-            batch_size=o.batch_size,
-            progress=progress,
-            protocol_config=parent_cfg,
-            cascade_agreement=(old.cascade or {}).get("target_agreement", 0.99) if old and old.cascade else None,
+    pending = _certificates_to_refit(wanted, certs, sum(1 for s in samples if s.label == 0))
+    while True:
+        try:
+            cal = calibrate_checkpoint(
+                ckpt,
+                csv_path,
+                layout="manifest",
+                method=old.method if old else "temperature",
+                target_accuracy=(old.target_accuracy or 0.95) if old else 0.95,
+                model=model,
+                batch_size=o.batch_size,
+                progress=progress,
+                protocol_config=parent_cfg,
+                cascade_agreement=(old.cascade or {}).get("target_agreement", 0.99) if old and old.cascade else None,
+                guarantee="guarantee" in pending,
+                max_fpr=pending["max_fpr"]["target"] if "max_fpr" in pending else None,
+                delta=next(iter(pending.values()))["delta"] if pending else DEFAULT_DELTA,
+            )
+            break
+        except GuaranteeError as e:  # adapt goes on without that certificate, and says why
+            # calibrate_checkpoint certifies the band before the FPR threshold, whose usual refusal (too few reals)
+            # _certificates_to_refit already took before any scoring: so with both asked, it is the band's
+            refused = "guarantee" if "guarantee" in pending else "max_fpr"
+            certs[refused].update(refitted=False, reason=str(e))
+            del pending[refused]
+            log.warning("adapt: the parent's %s not refitted: %s", refused, e)
+        except CalibrationError as e:
+            log.warning("calibration not refitted: %s", e)
+            for c in certs.values():
+                c.setdefault("refitted", False)
+                c.setdefault("reason", f"the calibration was not refitted ({e})")
+            return {"refitted": False, "reason": str(e), "certificates": certs}
+    for name in pending:
+        got = getattr(cal, name) or {}
+        keep = ("band", "certified_accuracy", "coverage") if name == "guarantee" else ("threshold", "certified_fpr")
+        certs[name].update(refitted=True, on=CERTS_DATA, **{k: got.get(k) for k in keep})
+    return {"refitted": True, "band": cal.band, "fitted_on": cal.fitted_on, "certificates": certs}
+
+
+#: Why the parent's certificates are not carried over to the adapted checkpoint (lineage.json, adapt.md).
+CERTS_NOT_CARRIED = (
+    "not carried over: it was certified on the parent's logits, and adaptation changed the weights that produce them"
+)
+#: What a refitted certificate stands on, said beside it: the new validation split also chose the best step.
+CERTS_DATA = (
+    "the refit calibration set (the parent's validation sets plus the new validation split, which early stopping "
+    "also used to pick the best step: a mild selection the certificate does not account for; for a strict one, "
+    "rerun calibrate --guarantee / --max-fpr on images adapt never saw)"
+)
+
+
+def _parent_certificates(cal: Calibration | None) -> dict[str, dict[str, Any]]:
+    """The certificates the parent's calibration carried, with their settings (target, delta)."""
+    found = {}
+    for name in ("guarantee", "max_fpr"):
+        c = getattr(cal, name, None) if cal is not None else None
+        if isinstance(c, dict) and c.get("target") is not None:
+            found[name] = {"target": float(c["target"]), "delta": float(c.get("delta", DEFAULT_DELTA))}
+    return found
+
+
+def _certificates_to_refit(
+    wanted: dict[str, dict[str, Any]], certs: dict[str, dict[str, Any]], n_real: int
+) -> dict[str, dict[str, Any]]:
+    """The certificates calibrate_checkpoint can refit here; the others get their refusal in ``certs``: too few
+    reals for the FPR bound (engine/guarantees.py's own message, without scoring anything), or two deltas (the
+    calibration takes one for both)."""
+    pending = dict(wanted)
+    if len(pending) == 2 and pending["guarantee"]["delta"] != pending["max_fpr"]["delta"]:
+        certs["max_fpr"].update(
+            refitted=False,
+            reason=f"the parent's two certificates have different deltas ({pending['guarantee']['delta']:g} and "
+            f"{pending['max_fpr']['delta']:g}) and calibrate takes one for both; the band's was refitted",
         )
-    except CalibrationError as e:
-        log.warning("calibration not refitted: %s", e)
-        return {"refitted": False, "reason": str(e)}
-    return {"refitted": True, "band": cal.band, "fitted_on": cal.fitted_on}
+        del pending["max_fpr"]
+    if "max_fpr" in pending:
+        f = pending["max_fpr"]
+        try:
+            fpr_threshold(np.full(n_real, -1.0), target_fpr=f["target"], delta=f["delta"])  # only counts matter
+        except GuaranteeError as e:
+            certs["max_fpr"].update(refitted=False, reason=str(e))
+            del pending["max_fpr"]
+    return pending
 
 
-# ---------------------------------------------------------------------------------------------- lineage, report
-def weights_sha256(folder: str | Path) -> str:
-    """sha256 of a checkpoint's weights file (its trainable weights; the frozen ones are named by its config)."""
-    h = hashlib.sha256()
-    with (Path(folder) / WEIGHTS_NAME).open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def data_fingerprint(samples: list[Sample]) -> dict[str, Any]:
-    """Counts per class and generator and one sha256 over the sorted sha256 of each file's bytes (names and
-    folders do not matter)."""
-    digests = sorted(hashlib.sha256(Path(s.path).read_bytes()).hexdigest() for s in samples)
-    counts: dict[str, dict[str, int]] = {}
-    for s in samples:
-        c = counts.setdefault(s.generator, {"real": 0, "fake": 0})
-        c["fake" if s.label == 1 else "real"] += 1
-    return {
-        "n_real": sum(1 for s in samples if s.label == 0),
-        "n_fake": sum(1 for s in samples if s.label == 1),
-        "by_generator": counts,
-        "sha256": hashlib.sha256("\n".join(digests).encode()).hexdigest(),
-    }
-
-
-def family_rows(before: dict[str, Any], after: dict[str, Any], new_families: list[str]) -> list[dict[str, Any]]:
-    """One row per family: accuracy and AP before / after; forgetting (the accuracy drop) on old families."""
-    rows = []
-    for g in sorted(set(before["generators"]) | set(after["generators"]), key=lambda g: (g not in new_families, g)):
-        b, a = before["generators"].get(g, {}), after["generators"].get(g, {})
-        acc_b, acc_a = b.get("acc"), a.get("acc")
-        drop = None if acc_b is None or acc_a is None else acc_b - acc_a
-        rows.append(
-            {
-                "family": g,
-                "role": "new" if g in new_families else "old",
-                "n_images": (a.get("n_real") or 0) + (a.get("n_fake") or 0),
-                "acc_before": acc_b,
-                "acc_after": acc_a,
-                "ap_before": b.get("ap"),
-                "ap_after": a.get("ap"),
-                "gain": None if drop is None else -drop,
-                "forgetting": None if g in new_families or drop is None else drop,
-            }
-        )
-    return rows
-
-
+# ---------------------------------------------------------------------------------------------- report
 def _pct(v: float | None) -> str:
     return "n/a" if v is None else f"{v * 100:.1f}"
 
@@ -516,10 +555,11 @@ def _pct(v: float | None) -> str:
 def format_report(report: dict[str, Any]) -> str:
     lin = report["lineage"]
     cost, steps = lin["cost"], lin["steps"]
+    parent = lin["parent"].get("repo") or lin["parent"]["path"]
     lines = [
         "# Adaptation report",
         "",
-        f"Parent `{lin['parent']['path']}` (weights sha256 `{lin['parent']['sha256'][:16]}...`) adapted on "
+        f"Parent `{parent}` (weights sha256 `{lin['parent']['sha256'][:16]}...`) adapted on "
         f"{lin['adapted_on']['train']['n_fake']} fake + {lin['adapted_on']['train']['n_real']} real images "
         f"({lin['adapted_on']['validation']['n_fake']} + {lin['adapted_on']['validation']['n_real']} held out for "
         f"early stopping), replay ratio {lin['optim']['replay_ratio']}, lr {lin['optim']['lr']}.",
@@ -550,5 +590,21 @@ def format_report(report: dict[str, Any]) -> str:
             if lin["calibration"].get("refitted")
             else f"not refitted ({lin['calibration'].get('reason')}); the checkpoint carries none"
         ),
+        "",
+        _certificates_line(lin["calibration"].get("certificates") or {}),
     ]
     return "\n".join(lines) + "\n"
+
+
+def _certificates_line(certs: dict[str, Any]) -> str:
+    if not certs:
+        return "Certificates: the parent's calibration carried none (calibrate --guarantee / --max-fpr)."
+    parts = []
+    for name, c in certs.items():
+        head = f"`{name}` (target {c['target']:g}, delta {c['delta']:g})"
+        if c.get("refitted"):
+            got = ", ".join(f"{k} {v}" for k, v in c.items() if k in ("band", "threshold", "certified_fpr"))
+            parts.append(f"{head} refitted with the parent's settings ({got}) on {c['on']}")
+        else:
+            parts.append(f"{head} not refitted: {c.get('reason')}")
+    return f"Certificates of the parent: {CERTS_NOT_CARRIED}. " + "; ".join(parts) + "."

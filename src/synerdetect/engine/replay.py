@@ -93,8 +93,9 @@ def read_replay_memory(checkpoint: Path) -> list[Sample]:
     manifest = Path(checkpoint) / REPLAY_DIR / REPLAY_MANIFEST
     if not manifest.is_file():
         raise ReplayError(
-            f"{checkpoint} carries no replay memory ({REPLAY_DIR}/{REPLAY_MANIFEST}); train with "
-            "train.replay_memory=K to write one, or pass --replay OLD_DATA"
+            f"{checkpoint} carries no replay memory ({REPLAY_DIR}/{REPLAY_MANIFEST}): training writes one with "
+            "train.replay_memory=K, and a published (pushed) checkpoint never carries it (its training images are "
+            "kept out of public uploads on purpose); pass --replay OLD_DATA (earlier training data)"
         )
     return load_labelled(str(manifest), "manifest")
 
