@@ -4,6 +4,9 @@
 from __future__ import annotations
 
 import argparse
+import logging
+import os
+import sys
 from typing import Any
 
 from ._common import add_command, add_provenance_options, add_scoring_options, device
@@ -141,4 +144,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # uvicorn after serving) turns that re-raise, and a SIGTERM before serving starts, into a clean exit 0.
     signal.signal(signal.SIGTERM, stop)
     server.run()
+    if server.started:
+        # The graceful shutdown is done (in-flight requests answered, the batcher stopped). Leave without the
+        # interpreter's finalization: the decode pool's daemon threads may still sit in native code (Pillow,
+        # pillow-heif, c2pa) while C++ static destructors run, which aborted the process ("terminate called
+        # without an active exception", exit -6) in one clean-clone CI run of 2026-12-03. Only the logs are left
+        # to flush.
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
     return 0
