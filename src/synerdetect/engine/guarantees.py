@@ -9,7 +9,8 @@ family-wise error controlling test over them rejects some; every rejected band i
 narrowest of those is kept.
 
 * Candidates: symmetric bands ``|logit| <= w`` on a fixed geometric grid of half-widths (:data:`BAND_GRID`; the
-  logit ``s_fake - s_real`` is a difference of cosine similarities, so ``|logit| <= 2``). The grid must not depend
+  logit ``s_fake - s_real`` sums two differences of cosine similarities, so ``|logit| <= 4``; the
+  grid starts at 2, a band already too wide to leave verdicts). The grid must not depend
   on the validation data, or the p-values are no longer valid; a geometric grid covers the scale of any model.
 * p-value of ``H_j``: given the ``n_j`` images outside band ``j`` (the band is fixed in advance, so they are i.i.d.
   draws of the images outside it), their errors are ``Binomial(n_j, 1 - acc_j)``; under ``H_j`` the chance of seeing
@@ -44,7 +45,7 @@ from .metrics import selective_metrics
 
 log = logging.getLogger(__name__)
 
-#: Half-widths of the candidate bands, widest first: 2 (every logit) down by 2^(1/4) a step to 2^-10 ~ 0.001, then 0 (no
+#: Half-widths of the candidate bands, widest first: 2 (half the logit range), by 2^(1/4) a step, to 2^-10, then 0 (no
 #: band): 46 candidates. Fixed in advance: the validity of the p-values needs a grid chosen without the data. A
 #: finer grid gives each candidate less of delta; on the simulation of the tests 2^(1/4) covered more than 2^(1/2)
 #: and as much as 2^(1/8).
