@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from .hub import parse_repo_id
-from .utils import public_paths
+from .utils import flatten_dict, public_paths
 
 __all__ = ["CARD_MARKER", "CARD_NAME", "build_card", "card_text", "read_results", "write_card"]
 
@@ -78,24 +78,13 @@ def read_results(spec: str | Path) -> tuple[str, dict[str, Any]]:
     return path.parent.name or str(path), doc
 
 
-def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, Mapping):
-            out.update(_flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
-
-
 def recipe_changes(config: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
     """``(dotted key, the paper preset's value, this checkpoint's value)`` for every recipe setting that differs
     from the ``paper`` preset (paths and logging left out)."""
     from .presets import get_preset
 
-    paper = _flatten(asdict(get_preset("paper")))
-    mine = _flatten(config)
+    paper = flatten_dict(asdict(get_preset("paper")))
+    mine = flatten_dict(config)
     rows = []
     for key, val in mine.items():
         if key in NOT_RECIPE or key.startswith(NOT_RECIPE_PREFIXES) or key in ("preset",):

@@ -31,7 +31,7 @@ from ..config import ConfigError, ExperimentConfig, OptimConfig, to_dict
 from ..data import BalancedBatchSampler, ImageDataset, collate, load_labelled
 from ..methods import build_detector
 from ..model.detector import view_transform
-from ..utils import atomic_write_json, atomic_write_text, check_output_dir, is_main_process
+from ..utils import atomic_write_json, atomic_write_text, check_output_dir, flatten_dict, is_main_process
 from .checkpoint import FINAL_STATE, find_resumable, load_optimizer, read_state, save_checkpoint, save_final
 from .evaluate import evaluate
 from .replay import write_replay_memory
@@ -392,29 +392,18 @@ def _accelerator(cfg: ExperimentConfig) -> Accelerator:
         ) from e
 
 
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
-
-
 def _check_same_config(cfg: ExperimentConfig, out: Path) -> None:
     """A run folder holding another experiment is refused (its config.yaml is left as it was)."""
     path = out / "config.yaml"
     if not path.is_file():
         return
     try:
-        old = _flatten(yaml.safe_load(path.read_text()) or {})
+        old = flatten_dict(yaml.safe_load(path.read_text()) or {})
     except yaml.YAMLError as e:
         raise ConfigError(
             f"{path}: cannot read the run's config ({e}); move the folder or pass --resume never"
         ) from None
-    new = _flatten(to_dict(cfg))
+    new = flatten_dict(to_dict(cfg))
     diff = sorted(k for k in set(old) | set(new) if k not in _EXTENDABLE and old.get(k) != new.get(k))
     if diff:
         shown = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff[:5])

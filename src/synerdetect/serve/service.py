@@ -11,12 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import re
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
-from pathlib import Path
 from tempfile import SpooledTemporaryFile
 from typing import Any
 
@@ -28,6 +25,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from ..engine.scoring import Prepared, Scorer
+from ..utils import public_paths
 from .batcher import DaemonPool, MicroBatcher, QueueFull, ShuttingDown
 from .limits import ERROR_NAMES, STATUS_BY_KIND, ApiError, ServeSettings, api_key_ok
 from .metrics import Metrics
@@ -57,20 +55,9 @@ async def _limited(stream: AsyncIterator[bytes], limit: int) -> AsyncGenerator[b
         yield chunk
 
 
-_WINDOWS_ABS = re.compile(r"^[A-Za-z]:[\\/]")
-
-
-def public_info(value: Any) -> Any:
-    """``value`` (``Scorer.info()``) with every filesystem path cut to its last component: ``/srv/runs/x/final`` →
-    ``final``; names and hub repo ids (``openai/clip-vit-base-patch32``, not a local path) are kept."""
-    if isinstance(value, dict):
-        return {k: public_info(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [public_info(v) for v in value]
-    if isinstance(value, str) and ("/" in value or "\\" in value):
-        if value.startswith(("/", "~", "\\")) or _WINDOWS_ABS.match(value) or os.path.exists(value):
-            return Path(value.rstrip("/\\").replace("\\", "/")).name
-    return value
+#: ``Scorer.info()`` as a client sees it: every filesystem path cut to its last component (``/srv/runs/x/final`` ->
+#: ``final``); names and hub repo ids are kept. The one rule the published model card uses too.
+public_info = public_paths
 
 
 def wants_maps(value: str | None, available: bool) -> bool:
