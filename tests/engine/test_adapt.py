@@ -272,6 +272,22 @@ def test_adapted_checkpoint_lineage_frozen_weights_and_loading(bench, parent, ne
     img = str(next((bench / "test" / "gan_upsample" / "1_fake").iterdir()))
     rec = Scorer.from_checkpoint(ckpt, device="cpu").score(img)[0]
     assert rec["label"] in ("real", "fake") and np.isfinite(rec["logit"])
+    # ... and through every other path a user takes: the one-line API, predict, evaluate and the model card
+    import synerdetect
+    from synerdetect.cli import main
+
+    assert synerdetect.load(str(ckpt), device="cpu")([img])[0]["logit"] == pytest.approx(rec["logit"], abs=1e-5)
+    assert main(["predict", img, "--checkpoint", str(ckpt), "--json", str(tmp_path / "p.json"), "--no-progress"]) == 0
+    pred = json.loads((tmp_path / "p.json").read_text())["predictions"][0]
+    assert pred["logit"] == pytest.approx(rec["logit"], abs=1e-5)
+    ev = tmp_path / "eval"
+    argv = ["evaluate", "--checkpoint", str(ckpt), "--data", str(bench / "test"), "--out", str(ev), "--no-progress"]
+    assert main([*argv, "--workers", "0"]) == 0
+    assert json.loads((ev / "results.json").read_text())["n_images"] > 0
+    assert main(["card", str(ckpt)]) == 0
+    lineage = json.loads((ckpt / "lineage.json").read_text())
+    card = (ckpt / "README.md").read_text()
+    assert "## Lineage" in card and lineage["parent"]["sha256"] in card  # the card shows where it came from
 
 
 class Killed(Exception):
