@@ -72,13 +72,14 @@ def _run(args, env_extra=None, timeout=600):
     return subprocess.run(args, capture_output=True, text=True, env=env, timeout=timeout)
 
 
-@pytest.mark.slow
-def test_two_process_cpu_ddp_trains_in_sync_and_evaluates_each_image_once(bench, tmp_path):
-    out = tmp_path / "ddp"
-    port = str(29500 + os.getpid() % 1000)
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port]
-    r = _run(
-        launcher
+def _ddp_launcher(port):
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port]
+
+
+def _ddp_train(port, train_dir, out, *extra, max_steps, timeout=600):
+    """Two CPU processes training tiny on ``train_dir`` into ``out`` (the command every DDP test launches)."""
+    return _run(
+        _ddp_launcher(port)
         + [
             "-m",
             "synerdetect.cli",
@@ -86,16 +87,25 @@ def test_two_process_cpu_ddp_trains_in_sync_and_evaluates_each_image_once(bench,
             "--preset",
             "tiny",
             "--no-progress",
-            f"data.train={bench / 'train'}",
+            f"data.train={train_dir}",
             "data.train_layout=cnndetection",
             "data.image_size=64",
             "model.inversion_steps=2",
             "train.batch_size=4",
-            "train.max_steps=3",
+            f"train.max_steps={max_steps}",
             f"train.output_dir={out}",
             "train.num_workers=0",
-        ]
+            *extra,
+        ],
+        timeout=timeout,
     )
+
+
+@pytest.mark.slow
+def test_two_process_cpu_ddp_trains_in_sync_and_evaluates_each_image_once(bench, tmp_path):
+    out = tmp_path / "ddp"
+    port = str(29500 + os.getpid() % 1000)
+    r = _ddp_train(port, bench / "train", out, max_steps=3)
     assert r.returncode == 0, r.stderr[-3000:]
     summary = json.loads((out / "train_summary.json").read_text())
     assert summary["world_size"] == 2 and summary["global_step"] == 3
@@ -103,7 +113,7 @@ def test_two_process_cpu_ddp_trains_in_sync_and_evaluates_each_image_once(bench,
 
     ev = tmp_path / "eval"
     r = _run(
-        launcher
+        _ddp_launcher(port)
         + [
             "-m",
             "synerdetect.cli",
@@ -253,32 +263,7 @@ def test_ddp_rank_losing_a_class_does_not_hang(bench, tmp_path):
     Path(victim).write_bytes(b"corrupted")
     out = tmp_path / "ddp"
     port = str(30500 + os.getpid() % 1000)
-    r = _run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
-            "2",
-            "--master_port",
-            port,
-            "-m",
-            "synerdetect.cli",
-            "train",
-            "--preset",
-            "tiny",
-            "--no-progress",
-            f"data.train={train_dir}",
-            "data.train_layout=cnndetection",
-            "data.image_size=64",
-            "model.inversion_steps=2",
-            "train.batch_size=4",
-            "train.max_steps=2",
-            f"train.output_dir={out}",
-            "train.num_workers=0",
-        ],
-        timeout=300,
-    )
+    r = _ddp_train(port, train_dir, out, max_steps=2, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     summary = json.loads((out / "train_summary.json").read_text())
     assert summary["global_step"] == 2 and len(set(summary["replica_checksums"])) == 1
@@ -336,33 +321,8 @@ def test_quick_demo_leaves_results_figure_and_checkpoint(tmp_path):
 def test_two_process_ddp_training_builds_and_reads_the_cache(bench, tmp_path):
     out = tmp_path / "ddpc"
     port = str(31500 + os.getpid() % 1000)
-    r = _run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
-            "2",
-            "--master_port",
-            port,
-            "-m",
-            "synerdetect.cli",
-            "train",
-            "--preset",
-            "tiny",
-            "--no-progress",
-            f"data.train={bench / 'train'}",
-            "data.train_layout=cnndetection",
-            "data.image_size=64",
-            "model.inversion_steps=2",
-            "train.batch_size=4",
-            "train.max_steps=2",
-            f"train.output_dir={out}",
-            "train.num_workers=0",
-            "cache.policy=cached-refresh",
-            "cache.refresh_every=1",
-        ],
-        timeout=300,
+    r = _ddp_train(
+        port, bench / "train", out, "cache.policy=cached-refresh", "cache.refresh_every=1", max_steps=2, timeout=300
     )
     assert r.returncode == 0, r.stderr[-3000:]
     summary = json.loads((out / "train_summary.json").read_text())
