@@ -68,17 +68,18 @@ def build_lineage(
 
 def weights_sha256(folder: str | Path) -> str:
     """sha256 of a checkpoint's weights file (its trainable weights; the frozen ones are named by its config)."""
-    h = hashlib.sha256()
-    with (Path(folder) / WEIGHTS_NAME).open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return _file_sha256(Path(folder) / WEIGHTS_NAME)
+
+
+def _file_sha256(path: str | Path) -> str:
+    with open(path, "rb") as f:  # hashlib reads it in chunks: a large image is never held whole
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def data_fingerprint(samples: list[Sample]) -> dict[str, Any]:
     """Counts per class and generator and one sha256 over the sorted sha256 of each file's bytes (names and
     folders do not matter)."""
-    digests = sorted(hashlib.sha256(Path(s.path).read_bytes()).hexdigest() for s in samples)
+    digests = sorted(_file_sha256(s.path) for s in samples)
     counts: dict[str, dict[str, int]] = {}
     for s in samples:
         c = counts.setdefault(s.generator, {"real": 0, "fake": 0})
